@@ -1,0 +1,35 @@
+# hpa-cells developer commands. `make demo` and `make test` set everything up first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.hpa-cells-installed
+
+.PHONY: setup demo test test-all lint bench clean
+
+setup: $(STAMP)
+
+# Re-runs only when the dependency files change; a finished setup costs nothing.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+demo: setup
+	$(PY) scripts/demo.py
+
+# Default suite: everything except the `slow` and `gpu` tests; `real` tests skip with a reason without ../shared/data.
+test: setup
+	$(PY) -m pytest
+
+test-all: setup
+	$(PY) -m pytest --runslow
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info demo_output
