@@ -1,0 +1,360 @@
+"""The HDF5 cell cache: every kept cell of every image as a fixed-size crop, in one file.
+
+Segmentation runs once; training and prediction read only this file. `CellCache` reads it,
+`CellCacheWriter` (from `hpa_cells.cell_cache_writer`, re-exported here) writes it crash-safely.
+
+## Cell cache schema (version 1)
+
+One HDF5 file (HDF5 1.10 format, readable by h5py on HDF5 >= 1.10). N = number of cells,
+M = number of images, K = number of skipped images, S = crop size, 28 = number of classes.
+Cells are stored image by image, each image's cells in increasing cell id order, so the cells of
+image i are rows `offset[i] : offset[i] + count[i]` of every per-cell dataset.
+
+Root attributes:
+
+| attribute | type | meaning |
+|---|---|---|
+| `schema_version` | int | `1`; readers refuse other versions with an error naming both |
+| `crop_size` | int | S |
+| `channel_order` | str | `"red,green,blue,yellow"` (microtubules, protein, nucleus, ER) |
+| `segmenter` | str | name of the segmenter that made the label masks |
+| `model_sha256` | str | sha256 of the segmentation model file, `""` if it has none |
+| `parameters_json` | str | segmenter parameters, JSON with sorted keys |
+| `qc_flag_names` | str | JSON object `{flag name: bit value}` for `cells/qc_flags` |
+| `package_version` | str | `hpa_cells.__version__` of the run that created the file |
+| `created` / `modified` | str | ISO 8601 UTC: first image written / last merge |
+
+Datasets (every 1-D/2-D table is chunked and resizable along its first axis):
+
+| path | shape | dtype | meaning |
+|---|---|---|---|
+| `crops` | N,4,S,S | uint8 | cell crops, channels in `channel_order`; chunk = one cell; gzip level 1 (default) |
+| `masks` | N,S,S | uint8 | the cell's own mask in crop coordinates (0/1); chunk = one cell; same filter as `crops` |
+| `cells/image_index` | N | int32 | row of the cell's image in `images/` |
+| `cells/image_id` | N | utf-8 str | the cell's image id |
+| `cells/cell_id` | N | int32 | the cell's label in the image's full cell mask |
+| `cells/bbox` | N,4 | int32 | y0, x0, y1, x1 (end exclusive) in working-size pixels |
+| `cells/centroid` | N,2 | float32 | y, x in working-size pixels |
+| `cells/area` | N | int32 | cell area in working-size pixels |
+| `cells/nucleus_area` | N | int32 | nucleus pixels inside the cell |
+| `cells/scale` | N | float32 | crop pixels per working pixel (1 unless the cell was resized) |
+| `cells/qc_flags` | N | uint16 | QC bitmask, bits named by `qc_flag_names` |
+| `images/id` | M | utf-8 str | image id (unique) |
+| `images/offset` | M | int64 | first row of the image's cells |
+| `images/count` | M | int32 | number of cells (>= 1) |
+| `images/original_hw` | M,2 | int32 | field size before resizing |
+| `images/working_hw` | M,2 | int32 | H, W of the full masks (the working size) |
+| `images/labels` | M,28 | uint8 | image-level multi-hot labels, 2018 class ids; zeros when unlabelled |
+| `images/has_labels` | M | uint8 | 1 if the image came with labels (0 for prediction-only data) |
+| `images/mask_offset` | M | int64 | start of the image's segment in `image_masks/*` |
+| `image_masks/cells` | P | uint16 | full cell label masks, ragged: image i is `[mask_offset[i] : mask_offset[i] + H*W]` reshaped H,W; segments are padded to whole 65536-pixel chunks; always gzip 4 |
+| `image_masks/nuclei` | P | uint16 | full nucleus label masks, same layout |
+| `skipped/image_id` | K | utf-8 str | images that yielded no cells |
+| `skipped/reason` | K | utf-8 str | why (no cells, unreadable, missing channel, ...) |
+
+Beside the file, while a writer runs or after it was killed: `cells.h5.lock` (writer's `pid@host`),
+`cells.h5.journal/NNNNNNNN.h5` (finished images, each a one-image cache of this same layout, merged
+on the writer's close) and possibly `cells.h5.tmp` (an interrupted merge, removed by the next writer).
+Readers only see the main file; they warn when a journal is waiting to be merged.
+
+## Reading from DataLoader workers
+
+`CellCache` opens the HDF5 file lazily, once per process: the constructor reads the small index and
+closes the file again, and the first data read in a process opens its own handle. A handle is never
+shared across fork (a child notices the pid change and reopens), and pickling sends only the path,
+so each DataLoader worker reads through its own handle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from hpa_cells.cell_cache_schema import (
+    CacheProvenance,
+    CellCacheError,
+    CellCacheInputError,
+    CellCacheLockedError,
+    CellCacheMismatchError,
+    CellCacheSchemaError,
+    DuplicateImageError,
+    check_schema,
+    read_strings,
+)
+from hpa_cells.cell_cache_writer import CellCacheWriter, journal_dir_of, journal_shards
+
+__all__ = [
+    "CacheProvenance",
+    "CellCache",
+    "CellCacheError",
+    "CellCacheInputError",
+    "CellCacheLockedError",
+    "CellCacheMismatchError",
+    "CellCacheSchemaError",
+    "CellCacheWriter",
+    "DuplicateImageError",
+]
+
+logger = logging.getLogger(__name__)
+
+ImageKey = str | int | np.integer
+
+
+class CellCache:
+    """Read-only access to a cell cache file; a context manager, safe to use from DataLoader workers.
+
+    `len(cache)` is the number of cells; `num_images` the number of images.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"cell cache {self.path} does not exist")
+        try:
+            opened = h5py.File(self.path, "r")
+        except OSError as error:
+            raise CellCacheError(f"cell cache {self.path} cannot be opened as HDF5: {error}") from error
+        with opened as f:
+            check_schema(f, self.path)
+            self._attrs = {key: _plain(value) for key, value in f.attrs.items()}
+            self._image_ids = read_strings(f["images/id"])
+            self._offsets = f["images/offset"][:]
+            self._counts = f["images/count"][:]
+            self._original_hw = f["images/original_hw"][:]
+            self._working_hw = f["images/working_hw"][:]
+            self._labels = f["images/labels"][:]
+            self._has_labels = f["images/has_labels"][:].astype(bool)
+            self._mask_offsets = f["images/mask_offset"][:]
+            self._num_cells = int(f["crops"].shape[0])
+        self._index_of = {image_id: i for i, image_id in enumerate(self._image_ids)}
+        self.crop_size = int(self._attrs["crop_size"])
+        self._file: h5py.File | None = None
+        self._file_pid: int | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}
+        waiting = journal_shards(journal_dir_of(self.path))
+        if waiting:
+            logger.warning(
+                "%s has %d unmerged journal shards from an interrupted writer; they are not visible here "
+                "until a CellCacheWriter on this file runs and closes",
+                self.path,
+                len(waiting),
+            )
+
+    # ----- handle management ---------------------------------------------------------------
+    def _h5(self) -> h5py.File:
+        """This process's own open handle (opened on first use, reopened after fork)."""
+        if self._file is None or self._file_pid != os.getpid():
+            self._file = h5py.File(self.path, "r")
+            self._file_pid = os.getpid()
+            self._datasets = {}
+        return self._file
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        """A dataset of this process's handle, looked up once (the hot path of bag reading)."""
+        f = self._h5()
+        if name not in self._datasets:
+            self._datasets[name] = f[name]
+        return self._datasets[name]
+
+    def close(self) -> None:
+        """Close this process's handle (a handle inherited across fork is left to its owner)."""
+        if self._file is not None and self._file_pid == os.getpid():
+            self._file.close()
+        self._file = None
+        self._file_pid = None
+        self._datasets = {}
+
+    def __enter__(self) -> CellCache:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_file_pid"] = None
+        state["_datasets"] = {}
+        return state
+
+    # ----- sizes and ids -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._num_cells
+
+    @property
+    def num_images(self) -> int:
+        return len(self._image_ids)
+
+    @property
+    def image_ids(self) -> list[str]:
+        """Image ids in storage order (index i = `images/` row i)."""
+        return list(self._image_ids)
+
+    def image_index(self, key: ImageKey) -> int:
+        """Row of an image given its id or its index; KeyError/IndexError name the file."""
+        if isinstance(key, str):
+            try:
+                return self._index_of[key]
+            except KeyError:
+                raise KeyError(f"image {key!r} is not in cell cache {self.path}") from None
+        if isinstance(key, int | np.integer) and not isinstance(key, bool):
+            index = int(key)
+            if not 0 <= index < len(self._image_ids):
+                raise IndexError(
+                    f"image index {index} is out of range for {self.path} with {len(self._image_ids)} images"
+                )
+            return index
+        raise TypeError(f"image key must be an id (str) or an index (int), got {type(key).__name__}")
+
+    def cell_slice(self, key: ImageKey) -> slice:
+        """Rows of an image's cells in every per-cell dataset."""
+        index = self.image_index(key)
+        start = int(self._offsets[index])
+        return slice(start, start + int(self._counts[index]))
+
+    # ----- data ----------------------------------------------------------------------------
+    def cells_of(self, key: ImageKey, positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(crops N,4,S,S uint8, masks N,S,S uint8) of one image, read as one contiguous slice.
+
+        positions: optional strictly increasing cell positions within the image (0..count-1) to read
+        only those cells (e.g. a random subset of a large bag); other cells are not decompressed.
+        """
+        rows = self.cell_slice(key)
+        if positions is None:
+            return self._dataset("crops")[rows], self._dataset("masks")[rows]
+        positions = np.asarray(positions, dtype=np.int64)
+        count = rows.stop - rows.start
+        if positions.ndim != 1 or (np.diff(positions) <= 0).any():
+            raise ValueError(
+                f"positions must be strictly increasing 1-D cell positions, got {positions.tolist()}"
+            )
+        if len(positions) and (positions[0] < 0 or positions[-1] >= count):
+            raise IndexError(
+                f"cell positions {positions.tolist()} out of range for image {key!r} with {count} cells in {self.path}"
+            )
+        selection = rows.start + positions
+        return self._dataset("crops")[selection], self._dataset("masks")[selection]
+
+    def full_masks(self, key: ImageKey) -> tuple[np.ndarray, np.ndarray]:
+        """(cells H,W, nuclei H,W) uint16 label masks of one image at working size."""
+        index = self.image_index(key)
+        height, width = (int(v) for v in self._working_hw[index])
+        start = int(self._mask_offsets[index])
+        cells = self._dataset("image_masks/cells")[start : start + height * width].reshape(height, width)
+        nuclei = self._dataset("image_masks/nuclei")[start : start + height * width].reshape(height, width)
+        return cells, nuclei
+
+    @property
+    def labels(self) -> np.ndarray:
+        """M,28 uint8 multi-hot image labels (rows of unlabelled images are zeros)."""
+        return self._labels.copy()
+
+    @property
+    def has_labels(self) -> np.ndarray:
+        """M bool: which images came with labels."""
+        return self._has_labels.copy()
+
+    def cell_table(self) -> pd.DataFrame:
+        """One row per cell in storage order: image_index, image_id, cell_id, bbox_y0, bbox_x0, bbox_y1,
+        bbox_x1, centroid_y, centroid_x, area, nucleus_area, scale, qc_flags."""
+        cells = self._h5()["cells"]
+        bbox = cells["bbox"][:]
+        centroid = cells["centroid"][:]
+        return pd.DataFrame(
+            {
+                "image_index": cells["image_index"][:],
+                "image_id": read_strings(cells["image_id"]),
+                "cell_id": cells["cell_id"][:],
+                "bbox_y0": bbox[:, 0],
+                "bbox_x0": bbox[:, 1],
+                "bbox_y1": bbox[:, 2],
+                "bbox_x1": bbox[:, 3],
+                "centroid_y": centroid[:, 0],
+                "centroid_x": centroid[:, 1],
+                "area": cells["area"][:],
+                "nucleus_area": cells["nucleus_area"][:],
+                "scale": cells["scale"][:],
+                "qc_flags": cells["qc_flags"][:],
+            }
+        )
+
+    def image_table(self) -> pd.DataFrame:
+        """One row per image: image_id, offset, count, original_h/w, working_h/w, has_labels and
+        label_ids (tuple of 2018 class ids, empty when unlabelled)."""
+        return pd.DataFrame(
+            {
+                "image_id": self._image_ids,
+                "offset": self._offsets,
+                "count": self._counts,
+                "original_h": self._original_hw[:, 0],
+                "original_w": self._original_hw[:, 1],
+                "working_h": self._working_hw[:, 0],
+                "working_w": self._working_hw[:, 1],
+                "has_labels": self._has_labels,
+                "label_ids": [tuple(int(c) for c in np.flatnonzero(row)) for row in self._labels],
+            }
+        )
+
+    @property
+    def skipped(self) -> pd.DataFrame:
+        """Images that yielded no cells: image_id, reason."""
+        group = self._h5()["skipped"]
+        return pd.DataFrame(
+            {"image_id": read_strings(group["image_id"]), "reason": read_strings(group["reason"])}
+        )
+
+    @property
+    def qc_flag_names(self) -> dict[str, int]:
+        """{QC flag name: bit value} for `qc_flags`."""
+        return dict(json.loads(self._attrs["qc_flag_names"]))
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Root attributes, with `parameters` and `qc_flag_names` decoded from their JSON."""
+        info = dict(self._attrs)
+        info["parameters"] = json.loads(info.pop("parameters_json"))
+        info["qc_flag_names"] = self.qc_flag_names
+        return info
+
+    def verify(self) -> None:
+        """Check the file's internal consistency (row counts, offsets tiling the cells, unique ids,
+        cell-to-image links); raise CellCacheError naming the problem."""
+        f = self._h5()
+        n = self._num_cells
+        for name in ("masks", *(f"cells/{k}" for k in f["cells"])):
+            if f[name].shape[0] != n:
+                raise CellCacheError(f"{self.path}: {name} has {f[name].shape[0]} rows but crops has {n}")
+        starts = (
+            np.concatenate([[0], np.cumsum(self._counts)[:-1]]).astype(np.int64)
+            if self.num_images
+            else self._offsets
+        )
+        if not np.array_equal(self._offsets, starts) or int(self._counts.sum()) != n:
+            raise CellCacheError(f"{self.path}: images/offset and images/count do not tile the {n} cells")
+        if len(self._index_of) != self.num_images:
+            raise CellCacheError(f"{self.path}: images/id holds duplicate image ids")
+        if not np.array_equal(f["cells/image_index"][:], np.repeat(np.arange(self.num_images), self._counts)):
+            raise CellCacheError(
+                f"{self.path}: cells/image_index does not match images/offset and images/count"
+            )
+        if read_strings(f["cells/image_id"]) != [self._image_ids[i] for i in f["cells/image_index"][:]]:
+            raise CellCacheError(f"{self.path}: cells/image_id does not match cells/image_index")
+
+
+def _plain(value: Any) -> Any:
+    """An HDF5 attribute value as a plain Python value."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,416 @@
+"""The on-disk layout of the HDF5 cell cache (schema version 1): names, dtypes, creation and appending.
+
+The layout itself is documented in `hpa_cells.cell_cache` (and data/README.md). This module is the
+single place that knows dataset names and dtypes; the reader (`cell_cache`) and the writer
+(`cell_cache_writer`) both go through it. A journal shard written for one image uses exactly this
+layout too, so merging a shard into the main file is "append one cache to another".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from hpa_cells.classes import NUM_CLASSES
+
+SCHEMA_VERSION = 1
+CHANNEL_ORDER = "red,green,blue,yellow"
+NUM_CHANNELS = 4
+# The full-image masks are one flat ragged store per kind; every image's segment starts on a chunk
+# boundary (segments are zero-padded to a multiple of this), so whole chunks copy between files as-is.
+MASK_CHUNK_PIXELS = 65536
+TABLE_CHUNK_ROWS = 4096
+MAX_LABEL_ID = np.iinfo(np.uint16).max
+MAX_QC_FLAGS = np.iinfo(np.uint16).max
+# HDF5 1.10 file format: readable by any h5py built on HDF5 >= 1.10, with the fast append index.
+LIBVER = ("v110", "v110")
+
+# name -> h5py create_dataset keyword arguments; the cache default is chosen in benchmarks/bench_cell_cache.py.
+COMPRESSIONS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "lzf": {"compression": "lzf"},
+    "gzip1": {"compression": "gzip", "compression_opts": 1},
+    "gzip4": {"compression": "gzip", "compression_opts": 4},
+}
+DEFAULT_COMPRESSION = "gzip1"
+# Full-image label masks compress ~20x and are read rarely: always gzip 4, whatever the crops use.
+FULL_MASK_FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 4}
+
+STRING_DTYPE = h5py.string_dtype("utf-8")
+
+# cells/ group: dataset name -> (dtype, trailing shape)
+CELL_DATASETS: dict[str, tuple[Any, tuple[int, ...]]] = {
+    "image_index": (np.int32, ()),
+    "image_id": (STRING_DTYPE, ()),
+    "cell_id": (np.int32, ()),
+    "bbox": (np.int32, (4,)),
+    "centroid": (np.float32, (2,)),
+    "area": (np.int32, ()),
+    "nucleus_area": (np.int32, ()),
+    "scale": (np.float32, ()),
+    "qc_flags": (np.uint16, ()),
+}
+IMAGE_DATASETS: dict[str, tuple[Any, tuple[int, ...]]] = {
+    "id": (STRING_DTYPE, ()),
+    "offset": (np.int64, ()),
+    "count": (np.int32, ()),
+    "original_hw": (np.int32, (2,)),
+    "working_hw": (np.int32, (2,)),
+    "labels": (np.uint8, (NUM_CLASSES,)),
+    "has_labels": (np.uint8, ()),
+    "mask_offset": (np.int64, ()),
+}
+SKIPPED_DATASETS: dict[str, tuple[Any, tuple[int, ...]]] = {
+    "image_id": (STRING_DTYPE, ()),
+    "reason": (STRING_DTYPE, ()),
+}
+FULL_MASK_KINDS = ("cells", "nuclei")
+PROVENANCE_ATTRS = ("segmenter", "model_sha256", "parameters_json", "qc_flag_names")
+
+
+class CellCacheError(Exception):
+    """Base class of cell cache errors."""
+
+
+class CellCacheSchemaError(CellCacheError):
+    """The file is not a cell cache, or has a schema version this code cannot read."""
+
+
+class CellCacheMismatchError(CellCacheError):
+    """Data to be added does not match the cache it goes to (crop size, provenance, QC flag names)."""
+
+
+class CellCacheLockedError(CellCacheError):
+    """Another live writer holds the cache's lock file."""
+
+
+class DuplicateImageError(CellCacheError):
+    """An image id is added to a cache that already holds it (or lists it as skipped)."""
+
+
+class CellCacheInputError(CellCacheError, ValueError):
+    """Arrays or records handed to the writer have the wrong shape, dtype or values."""
+
+
+@dataclass(frozen=True)
+class CacheProvenance:
+    """Where the cells came from: the segmenter's name, its model file's sha256 ("" when it has no
+    model file, e.g. the watershed baseline) and its parameters (JSON-serialisable)."""
+
+    segmenter: str
+    model_sha256: str
+    parameters: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        if not self.segmenter:
+            raise ValueError("provenance needs a segmenter name")
+        sha = self.model_sha256
+        if sha and (len(sha) != 64 or any(ch not in "0123456789abcdef" for ch in sha)):
+            raise ValueError(f"model_sha256 must be 64 lowercase hex digits or empty, got {sha!r}")
+
+    @property
+    def parameters_json(self) -> str:
+        """The parameters as canonical JSON (sorted keys), the form stored and compared."""
+        return json.dumps(dict(self.parameters), sort_keys=True)
+
+
+def normalise_qc_flag_names(qc_flag_names: Mapping[str, int] | Sequence[str]) -> dict[str, int]:
+    """QC flag names as {name: bit value}: a sequence means name i is bit value 1 << i."""
+    if isinstance(qc_flag_names, Mapping):
+        names = {str(k): int(v) for k, v in qc_flag_names.items()}
+    elif isinstance(qc_flag_names, str):
+        raise TypeError(
+            "qc_flag_names must be a sequence of names or a {name: bit value} mapping, not one string"
+        )
+    else:
+        names = {str(name): 1 << i for i, name in enumerate(qc_flag_names)}
+    for name, value in names.items():
+        if value <= 0 or value > MAX_QC_FLAGS or value & (value - 1):
+            raise ValueError(
+                f"QC flag {name!r} has value {value}; each flag must be a single bit of a uint16"
+            )
+    return names
+
+
+def package_version() -> str:
+    """hpa_cells.__version__ if the package defines one, else the schema's first release."""
+    import hpa_cells
+
+    return str(getattr(hpa_cells, "__version__", "0.1.0"))
+
+
+@dataclass(frozen=True)
+class ImageRows:
+    """One image's data in cache form, checked by the writer before it reaches here.
+
+    crops N,4,S,S uint8; masks N,S,S uint8; cell_columns keyed like CELL_DATASETS minus image_*;
+    cells_hw / nuclei_hw H,W uint16 at working size; labels 28 uint8 multi-hot or None.
+    """
+
+    image_id: str
+    crops: np.ndarray
+    masks: np.ndarray
+    cell_columns: Mapping[str, np.ndarray]
+    cells_hw: np.ndarray
+    nuclei_hw: np.ndarray
+    original_hw: tuple[int, int]
+    labels: np.ndarray | None
+
+
+def padded_pixels(height: int, width: int) -> int:
+    """Length of one image's segment in the ragged full-mask store (a whole number of chunks)."""
+    return -(-(height * width) // MASK_CHUNK_PIXELS) * MASK_CHUNK_PIXELS
+
+
+def _image_contents(rows: ImageRows) -> dict[str, Any]:
+    """Every dataset's rows for a cache holding just this image (as image 0, cells from row 0)."""
+    count = rows.crops.shape[0]
+    height, width = rows.cells_hw.shape
+    contents: dict[str, Any] = {"crops": rows.crops, "masks": rows.masks}
+    for kind, mask_hw in (("cells", rows.cells_hw), ("nuclei", rows.nuclei_hw)):
+        flat = np.zeros(padded_pixels(height, width), dtype=np.uint16)
+        flat[: height * width] = mask_hw.ravel()
+        contents[f"image_masks/{kind}"] = flat
+    contents["cells/image_index"] = np.zeros(count, dtype=np.int32)
+    contents["cells/image_id"] = [rows.image_id] * count
+    for name, values in rows.cell_columns.items():
+        contents[f"cells/{name}"] = values
+    labels = rows.labels if rows.labels is not None else np.zeros(NUM_CLASSES, dtype=np.uint8)
+    contents.update(
+        {
+            "images/id": [rows.image_id],
+            "images/offset": np.zeros(1, dtype=np.int64),
+            "images/count": np.array([count], dtype=np.int32),
+            "images/original_hw": np.array([rows.original_hw], dtype=np.int32),
+            "images/working_hw": np.array([[height, width]], dtype=np.int32),
+            "images/labels": labels[None, :].astype(np.uint8),
+            "images/has_labels": np.array([rows.labels is not None], dtype=np.uint8),
+            "images/mask_offset": np.zeros(1, dtype=np.int64),
+        }
+    )
+    return contents
+
+
+def _dataset_specs(
+    crop_size: int, compression: str
+) -> dict[str, tuple[Any, tuple[int, ...], int, dict[str, Any]]]:
+    """path -> (dtype, trailing shape, rows per chunk, filter kwargs) for every dataset of the layout."""
+    s = crop_size
+    filters = COMPRESSIONS[compression]
+    specs: dict[str, tuple[Any, tuple[int, ...], int, dict[str, Any]]] = {
+        "crops": (np.uint8, (NUM_CHANNELS, s, s), 1, filters),
+        "masks": (np.uint8, (s, s), 1, filters),
+    }
+    for kind in FULL_MASK_KINDS:
+        specs[f"image_masks/{kind}"] = (np.uint16, (), MASK_CHUNK_PIXELS, FULL_MASK_FILTERS)
+    for group_name, datasets in (
+        ("cells", CELL_DATASETS),
+        ("images", IMAGE_DATASETS),
+        ("skipped", SKIPPED_DATASETS),
+    ):
+        for name, (dtype, trailing) in datasets.items():
+            specs[f"{group_name}/{name}"] = (dtype, trailing, TABLE_CHUNK_ROWS, {})
+    return specs
+
+
+def create_layout(
+    f: h5py.File,
+    crop_size: int,
+    compression: str,
+    root_attrs: Mapping[str, Any],
+    *,
+    image: ImageRows | None = None,
+    skipped: tuple[str, str] | None = None,
+) -> None:
+    """Create every dataset and the root attributes of a version-1 cache in an empty file, holding
+    nothing, or one image and/or one skipped row (a journal shard)."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {compression!r}; choose one of {sorted(COMPRESSIONS)}")
+    contents = _image_contents(image) if image is not None else {}
+    if skipped is not None:
+        contents["skipped/image_id"], contents["skipped/reason"] = [skipped[0]], [skipped[1]]
+    for path, (dtype, trailing, chunk_rows, filters) in _dataset_specs(crop_size, compression).items():
+        data = contents.get(path)
+        rows = len(data) if data is not None else 0
+        if chunk_rows == TABLE_CHUNK_ROWS and rows:
+            chunk_rows = rows  # a shard's table is never appended to: no room for growth needed
+        if data is None:
+            data = np.zeros((0, *trailing), dtype=dtype if dtype is not STRING_DTYPE else object)
+        elif dtype is STRING_DTYPE:
+            data = np.array(data, dtype=object)
+        f.create_dataset(
+            path,
+            data=data,
+            dtype=dtype,
+            maxshape=(None, *trailing),
+            chunks=(chunk_rows, *trailing),
+            **filters,
+        )
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["crop_size"] = int(crop_size)
+    f.attrs["channel_order"] = CHANNEL_ORDER
+    for key, value in root_attrs.items():
+        f.attrs[key] = value
+
+
+def check_schema(f: h5py.File, path: Path) -> None:
+    """Raise CellCacheSchemaError unless `f` is a cell cache of the version this code reads."""
+    if "schema_version" not in f.attrs:
+        raise CellCacheSchemaError(f"{path} has no 'schema_version' attribute: not an hpa-cells cell cache")
+    version = int(f.attrs["schema_version"])
+    if version != SCHEMA_VERSION:
+        newer = "a newer" if version > SCHEMA_VERSION else "an older"
+        raise CellCacheSchemaError(
+            f"{path} has cell cache schema_version {version} but this hpa-cells reads schema_version "
+            f"{SCHEMA_VERSION} ({newer} file format; use the matching hpa-cells version or rebuild the cache)"
+        )
+
+
+def read_strings(dataset: h5py.Dataset, start: int = 0, stop: int | None = None) -> list[str]:
+    """utf-8 strings of a 1-D string dataset as Python str."""
+    return [str(s) for s in dataset.asstr()[start:stop]]
+
+
+def _same_filters(src: h5py.Dataset, dst: h5py.Dataset) -> bool:
+    """Whether raw chunks of `src` are valid chunks of `dst` (same chunk shape, dtype and filters)."""
+    return (
+        src.chunks == dst.chunks
+        and src.dtype == dst.dtype
+        and src.compression == dst.compression
+        and src.compression_opts == dst.compression_opts
+        and src.shuffle == dst.shuffle
+        and src.fletcher32 == dst.fletcher32
+        and src.scaleoffset == dst.scaleoffset
+    )
+
+
+def copy_rows(src: h5py.Dataset, src_start: int, dst: h5py.Dataset, count: int) -> int:
+    """Append src rows [src_start, src_start + count) to `dst`, as raw compressed chunks when both have
+    the same filters and the rows are chunk-aligned (no decompression), else by reading and writing.
+    Returns the first new row of `dst`."""
+    dst_start = dst.shape[0]
+    if count == 0:
+        return dst_start
+    dst.resize(dst_start + count, axis=0)
+    rows_per_chunk = src.chunks[0] if src.chunks else 0
+    aligned = (
+        rows_per_chunk > 0
+        and _same_filters(src, dst)
+        and src_start % rows_per_chunk == 0
+        and dst_start % rows_per_chunk == 0
+        and count % rows_per_chunk == 0
+    )
+    if not aligned:
+        dst[dst_start : dst_start + count] = src[src_start : src_start + count]
+        return dst_start
+    tail = (0,) * (src.ndim - 1)
+    src_id, dst_id = src.id, dst.id
+    for row in range(0, count, rows_per_chunk):
+        filter_mask, chunk = src_id.read_direct_chunk((src_start + row, *tail))
+        dst_id.write_direct_chunk((dst_start + row, *tail), chunk, filter_mask)
+    return dst_start
+
+
+TABLE_GROUPS = {"cells": CELL_DATASETS, "images": IMAGE_DATASETS, "skipped": SKIPPED_DATASETS}
+
+
+class CacheAppender:
+    """Appends the images and skipped rows of other cache files to one open cache, never an id twice.
+
+    Crops, masks and full masks are copied as they come (raw compressed chunks when the filters
+    match); the small tables are collected and written once by `finish()`, so merging thousands of
+    one-image shards costs one resize per table.
+    """
+
+    def __init__(self, dst: h5py.File) -> None:
+        self.dst = dst
+        self._chunked = {
+            path: dst[path] for path in ("crops", "masks", *(f"image_masks/{k}" for k in FULL_MASK_KINDS))
+        }
+        self._tables = {f"{g}/{n}": dst[f"{g}/{n}"] for g, datasets in TABLE_GROUPS.items() for n in datasets}
+        self._pending: dict[str, list[Any]] = {path: [] for path in self._tables}
+        self.known_image_ids = set(read_strings(dst["images/id"]))
+        self.known_skipped_ids = set(read_strings(dst["skipped/image_id"]))
+        self._next_image = dst["images/id"].shape[0]
+        self.added_images = 0
+        self.added_skipped = 0
+
+    def add_from(self, src: h5py.File) -> None:
+        """Queue every image and skipped row of cache `src` whose id this cache does not hold yet."""
+        src_ids = read_strings(src["images/id"])
+        if any(image_id not in self.known_image_ids for image_id in src_ids):
+            self._add_images(src, src_ids)
+        for image_id, reason in zip(
+            read_strings(src["skipped/image_id"]), read_strings(src["skipped/reason"]), strict=True
+        ):
+            if image_id in self.known_skipped_ids or image_id in self.known_image_ids:
+                continue
+            self._pending["skipped/image_id"].append([image_id])
+            self._pending["skipped/reason"].append([reason])
+            self.known_skipped_ids.add(image_id)
+            self.added_skipped += 1
+
+    def _add_images(self, src: h5py.File, src_ids: list[str]) -> None:
+        tables = {
+            f"{g}/{n}": src[f"{g}/{n}"][:]
+            for g in ("cells", "images")
+            for n in TABLE_GROUPS[g]
+            if n not in ("id", "image_id")
+        }
+        src_chunked = {path: src[path] for path in self._chunked}
+        for i, image_id in enumerate(src_ids):
+            if image_id in self.known_image_ids:
+                continue
+            start, count = int(tables["images/offset"][i]), int(tables["images/count"][i])
+            height, width = (int(v) for v in tables["images/working_hw"][i])
+            cell_offset = copy_rows(src_chunked["crops"], start, self._chunked["crops"], count)
+            copy_rows(src_chunked["masks"], start, self._chunked["masks"], count)
+            mask_offset = self._chunked["image_masks/cells"].shape[0]
+            for kind in FULL_MASK_KINDS:
+                path = f"image_masks/{kind}"
+                copy_rows(
+                    src_chunked[path],
+                    int(tables["images/mask_offset"][i]),
+                    self._chunked[path],
+                    padded_pixels(height, width),
+                )
+            pending = self._pending
+            pending["cells/image_index"].append(np.full(count, self._next_image, dtype=np.int32))
+            pending["cells/image_id"].append([image_id] * count)
+            for name in CELL_DATASETS:
+                if name not in ("image_index", "image_id"):
+                    pending[f"cells/{name}"].append(tables[f"cells/{name}"][start : start + count])
+            pending["images/id"].append([image_id])
+            pending["images/offset"].append(np.array([cell_offset], dtype=np.int64))
+            pending["images/mask_offset"].append(np.array([mask_offset], dtype=np.int64))
+            for name in ("count", "original_hw", "working_hw", "labels", "has_labels"):
+                pending[f"images/{name}"].append(tables[f"images/{name}"][i : i + 1])
+            self.known_image_ids.add(image_id)
+            self._next_image += 1
+            self.added_images += 1
+
+    def finish(self) -> None:
+        """Write the queued table rows (one resize and one write per table)."""
+        for path, parts in self._pending.items():
+            if not parts:
+                continue
+            dataset = self._tables[path]
+            if dataset.dtype.kind == "O":
+                values: Any = np.array([v for part in parts for v in part], dtype=object)
+            else:
+                values = np.concatenate(parts)
+            start = dataset.shape[0]
+            dataset.resize(start + len(values), axis=0)
+            dataset[start:] = values
+            parts.clear()
+
+
+def provenance_attrs(f: h5py.File) -> dict[str, str]:
+    """The root attributes that must agree between a cache and data appended to it."""
+    return {key: str(f.attrs.get(key, "")) for key in PROVENANCE_ATTRS}
