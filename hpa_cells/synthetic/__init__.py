@@ -1,0 +1,87 @@
+"""Synthetic HPA-like fields of view with per-cell ground truth.
+
+Real HPA data has image-level labels only; this generator makes images whose every cell has known
+labels, so per-cell localization recovered by a weakly supervised (MIL) model can be measured.
+Image label sets follow the real 2018 label distribution (optionally balanced), each label is carried
+by a random subset of the cells, and per-cell green brightness varies widely so that counting green
+pixels does not reveal the class; the spatial pattern does.
+
+Modules: `geometry` (cell lines, layout, instance masks), `anatomy` (nucleoli, MTOC, fibres, spindle,
+bridge, ER network), `reference_channels` (red/blue/yellow), `patterns` (the 28 green generators),
+`cell_labels` (which cells carry which labels), `microscope` (blur, noise, 8-bit), `label_sets` (real
+2018 label-set table, balancing), `dataset` (generator and dataset writer), `contact_sheet`.
+"""
+
+from hpa_cells.synthetic.contact_sheet import make_contact_sheet
+from hpa_cells.synthetic.dataset import (
+    CELL_COLUMNS,
+    CELLS_FILE,
+    LABELS_FILE,
+    SETTINGS_FILE,
+    CellRecord,
+    DatasetSummary,
+    FieldPlan,
+    OutputFolderError,
+    SyntheticConfig,
+    SyntheticGenerator,
+    SyntheticSample,
+    is_complete,
+    sample_paths,
+    write_dataset,
+    write_sample_files,
+)
+from hpa_cells.synthetic.geometry import CELL_LINE_NAMES, CELL_LINES, CellLine, LayoutError
+from hpa_cells.synthetic.label_sets import (
+    DEFAULT_MIN_PREVALENCE,
+    BalancingError,
+    LabelSetSampler,
+    LabelSetTable,
+    LabelSetTableError,
+    balanced_probabilities,
+    count_label_sets,
+    derive_label_set_table,
+    expected_prevalence,
+    load_real_label_sets,
+    read_label_set_table,
+    write_label_set_table,
+)
+from hpa_cells.synthetic.patterns import DIVIDING_CLASSES, PATTERN_GENERATORS, REQUIRED_STAGES, PatternError
+
+__all__ = [
+    "CELLS_FILE",
+    "CELL_COLUMNS",
+    "CELL_LINES",
+    "CELL_LINE_NAMES",
+    "DEFAULT_MIN_PREVALENCE",
+    "DIVIDING_CLASSES",
+    "LABELS_FILE",
+    "PATTERN_GENERATORS",
+    "REQUIRED_STAGES",
+    "SETTINGS_FILE",
+    "BalancingError",
+    "CellLine",
+    "CellRecord",
+    "DatasetSummary",
+    "FieldPlan",
+    "LabelSetSampler",
+    "LabelSetTable",
+    "LabelSetTableError",
+    "LayoutError",
+    "OutputFolderError",
+    "PatternError",
+    "SyntheticConfig",
+    "SyntheticGenerator",
+    "SyntheticSample",
+    "balanced_probabilities",
+    "count_label_sets",
+    "derive_label_set_table",
+    "expected_prevalence",
+    "is_complete",
+    "load_real_label_sets",
+    "make_contact_sheet",
+    "read_label_set_table",
+    "sample_paths",
+    "write_dataset",
+    "write_label_set_table",
+    "write_sample_files",
+]
