@@ -1,0 +1,133 @@
+"""Segmentation quality and speed: bundled Cellpose (batched) vs a naive CellposeModel.eval loop vs watershed.
+
+Quality: AP@0.5 / AP@0.75 against the real reference masks (the five 2021 fields at 512 px) and against the
+exact masks of synthetic fields. Speed: the whole `segment` job (read PNGs, segment, QC, crops, HDF5 cache) in
+images/s and cells/s, against a naive loop that calls Cellpose's own `CellposeModel.eval` once per image at
+its default settings with the same weights (cells and nuclei), in the same process.
+
+  python benchmarks/bench_segmentation.py [--synthetic 24] [--data ../shared/data]
+
+Prints markdown tables for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--synthetic", type=int, default=24, help="synthetic fields for AP and speed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=4242, help="synthetic seed, unseen in training (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def naive_cellpose_models(segmenter):
+    """Cellpose's own CellposeModel objects carrying the same weights as `segmenter`'s networks."""
+    from cellpose import models
+
+    from segmentation.cellpose_models import build_network
+
+    out = {}
+    for kind, spec in (("cells", segmenter._cell_spec), ("nuclei", segmenter._nucleus_spec)):
+        model = models.CellposeModel(gpu=False, pretrained_model=False)
+        model.net = build_network(spec, "cpu")
+        model.diam_mean = spec.diam_mean
+        model.diam_labels = spec.diam_mean
+        model.nbase = list(spec.nbase)
+        out[kind] = model
+    return out
+
+
+def naive_segment(naive, image_chw, cell_d, nucleus_d, use_er=True):
+    """One image, two CellposeModel.eval calls at default settings (tiling, resample, flow threshold 0.4)."""
+    cyto = image_chw[0].astype(np.float32)
+    if use_er:
+        cyto = 0.5 * (cyto + image_chw[3].astype(np.float32))
+    rgb = np.stack([cyto, image_chw[2].astype(np.float32), np.zeros_like(cyto)], axis=-1)
+    cells = naive["cells"].eval(rgb, channels=[1, 2], diameter=cell_d)[0]
+    nuclei = naive["nuclei"].eval(image_chw[2], channels=[0, 0], diameter=nucleus_d)[0]
+    return cells.astype(np.int32), nuclei.astype(np.int32)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from hpa_cells.synthetic.dataset import SyntheticConfig, write_dataset
+    from segmentation.cellpose_segmenter import CellposeSegmenter, default_diameters
+    from segmentation.instance_metrics import average_precision
+    from segmentation.segment_to_cache import SegmentJob, segment_folder
+    from segmentation.training_data import real_reference_fields, synthetic_fields
+    from segmentation.watershed import WatershedSegmenter
+
+    torch.set_num_threads(2)
+    cellpose = CellposeSegmenter()
+    watershed = WatershedSegmenter()
+    naive = naive_cellpose_models(cellpose)
+    cell_d, nucleus_d = default_diameters(512)
+    print(f"# Segmentation benchmark: {datetime.date.today()}, {platform.machine()}, {torch.get_num_threads()} threads, "
+          f"python {platform.python_version()}, torch {torch.__version__}")
+    print(f"command: python benchmarks/bench_segmentation.py --synthetic {args.synthetic} --seed {args.seed}\n")
+
+    sets = {}
+    if (args.data / "hpa2021_subset").is_dir():
+        sets["real"] = real_reference_fields(args.data, 512, "cells")
+    sets["synthetic"] = synthetic_fields(args.synthetic, args.seed, 512, "cells")
+    print("| data | field | cellpose (batched) AP@0.5 | AP@0.75 | naive eval AP@0.5 | AP@0.75 | watershed AP@0.5 | AP@0.75 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, fields in sets.items():
+        images = [f.image for f in fields]
+        truth = [f.mask for f in fields]
+        ours = [r.cells for r in cellpose.segment_batch(images)]
+        naive_masks = [naive_segment(naive, im, cell_d, nucleus_d)[0] for im in images]
+        ws = [r.cells for r in watershed.segment_batch(images)]
+        scores = {k: average_precision(truth, v, thresholds=(0.5, 0.75))[0]
+                  for k, v in (("ours", ours), ("naive", naive_masks), ("ws", ws))}
+        rows = [(f.name[:8], i) for i, f in enumerate(fields)] if name == "real" else []
+        rows.append(("mean", None))
+        for label, i in rows:
+            cells = []
+            for k in ("ours", "naive", "ws"):
+                a = scores[k] if i is None else scores[k][i:i + 1]
+                cells += [f"{np.nanmean(a[:, 0]):.3f}", f"{np.nanmean(a[:, 1]):.3f}"]
+            print(f"| {name} | {label} | " + " | ".join(cells) + " |")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "synthetic"
+        write_dataset(folder, args.synthetic, SyntheticConfig(seed=args.seed, size=512))
+        from hpa_cells.images import read_sample, scan_folder
+
+        images = [read_sample(folder, i) for i in scan_folder(folder).ids]
+        t = time.perf_counter()
+        for im in images:
+            naive_segment(naive, im, cell_d, nucleus_d)
+        naive_s = time.perf_counter() - t
+        timings = {}
+        for label, seg in (("cellpose", cellpose), ("watershed", watershed)):
+            t = time.perf_counter()
+            summary = segment_folder(SegmentJob(folder, Path(tmp) / f"{label}.h5"), seg)
+            timings[label] = (time.perf_counter() - t, summary.cells_kept)
+    n = len(images)
+    print("\n| method | images | seconds | images/s | cells/s | speed-up vs naive loop |")
+    print("|---|---|---|---|---|---|")
+    print(f"| naive `CellposeModel.eval` loop (segmentation only) | {n} | {naive_s:.1f} | {n / naive_s:.2f} | - | 1.00 |")
+    for label, (s, cells) in timings.items():
+        print(f"| whole `segment` job, {label} (read, segment, QC, crops, cache) | {n} | {s:.1f} | {n / s:.2f} | "
+              f"{cells / s:.1f} | {naive_s / s:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Training the bundled Cellpose CPnet models with Cellpose's own training pieces, resumably.
+
+The loop is Cellpose 3's `train.train_seg` step for step: flows from `dynamics.labels_to_flows`, Cellpose's
+random rotation/flip/rescale augmentation (`transforms.random_rotate_and_resize`, objects rescaled to the
+network's `diam_mean`), and Cellpose's loss (`train._loss_fn_seg`: flow MSE + cell-probability BCE). What it
+adds is what a CPU training run in a time-limited session needs: a checkpoint (pickle-free safetensors + JSON)
+every `checkpoint_every` steps that a rerun resumes from exactly (each step's randomness is seeded by
+(seed, step)), a tqdm bar, a periodic AP check on held-out fields, and narrow networks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segmentation.cellpose_models import CellposeNetSpec, save_bundled_format, sha256_of_file
+from segmentation.cellpose_segmenter import CellposeNetRunner, cellpose_input
+from segmentation.instance_metrics import average_precision
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AnnotatedField:
+    """One training/evaluation field: a `4,H,W` uint8 image and the instance mask to learn (`H,W`)."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class SegmenterTrainConfig:
+    """Settings of one CPnet training run (saved next to the weights)."""
+
+    kind: str = "cells"
+    nbase: tuple[int, ...] = (2, 16, 32, 64, 256)
+    diam_mean: float = 30.0
+    steps: int = 600
+    batch_size: int = 8
+    crop_size: int = 160
+    learning_rate: float = 0.005
+    weight_decay: float = 1e-5
+    warmup_steps: int = 20
+    scale_range: float = 0.5
+    checkpoint_every: int = 25
+    eval_every: int = 100
+    seed: int = 0
+    use_er: bool = True
+    init_weights: str | None = None
+    notes: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("cells", "nuclei"):
+            raise ValueError(f"kind must be 'cells' or 'nuclei', got {self.kind!r}")
+        if self.nbase[0] != 2:
+            raise ValueError(f"nbase must start with the 2 input channels, got {self.nbase}")
+        if self.steps <= 0 or self.batch_size <= 0 or self.crop_size % 16:
+            raise ValueError("steps and batch_size must be positive and crop_size a multiple of 16")
+
+
+def learning_rate_at(step: int, config: SegmenterTrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 1% of the peak."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _flows_for(masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Cellpose's training targets `3,H,W` (cell probability, y flow, x flow) per mask."""
+    from cellpose.dynamics import labels_to_flows
+
+    flows = labels_to_flows([m.astype(np.int32) for m in masks], device=torch.device("cpu"))
+    return [f[1:].astype(np.float32) for f in flows]
+
+
+def _median_diameters(masks: Sequence[np.ndarray], where: Sequence[str]) -> np.ndarray:
+    from cellpose.utils import diameters
+
+    values = []
+    for mask, name in zip(masks, where, strict=True):
+        d = float(diameters(mask.astype(np.int32))[0])
+        if not d > 0:
+            raise ValueError(f"training field {name!r} has no objects in its mask")
+        values.append(d)
+    return np.asarray(values, np.float32)
+
+
+def _save_checkpoint(folder: Path, net: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                     history: list[dict]) -> None:
+    """Weights + optimizer moments as safetensors and the step/history as JSON, each replaced atomically."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"net.{k}": v.detach().contiguous() for k, v in net.state_dict().items()}
+    for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
+        state = optimizer.state.get(param, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                tensors[f"opt.{index}.{key}"] = state[key].contiguous()
+        if "step" in state:
+            tensors[f"opt.{index}.step"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1)
+    tmp = folder / "checkpoint.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, folder / "checkpoint.safetensors")
+    tmp_json = folder / "checkpoint.json.tmp"
+    tmp_json.write_text(json.dumps({"step": step, "history": history}, indent=1))
+    os.replace(tmp_json, folder / "checkpoint.json")
+
+
+def _load_checkpoint(folder: Path, net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "checkpoint.safetensors"))
+    meta = json.loads((folder / "checkpoint.json").read_text())
+    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
+        if f"opt.{index}.exp_avg" in tensors:
+            optimizer.state[param] = {
+                "step": tensors[f"opt.{index}.step"].reshape(()),
+                "exp_avg": tensors[f"opt.{index}.exp_avg"],
+                "exp_avg_sq": tensors[f"opt.{index}.exp_avg_sq"],
+            }
+    return int(meta["step"]), list(meta["history"])
+
+
+def evaluate_network(net: torch.nn.Module, config: SegmenterTrainConfig, fields: Sequence[AnnotatedField],
+                     diameter: float | None = None) -> dict[str, dict[str, float]]:
+    """AP@0.5/0.75 of `net` on each field, segmenting it as `CellposeSegmenter` would.
+
+    With `diameter=None` each field is segmented at its true median object diameter (isolates the network's
+    quality from the diameter choice); pass the deployment default to measure what users get.
+    """
+    from cellpose.utils import diameters
+
+    spec = CellposeNetSpec("in-training", Path("."), "safetensors", tuple(config.nbase), config.diam_mean, "")
+    scores: dict[str, dict[str, float]] = {}
+    net.eval()
+    for f in fields:
+        d = diameter if diameter is not None else float(diameters(f.mask.astype(np.int32))[0])
+        runner = CellposeNetRunner.from_network(net, spec, d)
+        pred = runner.segment([cellpose_input(f.image, config.kind, config.use_er)])[0]
+        ap, _, _, _ = average_precision([f.mask], [pred], thresholds=(0.5, 0.75))
+        scores[f.name] = {"ap50": float(ap[0, 0]), "ap75": float(ap[0, 1]), "n_true": int(f.mask.max()),
+                          "n_pred": int(len(np.unique(pred)) - 1)}
+    return scores
+
+
+def train_segmenter(train: Sequence[AnnotatedField], validation: Sequence[AnnotatedField],
+                    config: SegmenterTrainConfig, work_dir: Path, out_weights: Path) -> dict:
+    """Train (or resume) one CPnet and write it in the bundled format to `out_weights` (.safetensors + .json).
+
+    Returns the training record written into the .json (config, data, history, validation AP, time).
+    """
+    from cellpose.resnet_torch import CPnet
+    from cellpose.train import _loss_fn_seg
+    from cellpose.transforms import random_rotate_and_resize
+    from tqdm import tqdm
+
+    if not train:
+        raise ValueError("no training fields")
+    torch.manual_seed(config.seed)
+    net = CPnet(list(config.nbase), 3, sz=3, mkldnn=False, max_pool=True, diam_mean=config.diam_mean)
+    if config.init_weights:
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(config.init_weights), strict=True)
+        net.diam_mean.data[:] = config.diam_mean
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+
+    inputs = [cellpose_input(f.image, config.kind, config.use_er) for f in train]
+    targets = _flows_for([f.mask for f in train])
+    diam = _median_diameters([f.mask for f in train], [f.name for f in train])
+    net.diam_labels.data[:] = float(diam.mean())
+    probs = np.asarray([f.weight for f in train], np.float64)
+    probs /= probs.sum()
+
+    start, history = 0, []
+    if (work_dir / "checkpoint.json").is_file():
+        start, history = _load_checkpoint(work_dir, net, optimizer)
+        logger.info("resuming %s training from step %d in %s", config.kind, start, work_dir)
+    t0 = time.time()
+    running = []
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=f"train {config.kind} CPnet")
+    for step in bar:
+        net.train()
+        np.random.seed((config.seed * 1_000_003 + step) % 2**32)  # Cellpose's augmentation draws from np.random
+        inds = np.random.choice(len(train), size=config.batch_size, p=probs)
+        rescale = diam[inds] / config.diam_mean
+        x, y = random_rotate_and_resize([inputs[i] for i in inds], Y=[targets[i] for i in inds], rescale=rescale,
+                                        scale_range=config.scale_range, xy=(config.crop_size, config.crop_size))[:2]
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, config)
+        loss = _loss_fn_seg(y, net(torch.from_numpy(x))[0], torch.device("cpu"))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        running.append(loss.detach().item())
+        bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}")
+        done = step + 1
+        if done % config.eval_every == 0 or done == config.steps:
+            record = {"step": done, "train_loss": float(np.mean(running[-config.eval_every:]))}
+            if validation:
+                scores = evaluate_network(net, config, validation)
+                record["val_ap50"] = float(np.mean([s["ap50"] for s in scores.values()]))
+                logger.info("step %d: loss %.4f, validation AP@0.5 %.3f", done, record["train_loss"], record["val_ap50"])
+            history.append(record)
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            _save_checkpoint(work_dir, net, optimizer, done, history)
+    elapsed = time.time() - t0
+    final_scores = evaluate_network(net, config, validation) if validation else {}
+    record = {
+        "config": {**asdict(config), "nbase": list(config.nbase)},
+        "training_fields": [f.name for f in train],
+        "validation_fields": [f.name for f in validation],
+        "median_training_diameter": float(np.median(diam)),
+        "history": history,
+        "validation": final_scores,
+        "seconds_this_run": round(elapsed, 1),
+        "parameters": int(sum(p.numel() for p in net.parameters())),
+    }
+    save_bundled_format(net, out_weights, {"kind": config.kind, "use_er": config.use_er, "training": record})
+    record["sha256"] = sha256_of_file(out_weights)
+    return record

@@ -1,0 +1,199 @@
+"""Segment a folder of HPA fields and write every cell into the HDF5 cell cache (the `segment.py` job).
+
+Resumable: images already in the cache (or its journal) are skipped, so rerunning the same command after a
+crash or Ctrl-C continues where it stopped. Unreadable images, missing channels and images without cells are
+recorded in the cache's `skipped` table and the summary, and do not stop the run unless `strict`.
+Reading the next batch overlaps with segmenting the current one (a background thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hpa_cells.cell_cache import CacheProvenance, CellCacheWriter
+from hpa_cells.crops import CropConfig, extract_cell_crops
+from hpa_cells.images import (
+    ImageReadError,
+    read_sample_files,
+    resize_image,
+    resize_mask,
+    scan_folder,
+    write_label_mask,
+)
+from hpa_cells.labels import match_labels_to_images, read_labels, to_multi_hot
+from segmentation.quality_control import QCFlag
+from segmentation.result import Segmenter
+
+logger = logging.getLogger(__name__)
+
+QC_FLAG_NAMES = {flag.name.lower(): int(flag) for flag in QCFlag}
+
+
+class StrictModeError(RuntimeError):
+    """Raised in strict mode at the first image that would otherwise be skipped."""
+
+
+@dataclass
+class SegmentRunSummary:
+    """What one run did (the cache holds the cumulative result)."""
+
+    images_found: int = 0
+    images_already_done: int = 0
+    images_done: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)
+    cells_kept: int = 0
+    cells_flagged: Counter = field(default_factory=Counter)
+    cells_per_image: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    labels_without_images: int = 0
+    images_without_labels: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_done / self.seconds if self.seconds else 0.0
+
+    def lines(self) -> list[str]:
+        counts = np.asarray(self.cells_per_image or [0])
+        out = [
+            f"images found: {self.images_found}; already in the cache: {self.images_already_done}; "
+            f"segmented now: {self.images_done}; skipped now: {len(self.skipped)}",
+            f"cells kept: {self.cells_kept}; cells per image min/median/max: "
+            f"{counts.min()}/{int(np.median(counts))}/{counts.max()}",
+            "cells flagged: " + (", ".join(f"{k} {v}" for k, v in sorted(self.cells_flagged.items())) or "none"),
+            f"time: {self.seconds:.1f} s ({self.images_per_second:.2f} images/s, "
+            f"{self.cells_kept / self.seconds if self.seconds else 0:.1f} cells/s)",
+        ]
+        if self.labels_without_images or self.images_without_labels:
+            out.append(f"labels without images: {self.labels_without_images}; "
+                       f"images without labels: {self.images_without_labels}")
+        for image_id, reason in list(self.skipped.items())[:10]:
+            out.append(f"  skipped {image_id}: {reason}")
+        if len(self.skipped) > 10:
+            out.append(f"  ... and {len(self.skipped) - 10} more (see the cache's skipped table)")
+        return out
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    """Inputs and settings of one segment-to-cache run."""
+
+    images_dir: Path
+    out_path: Path
+    labels_path: Path | None = None
+    working_size: int = 512
+    crop: CropConfig = field(default_factory=CropConfig)
+    export_masks_dir: Path | None = None
+    limit: int | None = None
+    strict: bool = False
+    batch_size: int = 8
+
+
+def _read_batch(paths: Sequence[tuple[str, dict]], size: int) -> list[tuple[str, np.ndarray | None, tuple[int, int], str]]:
+    """Read images (at working size) with their original shapes; failures become a reason string."""
+    out = []
+    for sample_id, files in paths:
+        try:
+            image = read_sample_files(files, sample_id=sample_id, size=None)
+            original = image.shape[1:]
+            if max(original) != size:
+                image = resize_image(image, size)
+            out.append((sample_id, image, original, ""))
+        except ImageReadError as err:
+            out.append((sample_id, None, (0, 0), f"unreadable: {err}"))
+    return out
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def segment_folder(job: SegmentJob, segmenter: Segmenter) -> SegmentRunSummary:
+    """Run the job; returns this run's summary (progress is shown with tqdm)."""
+    from tqdm import tqdm
+
+    started = time.time()
+    summary = SegmentRunSummary()
+    scan = scan_folder(job.images_dir)
+    labels = read_labels(job.labels_path) if job.labels_path else None
+    all_ids = sorted(set(scan.complete) | set(scan.incomplete))
+    summary.images_found = len(all_ids)
+    if labels is not None:
+        match = match_labels_to_images(labels, all_ids)
+        summary.labels_without_images = len(match.labels_without_images)
+        summary.images_without_labels = len(match.images_without_labels)
+    provenance = segmenter.provenance()
+    cache_provenance = CacheProvenance(
+        segmenter=segmenter.name,
+        model_sha256=str(provenance.get("cell_model", {}).get("sha256", "")) if isinstance(
+            provenance.get("cell_model"), dict) else "",
+        parameters={**provenance, "working_size": job.working_size, "crop": job.crop.__dict__,
+                    "images_dir": str(job.images_dir.resolve())},
+    )
+    if job.export_masks_dir is not None:
+        job.export_masks_dir.mkdir(parents=True, exist_ok=True)
+    with CellCacheWriter(job.out_path, job.crop.crop_size, cache_provenance, QC_FLAG_NAMES) as writer:
+        done = writer.done_image_ids()
+        todo = [i for i in all_ids if i not in done]
+        summary.images_already_done = len(all_ids) - len(todo)
+        if job.limit is not None:
+            todo = todo[: job.limit]
+
+        def skip(image_id: str, reason: str) -> None:
+            if job.strict:
+                raise StrictModeError(f"image {image_id!r} in {job.images_dir}: {reason} (--strict stops here; "
+                                      f"{summary.images_done} images already written are kept)")
+            logger.warning("skipping %s: %s", image_id, reason)
+            writer.add_skipped(image_id, reason)
+            summary.skipped[image_id] = reason
+
+        readable = []
+        for image_id in todo:
+            if image_id in scan.incomplete:
+                skip(image_id, f"missing channel(s): {', '.join(scan.incomplete[image_id])}")
+            else:
+                readable.append((image_id, scan.complete[image_id]))
+        bar = tqdm(total=len(readable), desc="segment", unit="image")
+        with bar, ThreadPoolExecutor(max_workers=1) as reader:  # the bar closes on errors too
+            batches = list(_batches(readable, job.batch_size))
+            pending: Future | None = reader.submit(_read_batch, batches[0], job.working_size) if batches else None
+            for index in range(len(batches)):
+                loaded = pending.result()
+                pending = (reader.submit(_read_batch, batches[index + 1], job.working_size)
+                           if index + 1 < len(batches) else None)
+                good = [(i, im, orig) for i, im, orig, reason in loaded if im is not None]
+                for image_id, _, _, reason in loaded:
+                    if reason:
+                        skip(image_id, reason)
+                results = segmenter.segment_batch([im for _, im, _ in good]) if good else []
+                for (image_id, image, original), result in zip(good, results, strict=True):
+                    if result.n_cells == 0:
+                        skip(image_id, "no cells found")
+                        continue
+                    flags = dict(zip(result.qc.cell_id.tolist(), result.qc.flags.tolist(), strict=True))
+                    crops = extract_cell_crops(image, result.cells, result.nuclei, config=job.crop, qc_flags=flags)
+                    label_vector = None
+                    if labels is not None and image_id in labels:
+                        label_vector = to_multi_hot([labels[image_id]])[0]
+                    writer.add_cell_crops(image_id, crops, result.cells, result.nuclei, tuple(original), label_vector)
+                    if job.export_masks_dir is not None:
+                        write_label_mask(job.export_masks_dir / f"{image_id}_cells.png", resize_mask(result.cells, tuple(original)))
+                        write_label_mask(job.export_masks_dir / f"{image_id}_nuclei.png", resize_mask(result.nuclei, tuple(original)))
+                    summary.images_done += 1
+                    summary.cells_kept += len(crops)
+                    summary.cells_per_image.append(len(crops))
+                    for value in result.qc.flags.tolist():
+                        for flag in QCFlag:
+                            if value & int(flag):
+                                summary.cells_flagged[flag.name.lower()] += 1
+                bar.update(len(loaded))
+    summary.seconds = time.time() - started
+    return summary

@@ -1,0 +1,183 @@
+"""`scripts/segment.py`: instant --help, a watershed run end to end, Cellpose with model files, and the
+one-line errors (missing or unreadable model, --out missing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import segmentation.cellpose_models as cellpose_models
+from hpa_cells.cell_cache import CellCache
+from hpa_cells.synthetic.dataset import SyntheticConfig, write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "segment.py"
+
+
+def load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("segment_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def synthetic_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cli") / "images"
+    write_dataset(folder, 3, SyntheticConfig(seed=8, size=256))
+    return folder
+
+
+def test_help_is_instant_and_imports_nothing_heavy(tmp_path: Path) -> None:
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('segment_script', {str(SCRIPT)!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "try:\n"
+        "    module.main(['--help'])\n"
+        "except SystemExit as stop:\n"
+        "    assert stop.code == 0, stop.code\n"
+        "heavy = sorted(m for m in ('torch', 'cellpose', 'cv2', 'h5py', 'numpy', 'hpa_cells', 'segmentation')\n"
+        "               if m in sys.modules)\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY=\n" in done.stdout
+    assert "--segmenter {cellpose,watershed}" in done.stdout
+    assert "segmentation method (default: cellpose)" in done.stdout
+    assert "working size" in done.stdout and "(default: 512)" in done.stdout
+
+
+def test_watershed_end_to_end_prints_the_summary(
+    synthetic_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, masks = tmp_path / "cells.h5", tmp_path / "masks"
+    argv = ["--images", str(synthetic_images), "--labels", str(synthetic_images / "train.csv"), "--out", str(out),
+            "--segmenter", "watershed", "--size", "256", "--crop-size", "64", "--export-masks", str(masks)]
+    assert load_script().main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert f"Segmented {synthetic_images} with watershed -> {out}" in printed
+    assert "  images found: 3; already in the cache: 0; segmented now: 3; skipped now: 0" in printed
+    assert any(line.startswith("  cells kept: ") for line in printed)
+    assert any(line.startswith("  time: ") and "images/s" in line for line in printed)
+    with CellCache(out) as cache:
+        assert cache.num_images == 3 and cache.crop_size == 64 and cache.has_labels.all()
+    assert len(list(masks.glob("*_cells.png"))) == 3
+
+    assert load_script().main(argv) == 0
+    assert "  images found: 3; already in the cache: 3; segmented now: 0; skipped now: 0" in capsys.readouterr().out
+
+
+def test_cellpose_with_model_files(synthetic_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    from cellpose.resnet_torch import CPnet
+
+    paths = {}
+    for kind, diam_mean in (("cells", 30.0), ("nuclei", 17.0)):
+        torch.manual_seed(len(kind))
+        net = CPnet([2, 8, 16, 32, 32], 3, sz=3, mkldnn=False, max_pool=True, diam_mean=diam_mean)
+        paths[kind] = cellpose_models.save_bundled_format(net, tmp_path / f"{kind}.safetensors", {"kind": kind})
+    images = Path(shutil.copytree(synthetic_images, tmp_path / "two"))
+    for channel_file in images.glob("synth-s8-000002_*.png"):
+        channel_file.unlink()
+    out = tmp_path / "cells.h5"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = load_script().main(["--images", str(images), "--out", str(out), "--size", "128",
+                                   "--model", str(paths["cells"]), "--nucleus-model", str(paths["nuclei"])])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"Segmented {images} with cellpose -> {out}" in printed
+    assert "  images found: 2; already in the cache: 0; " in printed
+    with CellCache(out) as cache:
+        provenance = cache.provenance
+        assert cache.num_images + len(cache.skipped) == 2
+    assert provenance["segmenter"] == "cellpose"
+    assert provenance["model_sha256"] == cellpose_models.sha256_of_file(paths["cells"])
+    assert provenance["parameters"]["nucleus_model"]["path"] == str(paths["nuclei"])
+    assert provenance["parameters"]["working_size"] == 128
+    json.dumps(provenance["parameters"])
+
+
+def test_missing_bundled_model_is_one_line_and_exit_2(
+    synthetic_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cellpose_models, "BUNDLED_MODEL_DIR", tmp_path / "no-models")
+    out = tmp_path / "cells.h5"
+    assert load_script().main(["--images", str(synthetic_images), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    expected = tmp_path / "no-models" / "hpa_cells_cells.safetensors"
+    assert captured.err.startswith(f"error: the bundled cells model is missing: looked for {expected}. ")
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert not out.exists()
+
+
+def test_unreadable_model_file_is_one_line_and_exit_2(
+    synthetic_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "model.pth"
+    bad.write_bytes(b"\x00" * 64)
+    assert load_script().main(["--images", str(synthetic_images), "--out", str(tmp_path / "c.h5"), "--model", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad} could not be read as a Cellpose model file: ")
+    assert err.count("\n") == 1
+
+
+def test_out_is_required_with_images(synthetic_images: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert load_script().main(["--images", str(synthetic_images), "--segmenter", "watershed"]) == 2
+    assert capsys.readouterr().err == "error: --out is required with --images\n"
+
+
+def test_bad_paths_and_a_mismatched_cache_are_one_line_errors(
+    synthetic_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = load_script()
+    out = tmp_path / "cells.h5"
+    missing = tmp_path / "nowhere"
+    assert script.main(["--images", str(missing), "--out", str(out), "--segmenter", "watershed"]) == 2
+    assert capsys.readouterr().err == f"error: image folder {missing} does not exist or is not a directory\n"
+    assert script.main(["--images", str(synthetic_images), "--labels", str(missing / "l.csv"), "--out", str(out),
+                        "--segmenter", "watershed"]) == 2
+    assert capsys.readouterr().err == f"error: {missing / 'l.csv'}: label file not found\n"
+    assert not out.exists()
+    # A cache made with other settings (here the working size) is refused, not silently mixed.
+    assert script.main(["--images", str(synthetic_images), "--out", str(out), "--segmenter", "watershed",
+                        "--size", "256"]) == 0
+    capsys.readouterr()
+    assert script.main(["--images", str(synthetic_images), "--out", str(out), "--segmenter", "watershed",
+                        "--size", "200"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out} was written with parameters_json=") and err.count("\n") == 1
+
+
+def test_bad_choice_exits_2_via_argparse(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        load_script().main(["--segmenter", "stardist"])
+    assert stop.value.code == 2
+    assert "invalid choice: 'stardist'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_no_arguments_runs_the_embedded_synthetic_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = load_script()
+    monkeypatch.setattr(script, "DEFAULT_DIR", tmp_path / "demo_output")
+    assert script.main(["--segmenter", "watershed"]) == 0
+    printed = capsys.readouterr().out
+    assert f"using the embedded default, a synthetic set in {tmp_path / 'demo_output' / 'synthetic'}" in printed
+    assert "  images found: 24; already in the cache: 0; segmented now: 24; skipped now: 0" in printed
+    with CellCache(tmp_path / "demo_output" / "cells.h5") as cache:
+        assert cache.num_images == 24 and cache.has_labels.all()
