@@ -1,0 +1,139 @@
+"""Image-level F1 (the 2018 competition metric) and cell-level mAP against per-cell truth.
+
+Image level: per-class F1 of thresholded predictions (NaN for a class absent from both truth and predictions);
+macro F1 is the mean over the classes that occur in the truth. Classes absent from the truth are left out, so
+false positives on them do not count; when every class occurs (as in the balanced benchmark sets) this equals
+the 2018 competition's macro F1 over all 28 classes.
+
+Cell level (synthetic data, where every cell's labels are known): predicted cells are matched one-to-one to
+true cells at IoU >= 0.6; for each class, a ranked list is scored where a matched predicted cell is a hit when its
+true cell carries the class, an unmatched predicted cell is a false positive, and an unmatched true cell carrying
+the class is a miss that no threshold can recover (so segmentation errors lower recall). AP is the area under
+that precision-recall curve (step interpolation, as scikit-learn's `average_precision_score`); cell mAP is the
+mean over classes that some true cell carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hpa_cells.classes import NUM_CLASSES
+
+CELL_MATCH_IOU = 0.6
+
+
+def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """`K` F1 scores of `N,K` binary truth and predictions; NaN where a class is absent from both."""
+    y_true = np.asarray(y_true).astype(bool)
+    y_pred = np.asarray(y_pred).astype(bool)
+    if y_true.shape != y_pred.shape or y_true.ndim != 2:
+        raise ValueError(f"truth and predictions must both be N,K; got {y_true.shape} and {y_pred.shape}")
+    tp = (y_true & y_pred).sum(axis=0).astype(np.float64)
+    fp = (~y_true & y_pred).sum(axis=0)
+    fn = (y_true & ~y_pred).sum(axis=0)
+    denominator = 2 * tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, 2 * tp / denominator, np.nan)
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean F1 over the classes present in the truth."""
+    scores = per_class_f1(y_true, y_pred)
+    present = np.asarray(y_true).astype(bool).any(axis=0)
+    return float(np.mean(scores[present])) if present.any() else float("nan")
+
+
+def average_precision_with_misses(scores: np.ndarray, hits: np.ndarray, n_positives: int) -> float:
+    """AP of a ranked list where `n_positives` may exceed the hits in the list (misses never retrieved).
+
+    `scores` and `hits` describe the retrieved items. Precision and recall are taken at the end of each group of
+    equal scores (each distinct threshold), as in scikit-learn, so the order within ties does not matter.
+    Returns NaN when there are no positives.
+    """
+    if n_positives <= 0:
+        return float("nan")
+    scores = np.asarray(scores, dtype=np.float64)
+    hits = np.asarray(hits, dtype=bool)
+    order = np.lexsort((hits, -scores))  # by score descending; within ties, negatives (False) first
+    hits = hits[order]
+    scores = scores[order]
+    tp = np.cumsum(hits)
+    fp = np.cumsum(~hits)
+    # evaluate at the last item of each run of equal scores (thresholds), as scikit-learn does
+    last_of_tie = np.r_[scores[1:] != scores[:-1], True] if scores.size else np.zeros(0, bool)
+    tp, fp = tp[last_of_tie], fp[last_of_tie]
+    precision = tp / np.maximum(tp + fp, 1)
+    recall = tp / n_positives
+    previous = np.r_[0.0, recall[:-1]]
+    return float(np.sum((recall - previous) * precision))
+
+
+@dataclass(frozen=True)
+class CellMAP:
+    """Cell-level mAP and its parts."""
+
+    mean_ap: float
+    per_class_ap: np.ndarray
+    """`K` APs, NaN for classes no true cell carries."""
+    n_true_cells: int
+    n_matched_cells: int
+    n_pred_cells: int
+
+
+def cell_level_map(
+    true_masks: Mapping[str, np.ndarray],
+    true_cell_labels: Mapping[str, Mapping[int, Sequence[int]]],
+    pred_masks: Mapping[str, np.ndarray],
+    pred_cell_probs: Mapping[str, Mapping[int, np.ndarray]],
+    num_classes: int = NUM_CLASSES,
+    iou_threshold: float = CELL_MATCH_IOU,
+) -> CellMAP:
+    """Cell-level mAP over images (see the module docstring).
+
+    true_masks / pred_masks: image id -> `H,W` instance mask (same shape per image).
+    true_cell_labels: image id -> {true cell id: class ids}. pred_cell_probs: image id -> {pred cell id: `K` probs};
+    every predicted cell in a mask needs probabilities (a cell left out of the table counts with probability 0).
+    """
+    from segmentation.instance_metrics import match_instances
+
+    scores: list[np.ndarray] = []
+    hits: list[np.ndarray] = []
+    positives = np.zeros(num_classes, dtype=np.int64)
+    n_true = n_matched = n_pred = 0
+    for image_id, true_mask in true_masks.items():
+        if image_id not in pred_masks:
+            raise KeyError(f"image {image_id!r} has a true mask but no predicted mask")
+        labels = true_cell_labels.get(image_id, {})
+        probs = pred_cell_probs.get(image_id, {})
+        matches = match_instances(true_mask, pred_masks[image_id], iou_threshold)
+        truth_of = {int(p): int(t) for t, p in zip(matches.true_ids, matches.pred_ids, strict=True)}
+        true_ids = np.union1d(matches.true_ids, matches.unmatched_true_ids)
+        for t in true_ids:
+            for c in labels.get(int(t), ()):
+                positives[c] += 1
+        pred_ids = np.union1d(matches.pred_ids, matches.unmatched_pred_ids)
+        n_true += int(true_ids.size)
+        n_pred += int(pred_ids.size)
+        n_matched += len(matches)
+        for p in pred_ids:
+            p = int(p)
+            row = np.asarray(probs.get(p, np.zeros(num_classes)), dtype=np.float64)
+            if row.shape != (num_classes,):
+                raise ValueError(f"image {image_id!r}, predicted cell {p}: expected {num_classes} probabilities")
+            target = np.zeros(num_classes, dtype=bool)
+            if p in truth_of:
+                target[list(labels.get(truth_of[p], ()))] = True
+            scores.append(row)
+            hits.append(target)
+    score_matrix = np.vstack(scores) if scores else np.zeros((0, num_classes))
+    hit_matrix = np.vstack(hits) if hits else np.zeros((0, num_classes), bool)
+    per_class = np.array([
+        average_precision_with_misses(score_matrix[:, c], hit_matrix[:, c], int(positives[c]))
+        for c in range(num_classes)
+    ])
+    present = positives > 0
+    mean_ap = float(np.mean(per_class[present])) if present.any() else float("nan")
+    return CellMAP(mean_ap, per_class, n_true, n_matched, n_pred)

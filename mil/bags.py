@@ -1,0 +1,153 @@
+"""Bags of cells read from the HDF5 cell cache, and the padding collate.
+
+A bag is the cells of one image. Training draws up to `max_cells` of them at random (fresh each epoch) and
+augments each cell independently (flips, 90-degree rotations, per-channel intensity jitter); evaluation uses
+all cells, unaugmented. Cells whose QC flags intersect `exclude_flags` (by default: fragments and cells without
+a nucleus) are left out of bags. The collate pads bags to the longest one in the batch and returns a
+validity mask; it never concatenates bags.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from hpa_cells.cell_cache import CellCache
+from mil.model import BagBatch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXCLUDE_FLAGS = ("small", "no_nucleus")
+
+
+@dataclass(frozen=True)
+class BagItem:
+    """One bag. crops `N,4,S,S` float32 in [0, 1]; masks `N,S,S` float32; labels `K` float32 (zeros if
+    unlabelled); cell_rows: the bag's cells as rows of the cache's per-cell tables."""
+
+    image_index: int
+    crops: torch.Tensor
+    masks: torch.Tensor
+    labels: torch.Tensor
+    cell_rows: torch.Tensor
+
+
+def excluded_bits(cache: CellCache, names: Sequence[str]) -> int:
+    """The QC bitmask of the named flags (case-insensitive), checked against the cache's flag names."""
+    known = {k.lower(): v for k, v in cache.qc_flag_names.items()}
+    bits = 0
+    for name in names:
+        if name.lower() not in known:
+            raise ValueError(f"unknown QC flag {name!r} in {cache.path}; the cache has {sorted(known)}")
+        bits |= int(known[name.lower()])
+    return bits
+
+
+class BagDataset(Dataset):
+    """Bags of the images `image_indices` of a cell cache (each DataLoader worker opens the file itself)."""
+
+    def __init__(self, cache_path: str | os.PathLike[str], image_indices: Sequence[int] | None = None,
+                 max_cells: int | None = None, train: bool = False, seed: int = 0,
+                 exclude_flags: Sequence[str] = DEFAULT_EXCLUDE_FLAGS, intensity_jitter: float = 0.2) -> None:
+        self.cache = CellCache(cache_path)
+        table = self.cache.cell_table()
+        bits = excluded_bits(self.cache, exclude_flags) if exclude_flags else 0
+        usable = (table["qc_flags"].to_numpy().astype(np.int64) & bits) == 0
+        offsets = self.cache.image_table()["offset"].to_numpy()
+        per_image = table.groupby("image_index").indices
+        indices = range(self.cache.num_images) if image_indices is None else image_indices
+        self.image_indices: list[int] = []
+        self._local_rows: list[np.ndarray] = []
+        dropped = []
+        for index in indices:
+            rows = np.asarray(per_image.get(int(index), []), dtype=np.int64)
+            rows = rows[usable[rows]] if rows.size else rows
+            if rows.size == 0:
+                dropped.append(self.cache.image_ids[int(index)])
+                continue
+            self.image_indices.append(int(index))
+            self._local_rows.append(rows - int(offsets[int(index)]))
+        if dropped:
+            logger.warning("%d images have no usable cells after QC and are left out: %s",
+                           len(dropped), ", ".join(dropped[:5]))
+        self.max_cells = max_cells
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.intensity_jitter = intensity_jitter
+        self.labels = self.cache.labels[self.image_indices].astype(np.float32)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the random cell draw and augmentation depend on the epoch (call before each epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.image_indices)
+
+    def __getitem__(self, item: int) -> BagItem:
+        index = self.image_indices[item]
+        local = self._local_rows[item]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        if self.train and self.max_cells is not None and local.size > self.max_cells:
+            local = np.sort(rng.choice(local, size=self.max_cells, replace=False))
+        crops, masks = self.cache.cells_of(index)
+        crops, masks = crops[local], masks[local]
+        x = crops.astype(np.float32) / 255.0
+        m = masks.astype(np.float32)
+        if self.train:
+            x, m = _augment(x, m, rng, self.intensity_jitter)
+        offset = int(self.cache.cell_slice(index).start)
+        return BagItem(index, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(m)),
+                       torch.from_numpy(self.cache.labels[index].astype(np.float32)),
+                       torch.from_numpy(local + offset))
+
+
+def _augment(crops: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
+             jitter: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell random flip + 90-degree rotation (same for crop and mask) and per-channel gain jitter."""
+    out_c, out_m = np.empty_like(crops), np.empty_like(masks)
+    for i in range(crops.shape[0]):
+        k, flip = int(rng.integers(4)), bool(rng.integers(2))
+        c, m = np.rot90(crops[i], k, axes=(1, 2)), np.rot90(masks[i], k, axes=(0, 1))
+        if flip:
+            c, m = c[:, :, ::-1], m[:, ::-1]
+        out_c[i], out_m[i] = c, m
+    if jitter > 0:
+        gains = rng.uniform(1 - jitter, 1 + jitter, size=(crops.shape[0], crops.shape[1], 1, 1)).astype(np.float32)
+        out_c = np.clip(out_c * gains, 0.0, 1.0)
+    return out_c, out_m
+
+
+@dataclass
+class CollatedBags:
+    """A padded batch plus what is needed to map outputs back to cells."""
+
+    batch: BagBatch
+    image_indices: torch.Tensor
+    cell_rows: torch.Tensor
+    """`B,N` cache rows of the cells, -1 at padding."""
+
+
+def collate_bags(items: Sequence[BagItem]) -> CollatedBags:
+    """Pad bags to the longest in the batch; `valid` marks real cells."""
+    if not items:
+        raise ValueError("cannot collate an empty list of bags")
+    n = max(item.crops.shape[0] for item in items)
+    b = len(items)
+    _, c, s, _ = items[0].crops.shape
+    crops = torch.zeros((b, n, c, s, s), dtype=torch.float32)
+    masks = torch.zeros((b, n, s, s), dtype=torch.float32)
+    valid = torch.zeros((b, n), dtype=torch.bool)
+    rows = torch.full((b, n), -1, dtype=torch.long)
+    for i, item in enumerate(items):
+        k = item.crops.shape[0]
+        crops[i, :k], masks[i, :k], valid[i, :k], rows[i, :k] = item.crops, item.masks, True, item.cell_rows
+    labels = torch.stack([item.labels for item in items])
+    indices = torch.tensor([item.image_index for item in items], dtype=torch.long)
+    return CollatedBags(BagBatch(crops, masks, valid, labels), indices, rows)
