@@ -1,0 +1,175 @@
+"""The HTML report: every link and image resolves inside the folder, nothing is fetched from elsewhere, the
+numbers match the known fixture, and the CLIs (make_maps.py, predict.py --maps/--report) produce it."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from types import ModuleType
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pytest
+from map_fixtures import CELL_BOXES, CELL_TRUTH, PredictionFixture, masks_of, write_prediction_fixture
+
+from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
+from hpa_cells.maps import PredictionRun, write_maps
+from hpa_cells.metrics import cell_level_map
+from hpa_cells.report import TruthFolderError, cell_curves, write_maps_and_report, write_report
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fixture(tmp_path_factory: pytest.TempPathFactory) -> PredictionFixture:
+    return write_prediction_fixture(tmp_path_factory.mktemp("run"))
+
+
+class _References(HTMLParser):
+    """Every href/src of a page, and the tags that could load something from elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.references: list[str] = []
+        self.loaders: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in ("href", "src") and value is not None:
+                self.references.append(value)
+        if tag in ("script", "link", "iframe", "object", "embed"):
+            self.loaders.append(tag)
+
+
+def check_links(report_dir: Path) -> int:
+    """Assert every reference of every HTML file is a relative path to an existing file; returns how many."""
+    checked = 0
+    pages = sorted(report_dir.rglob("*.html"))
+    assert pages, f"no HTML in {report_dir}"
+    for page in pages:
+        parser = _References()
+        parser.feed(page.read_text(encoding="utf-8"))
+        assert parser.loaders == [], f"{page} loads {parser.loaders}"
+        for reference in parser.references:
+            parsed = urlparse(reference)
+            assert not parsed.scheme and not parsed.netloc, f"{page}: absolute reference {reference}"
+            target = (page.parent / unquote(parsed.path)).resolve()
+            assert target.is_file(), f"{page}: {reference} does not exist"
+            assert report_dir.resolve() in target.parents, f"{page}: {reference} leaves the report folder"
+            checked += 1
+    return checked
+
+
+def test_report_links_resolve_and_numbers_match(fixture: PredictionFixture, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    with PredictionRun(fixture.pred) as run:
+        maps = write_maps(run, tmp_path / "maps", write_tiff=False)
+        index = write_report(run, maps, report, labels_path=fixture.labels, truth_dir=fixture.truth)
+    assert index == report / "index.html"
+    pages = sorted(p.relative_to(report).as_posix() for p in report.rglob("*.html"))
+    assert pages == ["images/fieldA.html", "images/fieldB.html", "index.html"]
+    assert check_links(report) >= 2 * 2 + 2 + 2 * 4  # thumbnails, page links, figures, overview/panels
+    assert (report / "figures" / "pr_curves.png").is_file()
+    assert (report / "maps" / "fieldA" / "overview.png").is_file()  # copied: the folder stands alone
+
+    text = index.read_text()
+    # image-level F1 against labels A: {0, 2}, B: {25}; predicted A: {0, 25}, B: {}
+    assert "macro F1 <b>0.333</b>" in text
+    row = re.search(r"<tr><td class=\"num\">0</td>.*?</tr>", text).group(0)
+    assert ">1.000<" in row  # Nucleoplasm F1 1
+    assert "5/5 true cells matched at IoU" in text
+    assert "1 (50%)" in row  # predicted in one of two images
+
+    page = (report / "images" / "fieldA.html").read_text()
+    cell_rows = re.findall(r"<tr( class=\"flagged\")?><td class=\"num\">(\d+)</td>", page)
+    assert [(flag != "", int(cell)) for flag, cell in cell_rows] == [(False, 1), (False, 2), (True, 5)]
+    assert "border" in page and "next &rsaquo;" in page and "previous" not in page
+
+
+def test_cell_curves_agree_with_cell_level_map(fixture: PredictionFixture) -> None:
+    with PredictionRun(fixture.pred) as run:
+        curves = cell_curves(run, fixture.truth)
+        probs = {i: {int(c): row for c, row in zip(g["cell_id"], g[list(CLASS_NAMES)].to_numpy(), strict=True)}
+                 for i, g in run.cells.groupby("image_id")}
+    masks = {i: masks_of(i)[0] for i in CELL_BOXES}
+    truth: dict[str, dict[int, tuple[int, ...]]] = {}
+    for (image_id, cell_id), labels in CELL_TRUTH.items():
+        truth.setdefault(image_id, {})[cell_id] = labels
+    reference = cell_level_map(masks, truth, masks, probs)
+    assert sorted(curves.curves) == [0, 2, 25]
+    for c, curve in curves.curves.items():
+        assert curve.average_precision == pytest.approx(reference.per_class_ap[c])
+        assert curve.recall[-1] == pytest.approx(1.0)  # perfect segmentation: every positive is retrieved
+    assert curves.mean_ap == pytest.approx(reference.mean_ap)
+    assert (curves.n_true_cells, curves.n_matched_cells, curves.n_pred_cells) == (5, 5, 5)
+
+
+def test_report_without_labels_or_truth(fixture: PredictionFixture, tmp_path: Path) -> None:
+    result = write_maps_and_report(fixture.pred, report_dir=tmp_path / "report", extra_classes=[27])
+    assert result.maps_dir == tmp_path / "report" / "maps"
+    assert result.maps[0].cells_tiff is None  # maps drawn straight into the report: no OME-TIFFs
+    check_links(tmp_path / "report")
+    text = result.report_index.read_text()
+    assert "labels stored in the cell cache" in text  # the cache's labels stand in for a labels file
+    assert "Cell-level precision-recall" not in text
+    assert (tmp_path / "report" / "maps" / "fieldB" / "class_27.png").is_file()
+
+
+def test_truth_folder_errors_name_the_file(fixture: PredictionFixture, tmp_path: Path) -> None:
+    with PredictionRun(fixture.pred) as run:
+        with pytest.raises(TruthFolderError, match=f"{tmp_path} has no cells.csv with per-cell truth"):
+            cell_curves(run, tmp_path)
+        (tmp_path / "cells.csv").write_text((fixture.truth / "cells.csv").read_text())
+        with pytest.raises(TruthFolderError, match="no true cell mask fieldA_cells.png for image fieldA"):
+            cell_curves(run, tmp_path)
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_maps_cli(fixture: PredictionFixture, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_maps = _script("make_maps")
+    code = make_maps.main(["--pred", str(fixture.pred), "--maps", str(tmp_path / "maps"), "--report",
+                           str(tmp_path / "report"), "--classes", "3", "Cytosol", "--limit", "1"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Drew maps of 1 images" in out and "index.html" in out
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["fieldA", "maps_index.csv"]
+    assert (tmp_path / "maps" / "fieldA" / "class_03.png").is_file()
+    assert (tmp_path / "maps" / "fieldA" / "probabilities.ome.tif").is_file()
+    check_links(tmp_path / "report")
+
+    assert make_maps.main(["--pred", str(fixture.pred), "--maps", str(tmp_path / "m2"), "--classes", "golgi"]) == 2
+    assert "unknown class 'golgi'" in capsys.readouterr().err
+    assert make_maps.main(["--pred", str(tmp_path / "nowhere"), "--maps", str(tmp_path / "m3")]) == 2
+    assert "manifest.json is missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        make_maps.main(["--pred", str(fixture.pred)])
+
+
+def test_predict_draws_maps_and_report(fixture: PredictionFixture, tmp_path: Path) -> None:
+    import torch
+
+    from mil.config import MILConfig
+    from mil.model_folder import build_model, save_model_folder
+
+    torch.manual_seed(0)
+    model = build_model(MILConfig(encoder="resnet10t", input_size=16, dropout=0.0)).eval()
+    save_model_folder(tmp_path / "model", model, np.full(NUM_CLASSES, 0.5), {}, training={})
+    predict = _script("predict")
+    code = predict.main(["--model", str(tmp_path / "model"), "--cache", str(fixture.cache), "--out",
+                         str(tmp_path / "pred"), "--maps", str(tmp_path / "maps"), "--report", str(tmp_path / "report"),
+                         "--map-classes", "Nucleoli"])
+    assert code == 0
+    for image_id in CELL_BOXES:
+        assert (tmp_path / "maps" / image_id / "class_02.png").is_file()
+        assert (tmp_path / "maps" / image_id / "cells.ome.tif").is_file()
+    check_links(tmp_path / "report")
+    assert predict.main(["--model", str(tmp_path / "model"), "--cache", str(fixture.cache), "--out",
+                         str(tmp_path / "p2"), "--map-classes", "99"]) == 2
