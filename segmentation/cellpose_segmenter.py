@@ -110,13 +110,16 @@ class CellposeNetRunner:
         """Factor applied to inputs so objects of `diameter` px become `diam_mean` px."""
         return self.spec.diam_mean / self.diameter
 
-    def network_outputs(self, inputs: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def network_outputs(self, inputs: Sequence[np.ndarray], rescale: float | None = None,
+                        ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Run the network once over a batch of `2,H,W` inputs; returns (flows `2,h,w`, cellprob `h,w`) per
-        input at network scale. Inputs of different shapes are padded to a common shape."""
+        input at network scale. Inputs of different shapes are padded to a common shape. `rescale` overrides
+        the runner's own (`diam_mean / diameter`)."""
+        factor = self.rescale if rescale is None else rescale
         scaled = []
         for x in inputs:
             h, w = x.shape[1:]
-            sh, sw = max(16, round(h * self.rescale)), max(16, round(w * self.rescale))
+            sh, sw = max(16, round(h * factor)), max(16, round(w * factor))
             scaled.append(np.stack([cv2.resize(c, (sw, sh), interpolation=cv2.INTER_LINEAR) for c in x]))
         ph = int(np.ceil(max(s.shape[1] for s in scaled) / 16) * 16)
         pw = int(np.ceil(max(s.shape[2] for s in scaled) / 16) * 16)
@@ -142,10 +145,31 @@ class CellposeNetRunner:
         h, w = shape_hw
         return cv2.resize(masks.astype(np.uint16), (w, h), interpolation=cv2.INTER_NEAREST).astype(np.int32)
 
-    def segment(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Instance masks (`H,W` int32) for a batch of `2,H,W` inputs."""
+    def segment(self, inputs: Sequence[np.ndarray], refine_tolerance: float | None = None) -> list[np.ndarray]:
+        """Instance masks (`H,W` int32) for a batch of `2,H,W` inputs.
+
+        With `refine_tolerance` (e.g. 1.25), the diameter is set from the data: the median equivalent diameter
+        of each image's first-pass objects is measured, and an image whose objects are more than that factor
+        larger or smaller than `diameter` is segmented again at its measured diameter (clipped to 0.5-2x).
+        This is what Cellpose's size model is for, without needing one.
+        """
         outputs = self.network_outputs(inputs)
-        return [self.masks_from_outputs(f, p, x.shape[1:]) for (f, p), x in zip(outputs, inputs, strict=True)]
+        masks = [self.masks_from_outputs(f, p, x.shape[1:]) for (f, p), x in zip(outputs, inputs, strict=True)]
+        if refine_tolerance is None:
+            return masks
+        from cellpose.utils import diameters
+
+        for i, mask in enumerate(masks):
+            if mask.max() < 3:  # too few objects to measure a size
+                continue
+            measured = float(diameters(mask)[0])
+            if 1 / refine_tolerance <= measured / self.diameter <= refine_tolerance:
+                continue
+            measured = float(np.clip(measured, 0.5 * self.diameter, 2.0 * self.diameter))
+            logger.debug("input %d: objects measure %.1f px, not %.1f: segmenting again", i, measured, self.diameter)
+            (flows, prob), = self.network_outputs([inputs[i]], rescale=self.spec.diam_mean / measured)
+            masks[i] = self.masks_from_outputs(flows, prob, inputs[i].shape[1:])
+        return masks
 
 
 @dataclass(frozen=True)
@@ -156,6 +180,8 @@ class CellposeSettings:
     nucleus_model: str = "bundled"
     cell_diameter: float | None = None
     nucleus_diameter: float | None = None
+    diameter_tolerance: float | None = 1.25
+    """Re-segment an image whose objects measure more than this factor off the diameter (None: never)."""
     use_er: bool = True
     device: str = "cpu"
 
@@ -203,9 +229,11 @@ class CellposeSegmenter:
         for shape_hw, indices in groups.items():
             working_size = max(shape_hw)
             batch = [images[i] for i in indices]
+            tolerance = self.settings.diameter_tolerance
             cells = self._runner("cells", working_size).segment(
-                [cellpose_input(im, "cells", self.settings.use_er) for im in batch])
-            nuclei = self._runner("nuclei", working_size).segment([cellpose_input(im, "nuclei") for im in batch])
+                [cellpose_input(im, "cells", self.settings.use_er) for im in batch], tolerance)
+            nuclei = self._runner("nuclei", working_size).segment(
+                [cellpose_input(im, "nuclei") for im in batch], tolerance)
             for i, c, n in zip(indices, cells, nuclei, strict=True):
                 results[i] = build_result(c, n, self.qc)
         return [r for r in results if r is not None]

@@ -136,11 +136,13 @@ def _load_checkpoint(folder: Path, net: torch.nn.Module, optimizer: torch.optim.
 
 
 def evaluate_network(net: torch.nn.Module, config: SegmenterTrainConfig, fields: Sequence[AnnotatedField],
-                     diameter: float | None = None) -> dict[str, dict[str, float]]:
+                     diameter: float | None = None, refine_tolerance: float | None = None,
+                     ) -> dict[str, dict[str, float]]:
     """AP@0.5/0.75 of `net` on each field, segmenting it as `CellposeSegmenter` would.
 
     With `diameter=None` each field is segmented at its true median object diameter (isolates the network's
-    quality from the diameter choice); pass the deployment default to measure what users get.
+    quality from the diameter choice); pass the deployment default diameter and `refine_tolerance` (as
+    `CellposeSettings.diameter_tolerance`) to measure what users get.
     """
     from cellpose.utils import diameters
 
@@ -150,7 +152,7 @@ def evaluate_network(net: torch.nn.Module, config: SegmenterTrainConfig, fields:
     for f in fields:
         d = diameter if diameter is not None else float(diameters(f.mask.astype(np.int32))[0])
         runner = CellposeNetRunner.from_network(net, spec, d)
-        pred = runner.segment([cellpose_input(f.image, config.kind, config.use_er)])[0]
+        pred = runner.segment([cellpose_input(f.image, config.kind, config.use_er)], refine_tolerance)[0]
         ap, _, _, _ = average_precision([f.mask], [pred], thresholds=(0.5, 0.75))
         scores[f.name] = {"ap50": float(ap[0, 0]), "ap75": float(ap[0, 1]), "n_true": int(f.mask.max()),
                           "n_pred": int(len(np.unique(pred)) - 1)}

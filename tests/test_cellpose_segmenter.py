@@ -255,10 +255,44 @@ def test_provenance_is_json_and_names_the_weights(bundled_dir: Path) -> None:
     record = json.loads(json.dumps(segmenter.provenance()))
     assert record["segmenter"] == "cellpose"
     assert record["settings"] == {"cell_model": "bundled", "nucleus_model": "bundled", "cell_diameter": 70.0,
-                                  "nucleus_diameter": None, "use_er": True, "device": "cpu"}
+                                  "nucleus_diameter": None, "diameter_tolerance": 1.25, "use_er": True,
+                                  "device": "cpu"}
     assert record["flow"]["flow_threshold"] == 0.4
     assert record["cell_model"]["sha256"] == sha256_of_file(bundled_dir / "hpa_cells_cells.safetensors")
     assert record["nucleus_model"]["sha256"] == sha256_of_file(bundled_dir / "hpa_cells_nuclei.safetensors")
     assert record["cell_model"]["nbase"] == list(TINY_NBASE)
     assert record["nucleus_model"]["diam_mean"] == 17.0
     assert resolve_model("bundled", "cells").sha256 == record["cell_model"]["sha256"]
+
+
+def test_diameter_is_refined_from_the_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Objects measuring 1.6x the assumed diameter trigger one more pass at the measured diameter."""
+    spec = CellposeNetSpec("tiny", Path("tiny"), "safetensors", TINY_NBASE, 30.0, "")
+    runner = CellposeNetRunner(spec, diameter=20.0, net=tiny_cpnet(30.0, seed=1))
+    big = np.zeros((128, 128), np.int32)
+    for k, (y, x) in enumerate([(30, 30), (30, 90), (90, 30), (90, 90)], start=1):
+        yy, xx = np.ogrid[:128, :128]
+        big[(yy - y) ** 2 + (xx - x) ** 2 <= 16**2] = k  # 4 discs of diameter ~32 px (1.6x, under the 2x clip)
+    rescales: list[float | None] = []
+    real_outputs = runner.network_outputs
+
+    def recording_outputs(inputs, rescale=None):
+        rescales.append(rescale)
+        return real_outputs(inputs, rescale)
+
+    monkeypatch.setattr(runner, "network_outputs", recording_outputs)
+    monkeypatch.setattr(runner, "masks_from_outputs", lambda flows, prob, shape: big)
+    inputs = [np.zeros((2, 128, 128), np.float32)]
+    runner.segment(inputs)  # no tolerance: one pass
+    assert rescales == [None]
+    rescales.clear()
+    runner.segment(inputs, refine_tolerance=1.25)
+    from cellpose.utils import diameters
+
+    measured = float(diameters(big)[0])
+    assert rescales[0] is None and len(rescales) == 2
+    assert rescales[1] == pytest.approx(30.0 / measured)
+    rescales.clear()
+    runner.diameter = measured  # objects already at the assumed size: no second pass
+    runner.segment(inputs, refine_tolerance=1.25)
+    assert rescales == [None]
