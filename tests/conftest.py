@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def real_data() -> Path:
     """The real HPA data folder (tests using it must be marked `real`)."""
     return real_data_dir()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Run a module's tests on one torch thread: on two busy cores one thread is several times faster than two
+    fighting for them, and results are bitwise reproducible only at a fixed thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to download a model or open a connection fails the test loudly."""
+    import socket
+
+    import cellpose.utils
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(cellpose.utils, "download_url_to_file", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)

@@ -7,14 +7,12 @@ an image iff at least one of its cells shows a bright green (protein channel) sq
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from hpa_cells.cell_cache import CacheProvenance, CellCacheWriter
 from hpa_cells.classes import NUM_CLASSES
@@ -22,18 +20,6 @@ from hpa_cells.crops import CELL_RECORD_COLUMNS
 
 PROVENANCE = CacheProvenance(segmenter="hand", model_sha256="", parameters={"test": True})
 QC_FLAG_NAMES = {"border": 1, "no_nucleus": 2, "small": 4}
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run with `count` torch CPU threads, then restore: tiny tensors run far faster on one thread, above all
-    on a busy machine where extra threads spin-wait for cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import socket
 from pathlib import Path
 
 import pytest
@@ -25,30 +24,10 @@ from segmentation.cellpose_models import (
     sha256_of_file,
 )
 
+pytestmark = pytest.mark.usefixtures("no_network", "one_torch_thread")
+
 TINY_NBASE = (2, 8, 16, 32, 32)
 FULL_NBASE = (2, 32, 64, 128, 256)
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to download a model or open a connection fails the test loudly."""
-    import cellpose.utils
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(cellpose.utils, "download_url_to_file", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> None:
-    """Two busy cores: one torch thread is several times faster than two fighting for them (and results
-    are bitwise reproducible only at a fixed thread count, so module-scoped fixtures run under it too)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_cpnet(nbase: tuple[int, ...] = TINY_NBASE, diam_mean: float = 30.0, seed: int = 0) -> CPnet:

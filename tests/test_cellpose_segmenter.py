@@ -8,7 +8,6 @@ but deterministic); the flow-to-mask step is checked with perfect flows computed
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import cv2
@@ -33,29 +32,9 @@ from segmentation.instance_metrics import average_precision
 from segmentation.preprocessing import FieldImageError
 from segmentation.result import Segmenter
 
+pytestmark = pytest.mark.usefixtures("no_network", "one_torch_thread")
+
 TINY_NBASE = (2, 8, 16, 32, 32)
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to download a model or open a connection fails the test loudly."""
-    import cellpose.utils
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(cellpose.utils, "download_url_to_file", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> None:
-    """Two busy cores: one torch thread is several times faster than two fighting for them (and results
-    are bitwise reproducible only at a fixed thread count, so module-scoped fixtures run under it too)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_cpnet(diam_mean: float, seed: int) -> CPnet:

@@ -25,20 +25,12 @@ from segmentation.cellpose_training import (
 )
 from segmentation.training_data import synthetic_fields
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = SegmenterTrainConfig(
     kind="cells", nbase=(2, 8, 16, 32, 32), steps=4, batch_size=2, crop_size=64, checkpoint_every=2,
     eval_every=100, warmup_steps=4, seed=3,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> None:
-    """Two busy cores: one torch thread is several times faster than two fighting for them (and results
-    are bitwise reproducible only at a fixed thread count, so module-scoped fixtures run under it too)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

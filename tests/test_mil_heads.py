@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
-from mil_fixtures import torch_threads
 
 from mil.pooling import PoolingOutput, create_head, list_heads, masked_softmax, register_head
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 K = 28
 D = 12
@@ -18,12 +17,6 @@ HEAD_IDS = [name + ("-" + "-".join(f"{k}={v}" for k, v in kw.items()) if kw else
 # heads whose image logits are an attention-weighted sum of their cell logits
 DECOMPOSING = [("attention", {}), ("gated_attention", {}), ("class_gated_attention", {}), ("mean", {}),
                ("instance", {"pool": "attention"})]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 def _head(name: str, kwargs: dict, seed: int = 0) -> torch.nn.Module:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-from mil_fixtures import torch_threads
 from safetensors.torch import save_file
 from timm.models import adapt_input_conv
 
@@ -23,14 +21,10 @@ from mil.model import BagBatch, MILModel
 from mil.model_folder import FORMAT_VERSION, ModelFolderError, load_model, save_model_folder
 from mil.pooling import list_heads
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CROP = 16
 TINY = MILConfig(encoder="resnet10t", input_size=16, dropout=0.0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 def _model(config: MILConfig = TINY, seed: int = 0) -> MILModel:

@@ -7,14 +7,13 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from mil_fixtures import green_marker_bags, random_bags, torch_threads, write_bag_cache
+from mil_fixtures import green_marker_bags, random_bags, write_bag_cache
 from safetensors.torch import load_file
 from sklearn.metrics import average_precision_score
 
@@ -27,6 +26,8 @@ from mil.config import MILConfig
 from mil.model_folder import REQUIRED_FILES, load_model
 from mil.training import TrainConfig, loss_function, split_indices, train_mil
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # per-image QC flags of the bag cache: 1 border, 2 no_nucleus, 4 small (default exclusion: no_nucleus, small)
 QC = [
     [0, 0, 0, 0, 0],
@@ -37,12 +38,6 @@ QC = [
 ]
 TINY_MODEL = MILConfig(encoder="test_resnet", head="class_gated_attention", input_size=16, dropout=0.0)
 FAST = TrainConfig(epochs=2, batch_size=4, max_cells=4, learning_rate=3e-3, seed=3, device="cpu", val_fraction=0.25)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")
