@@ -55,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from segmentation.cellpose_models import BUNDLED_MODEL_NAMES, build_network, resolve_model
+    from segmentation.cellpose_models import (
+        BUNDLED_MODEL_NAMES,
+        build_network,
+        convert_to_float16,
+        resolve_model,
+        sha256_of_file,
+    )
     from segmentation.cellpose_segmenter import CellposeSettings, default_diameters
     from segmentation.cellpose_training import SegmenterTrainConfig, evaluate_network, train_segmenter
     from segmentation.training_data import real_reference_fields, synthetic_fields
@@ -101,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     if "final" in args.stages:
         out = args.out_dir / f"{BUNDLED_MODEL_NAMES[args.kind]}.safetensors"
         record = train_segmenter(real + synthetic, synthetic_val, fine, kind_dir / "final", out)
+        convert_to_float16(out)  # the committed file: half the size, same masks
         summary["stages"]["final"] = {"synthetic_validation": record["validation"], "weights": str(out),
-                                      "sha256": record["sha256"]}
+                                      "sha256": sha256_of_file(out)}
     summary["seconds"] = round(time.time() - started, 1)
     (kind_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))

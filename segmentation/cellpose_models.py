@@ -211,14 +211,20 @@ def build_network(spec: CellposeNetSpec, device: torch.device | str = "cpu") -> 
     return net.to(device).eval()
 
 
-def save_bundled_format(net: torch.nn.Module, path: Path, settings: dict) -> Path:
-    """Save a CPnet as `path` (.safetensors) + `path.with_suffix('.json')`: pickle-free, loadable by `resolve_model`."""
+def save_bundled_format(net: torch.nn.Module, path: Path, settings: dict, float16: bool = False) -> Path:
+    """Save a CPnet as `path` (.safetensors) + `path.with_suffix('.json')`: pickle-free, loadable by `resolve_model`.
+
+    `float16` halves the file (the committed bundled models use it); loading casts back to float32.
+    """
     from safetensors.torch import save_file
 
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: bundled-format weights must end in .safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    if float16:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        settings = {**settings, "weights_dtype": "float16"}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp))
     os.replace(tmp, path)
@@ -226,3 +232,10 @@ def save_bundled_format(net: torch.nn.Module, path: Path, settings: dict) -> Pat
     settings_path = path.with_suffix(".json")
     settings_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def convert_to_float16(path: Path) -> Path:
+    """Rewrite a bundled-format model in place with float16 weights (the settings file keeps its record)."""
+    spec = resolve_model(path, "cells")
+    settings = {k: v for k, v in spec.settings.items() if k not in ("nbase", "diam_mean")}
+    return save_bundled_format(build_network(spec), path, settings, float16=True)

@@ -246,6 +246,24 @@ def test_bundled_format_round_trip_gives_identical_outputs(tmp_path: Path) -> No
     assert torch.equal(expected[1], got[1])
 
 
+def test_float16_conversion_halves_the_file_and_keeps_outputs(tmp_path: Path) -> None:
+    from segmentation.cellpose_models import convert_to_float16
+
+    net = tiny_cpnet(diam_mean=30.0, seed=3).eval()
+    weights = save_bundled_format(net, tmp_path / "model.safetensors", {"kind": "cells"})
+    size32 = weights.stat().st_size
+    convert_to_float16(weights)
+    assert weights.stat().st_size < 0.6 * size32
+    record = json.loads(weights.with_suffix(".json").read_text())
+    assert record["weights_dtype"] == "float16" and record["kind"] == "cells"
+    rebuilt = build_network(resolve_model(weights, "cells"))
+    assert all(p.dtype == torch.float32 for p in rebuilt.parameters())
+    x = torch.rand(1, 2, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        expected, got = net(x)[0], rebuilt(x)[0]
+    assert torch.allclose(expected, got, atol=2e-2 * float(expected.abs().max()))
+
+
 def test_save_bundled_format_refuses_other_suffixes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=f"^{tmp_path / 'm.pth'}: bundled-format weights must end in .safetensors$"):
         save_bundled_format(tiny_cpnet(), tmp_path / "m.pth", {})
