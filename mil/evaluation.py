@@ -107,11 +107,13 @@ def evaluate_predictions(pred_dir: Path, labels_path: Path, truth_dir: Path | No
     )
     if truth_dir is None:
         return report
-    _add_cell_scores(report, pred_dir, truth_dir, device)
+    _add_cell_scores(report, pred_dir, truth_dir, device, set(scored["image_id"]))
     return report
 
 
-def _add_cell_scores(report: EvaluationReport, pred_dir: Path, truth_dir: Path, device: str) -> None:
+def _add_cell_scores(report: EvaluationReport, pred_dir: Path, truth_dir: Path, device: str,
+                     scored_ids: set[str]) -> None:
+    """Cell mAP over the same images as the image-level scores (those in the label file)."""
     from hpa_cells.cell_cache import CellCache
     from hpa_cells.crops import CropConfig
     from mil.inference import bags_from_masks, predict_bags
@@ -120,7 +122,7 @@ def _add_cell_scores(report: EvaluationReport, pred_dir: Path, truth_dir: Path, 
     truth = read_cell_truth(truth_dir)
     manifest = read_manifest(pred_dir)
     cells = read_cell_predictions(pred_dir)
-    image_ids = [i for i in read_image_predictions(pred_dir)["image_id"] if i in truth]
+    image_ids = [i for i in read_image_predictions(pred_dir)["image_id"] if i in truth and i in scored_ids]
     true_masks, pred_masks = {}, {}
     with CellCache(manifest["cache"]) as cache:
         crop_settings = cache.provenance["parameters"].get("crop", {})
