@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from hpa_cells.classes import NUM_CLASSES
 
@@ -71,6 +73,49 @@ def average_precision_with_misses(scores: np.ndarray, hits: np.ndarray, n_positi
     return float(np.sum((recall - previous) * precision))
 
 
+class TruthFolderError(ValueError):
+    """A per-cell truth folder (synthetic output) that lacks cells.csv, a column or a mask; names the file."""
+
+
+def read_cell_truth(truth_dir: Path) -> dict[str, dict[int, tuple[int, ...]]]:
+    """A synthetic folder's cells.csv -> image id -> {cell id: class ids}."""
+    path = truth_dir / "cells.csv"
+    if not path.is_file():
+        raise TruthFolderError(f"{truth_dir} has no cells.csv with per-cell truth")
+    frame = pd.read_csv(path, dtype={"image_id": str, "labels": str}, keep_default_na=False)
+    missing = [c for c in ("image_id", "cell_id", "labels") if c not in frame.columns]
+    if missing:
+        raise TruthFolderError(f"{path}: missing columns {missing}")
+    truth: dict[str, dict[int, tuple[int, ...]]] = {}
+    for image_id, cell_id, labels in zip(frame["image_id"], frame["cell_id"], frame["labels"], strict=True):
+        truth.setdefault(str(image_id), {})[int(cell_id)] = tuple(int(x) for x in str(labels).split())
+    return truth
+
+
+def read_true_cell_mask(truth_dir: Path, image_id: str, shape_hw: tuple[int, int]) -> np.ndarray:
+    """An image's true cell mask (`{image_id}_cells.png`), resized (nearest) to `shape_hw` when it differs."""
+    from hpa_cells.images import read_label_mask, resize_mask
+
+    mask_path = truth_dir / f"{image_id}_cells.png"
+    if not mask_path.is_file():
+        raise TruthFolderError(f"{truth_dir}: no true cell mask {mask_path.name} for image {image_id}")
+    mask = read_label_mask(mask_path)
+    return resize_mask(mask, tuple(shape_hw)) if mask.shape != tuple(shape_hw) else mask
+
+
+@dataclass(frozen=True)
+class MatchedCells:
+    """Every predicted cell as a scored item: `scores` `N,K` probabilities, `hits` `N,K` (its matched true cell
+    carries the class), `positives` `K` (true cells carrying each class, matched or not), and the counts."""
+
+    scores: np.ndarray
+    hits: np.ndarray
+    positives: np.ndarray
+    n_true_cells: int
+    n_matched_cells: int
+    n_pred_cells: int
+
+
 @dataclass(frozen=True)
 class CellMAP:
     """Cell-level mAP and its parts."""
@@ -83,15 +128,15 @@ class CellMAP:
     n_pred_cells: int
 
 
-def cell_level_map(
+def match_cells_to_truth(
     true_masks: Mapping[str, np.ndarray],
     true_cell_labels: Mapping[str, Mapping[int, Sequence[int]]],
     pred_masks: Mapping[str, np.ndarray],
     pred_cell_probs: Mapping[str, Mapping[int, np.ndarray]],
     num_classes: int = NUM_CLASSES,
     iou_threshold: float = CELL_MATCH_IOU,
-) -> CellMAP:
-    """Cell-level mAP over images (see the module docstring).
+) -> MatchedCells:
+    """Match predicted cells to true cells image by image (IoU >= `iou_threshold`, one-to-one) and score them.
 
     true_masks / pred_masks: image id -> `H,W` instance mask (same shape per image).
     true_cell_labels: image id -> {true cell id: class ids}. pred_cell_probs: image id -> {pred cell id: `K` probs};
@@ -130,10 +175,24 @@ def cell_level_map(
             hits.append(target)
     score_matrix = np.vstack(scores) if scores else np.zeros((0, num_classes))
     hit_matrix = np.vstack(hits) if hits else np.zeros((0, num_classes), bool)
+    return MatchedCells(score_matrix, hit_matrix, positives, n_true, n_matched, n_pred)
+
+
+def cell_level_map(
+    true_masks: Mapping[str, np.ndarray],
+    true_cell_labels: Mapping[str, Mapping[int, Sequence[int]]],
+    pred_masks: Mapping[str, np.ndarray],
+    pred_cell_probs: Mapping[str, Mapping[int, np.ndarray]],
+    num_classes: int = NUM_CLASSES,
+    iou_threshold: float = CELL_MATCH_IOU,
+) -> CellMAP:
+    """Cell-level mAP over images (see the module docstring and `match_cells_to_truth` for the arguments)."""
+    matched = match_cells_to_truth(true_masks, true_cell_labels, pred_masks, pred_cell_probs, num_classes,
+                                   iou_threshold)
     per_class = np.array([
-        average_precision_with_misses(score_matrix[:, c], hit_matrix[:, c], int(positives[c]))
+        average_precision_with_misses(matched.scores[:, c], matched.hits[:, c], int(matched.positives[c]))
         for c in range(num_classes)
     ])
-    present = positives > 0
+    present = matched.positives > 0
     mean_ap = float(np.mean(per_class[present])) if present.any() else float("nan")
-    return CellMAP(mean_ap, per_class, n_true, n_matched, n_pred)
+    return CellMAP(mean_ap, per_class, matched.n_true_cells, matched.n_matched_cells, matched.n_pred_cells)

@@ -30,13 +30,19 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
-import pandas as pd
 
 from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
-from hpa_cells.images import read_label_mask, resize_mask
 from hpa_cells.labels import read_labels, to_multi_hot
 from hpa_cells.maps import CLASS_COLOURS, SHORT_NAMES, ImageMaps, PredictionRun
-from hpa_cells.metrics import CELL_MATCH_IOU, average_precision_with_misses, per_class_f1
+from hpa_cells.metrics import (  # noqa: F401  (TruthFolderError is part of this module's interface)
+    CELL_MATCH_IOU,
+    TruthFolderError,
+    average_precision_with_misses,
+    match_cells_to_truth,
+    per_class_f1,
+    read_cell_truth,
+    read_true_cell_mask,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +76,6 @@ code{font-size:.92em}
 # --------------------------------------------------------------------------------------------------
 
 
-class TruthFolderError(ValueError):
-    """A per-cell truth folder that lacks cells.csv, a column or a mask; names the file."""
-
-
 @dataclass(frozen=True)
 class ClassCurve:
     """Cell-level precision-recall curve of one class (points by decreasing score) and its AP."""
@@ -99,68 +101,28 @@ class CellCurves:
         return float(np.mean(values)) if values else float("nan")
 
 
-def read_cell_truth(truth_dir: Path) -> dict[str, dict[int, tuple[int, ...]]]:
-    """A synthetic folder's cells.csv -> image id -> {cell id: class ids}."""
-    path = truth_dir / "cells.csv"
-    if not path.is_file():
-        raise TruthFolderError(f"{truth_dir} has no cells.csv with per-cell truth")
-    frame = pd.read_csv(path, dtype={"image_id": str, "labels": str}, keep_default_na=False)
-    missing = [c for c in ("image_id", "cell_id", "labels") if c not in frame.columns]
-    if missing:
-        raise TruthFolderError(f"{path}: missing columns {missing}")
-    truth: dict[str, dict[int, tuple[int, ...]]] = {}
-    for image_id, cell_id, labels in zip(frame["image_id"], frame["cell_id"], frame["labels"], strict=True):
-        truth.setdefault(str(image_id), {})[int(cell_id)] = tuple(int(x) for x in str(labels).split())
-    return truth
-
-
 def cell_curves(run: PredictionRun, truth_dir: Path, iou_threshold: float = CELL_MATCH_IOU) -> CellCurves:
     """Cell-level PR curves of every image of `run` that has per-cell truth in `truth_dir`."""
-    from segmentation.instance_metrics import match_instances
-
     truth = read_cell_truth(truth_dir)
-    scores: list[np.ndarray] = []
-    hits: list[np.ndarray] = []
-    positives = np.zeros(NUM_CLASSES, dtype=np.int64)
-    n_true = n_matched = n_pred = 0
+    true_masks, pred_masks, probs = {}, {}, {}
     for image_id in run.image_ids:
         if image_id not in truth:
             continue
-        mask_path = truth_dir / f"{image_id}_cells.png"
-        if not mask_path.is_file():
-            raise TruthFolderError(f"{truth_dir}: no true cell mask {mask_path.name} for image {image_id}")
-        pred_mask, _ = run.cache.full_masks(image_id)
-        true_mask = read_label_mask(mask_path)
-        if true_mask.shape != pred_mask.shape:
-            true_mask = resize_mask(true_mask, pred_mask.shape)
-        matches = match_instances(true_mask, pred_mask, iou_threshold)
-        truth_of = {int(p): int(t) for t, p in zip(matches.true_ids, matches.pred_ids, strict=True)}
-        labels = truth[image_id]
-        for t in np.union1d(matches.true_ids, matches.unmatched_true_ids):
-            for c in labels.get(int(t), ()):
-                positives[c] += 1
+        pred_masks[image_id], _ = run.cache.full_masks(image_id)
+        true_masks[image_id] = read_true_cell_mask(truth_dir, image_id, pred_masks[image_id].shape)
         cells = run.cells[run.cells["image_id"] == image_id]
-        probs = cells[list(CLASS_NAMES)].to_numpy(dtype=np.float64)
-        for cell_id, row in zip(cells["cell_id"].astype(int), probs, strict=True):
-            target = np.zeros(NUM_CLASSES, dtype=bool)
-            if cell_id in truth_of:
-                target[list(labels.get(truth_of[cell_id], ()))] = True
-            scores.append(row)
-            hits.append(target)
-        n_true += matches.n_true
-        n_pred += len(cells)
-        n_matched += len(matches)
-    score_matrix = np.vstack(scores) if scores else np.zeros((0, NUM_CLASSES))
-    hit_matrix = np.vstack(hits) if hits else np.zeros((0, NUM_CLASSES), bool)
+        rows = cells[list(CLASS_NAMES)].to_numpy(dtype=np.float64)
+        probs[image_id] = dict(zip(cells["cell_id"].astype(int), rows, strict=True))
+    matched = match_cells_to_truth(true_masks, truth, pred_masks, probs, NUM_CLASSES, iou_threshold)
     curves: dict[int, ClassCurve] = {}
-    for c in np.flatnonzero(positives):
-        order = np.argsort(-score_matrix[:, c], kind="stable")
-        tp = np.cumsum(hit_matrix[order, c])
+    for c in np.flatnonzero(matched.positives):
+        order = np.argsort(-matched.scores[:, c], kind="stable")
+        tp = np.cumsum(matched.hits[order, c])
         precision = tp / np.arange(1, len(order) + 1)
-        recall = tp / positives[c]
-        ap = average_precision_with_misses(score_matrix[:, c], hit_matrix[:, c], int(positives[c]))
-        curves[int(c)] = ClassCurve(precision, recall, ap, int(positives[c]))
-    return CellCurves(curves, n_true, n_matched, n_pred)
+        recall = tp / matched.positives[c]
+        ap = average_precision_with_misses(matched.scores[:, c], matched.hits[:, c], int(matched.positives[c]))
+        curves[int(c)] = ClassCurve(precision, recall, ap, int(matched.positives[c]))
+    return CellCurves(curves, matched.n_true_cells, matched.n_matched_cells, matched.n_pred_cells)
 
 
 @dataclass(frozen=True)

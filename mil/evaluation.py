@@ -18,14 +18,17 @@ import pandas as pd
 from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
 from hpa_cells.images import read_label_mask, read_sample, resize_image, resize_mask
 from hpa_cells.labels import read_labels, to_multi_hot
-from hpa_cells.metrics import cell_level_map, macro_f1, per_class_f1
+from hpa_cells.metrics import (  # noqa: F401  (TruthFolderError is part of this module's interface)
+    TruthFolderError,
+    cell_level_map,
+    macro_f1,
+    per_class_f1,
+    read_cell_truth,
+    read_true_cell_mask,
+)
 from mil.prediction_files import read_cell_predictions, read_image_predictions, read_manifest
 
 logger = logging.getLogger(__name__)
-
-
-class TruthFolderError(ValueError):
-    """A per-cell truth folder (synthetic output) that lacks cells.csv or masks."""
 
 
 @dataclass
@@ -68,18 +71,6 @@ class EvaluationReport:
 
 def _named(values: np.ndarray) -> dict[str, float | None]:
     return {CLASS_NAMES[k]: (None if np.isnan(v) else float(v)) for k, v in enumerate(values)}
-
-
-def read_cell_truth(truth_dir: Path) -> dict[str, dict[int, tuple[int, ...]]]:
-    """Synthetic cells.csv -> image id -> {cell id: class ids}."""
-    path = truth_dir / "cells.csv"
-    if not path.is_file():
-        raise TruthFolderError(f"{truth_dir} has no cells.csv with per-cell truth")
-    frame = pd.read_csv(path, dtype={"image_id": str, "labels": str}, keep_default_na=False)
-    truth: dict[str, dict[int, tuple[int, ...]]] = {}
-    for row in frame.itertuples(index=False):
-        truth.setdefault(row.image_id, {})[int(row.cell_id)] = tuple(int(x) for x in str(row.labels).split())
-    return truth
 
 
 def _probs_by_cell(cells: pd.DataFrame) -> dict[str, dict[int, np.ndarray]]:
@@ -127,13 +118,8 @@ def _add_cell_scores(report: EvaluationReport, pred_dir: Path, truth_dir: Path, 
     with CellCache(manifest["cache"]) as cache:
         crop_settings = cache.provenance["parameters"].get("crop", {})
         for image_id in image_ids:
-            mask_path = truth_dir / f"{image_id}_cells.png"
-            if not mask_path.is_file():
-                raise TruthFolderError(f"{truth_dir}: no true cell mask {mask_path.name} for image {image_id}")
-            pred_cells, _ = cache.full_masks(image_id)
-            true = read_label_mask(mask_path)
-            true_masks[image_id] = resize_mask(true, pred_cells.shape) if true.shape != pred_cells.shape else true
-            pred_masks[image_id] = pred_cells
+            pred_masks[image_id], _ = cache.full_masks(image_id)
+            true_masks[image_id] = read_true_cell_mask(truth_dir, image_id, pred_masks[image_id].shape)
     result = cell_level_map(true_masks, truth, pred_masks, _probs_by_cell(cells))
     report.cell_map = result.mean_ap
     report.per_class_cell_ap = _named(result.per_class_ap)
