@@ -71,6 +71,7 @@ class CellPool:
     records: pd.DataFrame  # crops.CELL_RECORD_COLUMNS
     cells_hw: np.ndarray  # H,W
     nuclei_hw: np.ndarray  # H,W
+    image_chw: np.ndarray  # 4,H,W uint8: the field the full masks belong to
     source: str
 
 
@@ -79,7 +80,7 @@ def real_pool(data: Path, crop_size: int) -> CellPool:
     blue channel above its Otsu threshold inside cells)."""
     folder = data / "hpa2021_subset"
     crops, masks, records = [], [], []
-    cells_hw = nuclei_hw = None
+    cells_hw = nuclei_hw = field_chw = None
     for mask_path in sorted((folder / "masks").glob("*_predictedmask.png")):
         image_id = mask_path.name.split("_")[0]
         channels = [
@@ -101,7 +102,7 @@ def real_pool(data: Path, crop_size: int) -> CellPool:
         crops.append(cut.crops)
         masks.append(cut.masks)
         records.append(cut.table)
-        cells_hw, nuclei_hw = cells, nuclei
+        cells_hw, nuclei_hw, field_chw = cells, nuclei, image_chw
     if not crops:
         raise FileNotFoundError(f"no *_predictedmask.png under {folder / 'masks'}")
     return CellPool(
@@ -110,6 +111,7 @@ def real_pool(data: Path, crop_size: int) -> CellPool:
         pd.concat(records, ignore_index=True),
         cells_hw,
         nuclei_hw,
+        field_chw,
         f"real: {sum(len(c) for c in crops)} HPA 2021 cells (5 fields at 512 px), flipped/rotated",
     )
 
@@ -134,7 +136,8 @@ def synthetic_pool(crop_size: int, seed: int) -> CellPool:
     cut = extract_cell_crops(
         image_chw.astype(np.uint8), cells, nuclei, config=CropConfig(crop_size=crop_size)
     )
-    return CellPool(cut.crops, cut.masks, cut.table, cells, nuclei, "synthetic blobs (real data not found)")
+    return CellPool(cut.crops, cut.masks, cut.table, cells, nuclei, image_chw.astype(np.uint8),
+                    "synthetic blobs (real data not found)")
 
 
 def image_from_pool(
@@ -178,7 +181,8 @@ def run_one(compression: str, pool: CellPool, args: argparse.Namespace, work_dir
     start = time.perf_counter()
     writer = CellCacheWriter(path, args.crop_size, provenance, ["border"], compression=compression)
     for index, (crops, masks, records) in enumerate(images[: args.images]):
-        writer.add_image(f"img{index:05d}", crops, masks, records, cells_hw, nuclei_hw, (2048, 2048), labels)
+        writer.add_image(f"img{index:05d}", crops, masks, records, cells_hw, nuclei_hw, (2048, 2048), labels,
+                         image_chw=pool.image_chw)
     merge_start = time.perf_counter()
     writer.close()
     end = time.perf_counter()
@@ -197,7 +201,8 @@ def run_one(compression: str, pool: CellPool, args: argparse.Namespace, work_dir
     with CellCacheWriter(path, args.crop_size, provenance, ["border"]) as writer:
         for index, (crops, masks, records) in enumerate(images[args.images :]):
             writer.add_image(
-                f"extra{index:05d}", crops, masks, records, cells_hw, nuclei_hw, (2048, 2048), labels
+                f"extra{index:05d}", crops, masks, records, cells_hw, nuclei_hw, (2048, 2048), labels,
+                image_chw=pool.image_chw,
             )
     append_s = time.perf_counter() - append_start
     path.unlink()

@@ -3,7 +3,7 @@
 Segmentation runs once; training and prediction read only this file. `CellCache` reads it,
 `CellCacheWriter` (from `hpa_cells.cell_cache_writer`, re-exported here) writes it crash-safely.
 
-## Cell cache schema (version 1)
+## Cell cache schema (version 2)
 
 One HDF5 file (HDF5 1.10 format, readable by h5py on HDF5 >= 1.10). N = number of cells,
 M = number of images, K = number of skipped images, S = crop size, 28 = number of classes.
@@ -14,7 +14,7 @@ Root attributes:
 
 | attribute | type | meaning |
 |---|---|---|
-| `schema_version` | int | `1`; readers refuse other versions with an error naming both |
+| `schema_version` | int | `2`; readers also read version 1 (no `image_pixels`, see below) and refuse others with an error naming both |
 | `crop_size` | int | S |
 | `channel_order` | str | `"red,green,blue,yellow"` (microtubules, protein, nucleus, ER) |
 | `segmenter` | str | name of the segmenter that made the label masks |
@@ -49,8 +49,14 @@ Datasets (every 1-D/2-D table is chunked and resizable along its first axis):
 | `images/mask_offset` | M | int64 | start of the image's segment in `image_masks/*` |
 | `image_masks/cells` | P | uint16 | full cell label masks, ragged: image i is `[mask_offset[i] : mask_offset[i] + H*W]` reshaped H,W; segments are padded to whole 65536-pixel chunks; always gzip 4 |
 | `image_masks/nuclei` | P | uint16 | full nucleus label masks, same layout |
+| `image_pixels` | P,4 | uint8 | full images at working size (what was segmented), same ragged layout: image i is `[mask_offset[i] : mask_offset[i] + H*W]` reshaped H,W,4 (channels last on disk, `full_image()` returns 4,H,W); gzip 1 |
 | `skipped/image_id` | K | utf-8 str | images that yielded no cells |
 | `skipped/reason` | K | utf-8 str | why (no cells, unreadable, missing channel, ...) |
+
+Version 1 files (written before the full images were stored) lack `image_pixels` and are otherwise the same:
+they stay readable for everything built on crops and masks (the crop MIL); `full_image()` on them raises a
+`CellCacheSchemaError` naming the file and saying to re-run `scripts/segment.py`, and writers refuse to append
+to them.
 
 Beside the file, while a writer runs or after it was killed: `cells.h5.lock` (writer's `pid@host`),
 `cells.h5.journal/NNNNNNNN.h5` (finished images, each a one-image cache of this same layout, merged
@@ -86,6 +92,9 @@ from hpa_cells.cell_cache_schema import (
     CellCacheMismatchError,
     CellCacheSchemaError,
     DuplicateImageError,
+    FIRST_VERSION_WITH_FULL_IMAGES,
+    FULL_IMAGE_DATASET,
+    NUM_CHANNELS,
     check_schema,
     read_strings,
 )
@@ -123,7 +132,7 @@ class CellCache:
         except OSError as error:
             raise CellCacheError(f"cell cache {self.path} cannot be opened as HDF5: {error}") from error
         with opened as f:
-            check_schema(f, self.path)
+            self.schema_version = check_schema(f, self.path)
             self._attrs = {key: _plain(value) for key, value in f.attrs.items()}
             self._image_ids = read_strings(f["images/id"])
             self._offsets = f["images/offset"][:]
@@ -255,6 +264,29 @@ class CellCache:
         return cells, nuclei
 
     @property
+    def has_full_images(self) -> bool:
+        """Whether the file stores the full working-size images (schema version 2 on)."""
+        return self.schema_version >= FIRST_VERSION_WITH_FULL_IMAGES
+
+    def require_full_images(self, needed_by: str) -> None:
+        """Raise CellCacheSchemaError naming the file and the fix unless it stores the full images."""
+        if not self.has_full_images:
+            raise CellCacheSchemaError(
+                f"{self.path} is a schema_version {self.schema_version} cell cache without the full images that "
+                f"{needed_by} needs; re-run scripts/segment.py --images DIR --out NEW.h5 (same segmenter options) "
+                "to rebuild it with schema_version 2 (the crop MIL still reads this file)"
+            )
+
+    def full_image(self, key: ImageKey) -> np.ndarray:
+        """The 4,H,W uint8 image at working size (channels red, green, blue, yellow), as segmented."""
+        self.require_full_images("reading full images")
+        index = self.image_index(key)
+        height, width = (int(v) for v in self._working_hw[index])
+        start = int(self._mask_offsets[index])
+        pixels = self._dataset(FULL_IMAGE_DATASET)[start : start + height * width]
+        return np.ascontiguousarray(pixels.reshape(height, width, NUM_CHANNELS).transpose(2, 0, 1))
+
+    @property
     def labels(self) -> np.ndarray:
         """M,28 uint8 multi-hot image labels (rows of unlabelled images are zeros)."""
         return self._labels.copy()
@@ -349,6 +381,11 @@ class CellCache:
             )
         if read_strings(f["cells/image_id"]) != [self._image_ids[i] for i in f["cells/image_index"][:]]:
             raise CellCacheError(f"{self.path}: cells/image_id does not match cells/image_index")
+        if self.has_full_images and f[FULL_IMAGE_DATASET].shape[0] != f["image_masks/cells"].shape[0]:
+            raise CellCacheError(
+                f"{self.path}: {FULL_IMAGE_DATASET} has {f[FULL_IMAGE_DATASET].shape[0]} pixel rows but "
+                f"image_masks/cells has {f['image_masks/cells'].shape[0]}"
+            )
 
 
 def _plain(value: Any) -> Any:

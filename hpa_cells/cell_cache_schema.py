@@ -1,4 +1,4 @@
-"""The on-disk layout of the HDF5 cell cache (schema version 1): names, dtypes, creation and appending.
+"""The on-disk layout of the HDF5 cell cache (schema version 2): names, dtypes, creation and appending.
 
 The layout itself is documented in `hpa_cells.cell_cache` (and data/README.md). This module is the
 single place that knows dataset names and dtypes; the reader (`cell_cache`) and the writer
@@ -19,7 +19,11 @@ import numpy as np
 
 from hpa_cells.classes import NUM_CLASSES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 lacks `image_pixels` (the full working-size images): still readable for everything that needs only
+# crops and masks (the crop MIL), refused with a rebuild hint by readers of full images and by writers.
+READABLE_SCHEMA_VERSIONS = (1, 2)
+FIRST_VERSION_WITH_FULL_IMAGES = 2
 CHANNEL_ORDER = "red,green,blue,yellow"
 NUM_CHANNELS = 4
 # The full-image masks are one flat ragged store per kind; every image's segment starts on a chunk
@@ -41,6 +45,10 @@ COMPRESSIONS: dict[str, dict[str, Any]] = {
 DEFAULT_COMPRESSION = "gzip1"
 # Full-image label masks compress ~20x and are read rarely: always gzip 4, whatever the crops use.
 FULL_MASK_FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 4}
+# Full working-size images (`image_pixels`, P,4 uint8, same ragged layout as the masks) are read once per image
+# per epoch by the dense model: gzip 1, the fast-to-decompress level.
+FULL_IMAGE_FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 1}
+FULL_IMAGE_DATASET = "image_pixels"
 
 STRING_DTYPE = h5py.string_dtype("utf-8")
 
@@ -150,7 +158,8 @@ class ImageRows:
     """One image's data in cache form, checked by the writer before it reaches here.
 
     crops N,4,S,S uint8; masks N,S,S uint8; cell_columns keyed like CELL_DATASETS minus image_*;
-    cells_hw / nuclei_hw H,W uint16 at working size; labels 28 uint8 multi-hot or None.
+    cells_hw / nuclei_hw H,W uint16 at working size; image_chw 4,H,W uint8 the field at working size;
+    labels 28 uint8 multi-hot or None.
     """
 
     image_id: str
@@ -159,6 +168,7 @@ class ImageRows:
     cell_columns: Mapping[str, np.ndarray]
     cells_hw: np.ndarray
     nuclei_hw: np.ndarray
+    image_chw: np.ndarray
     original_hw: tuple[int, int]
     labels: np.ndarray | None
 
@@ -177,6 +187,9 @@ def _image_contents(rows: ImageRows) -> dict[str, Any]:
         flat = np.zeros(padded_pixels(height, width), dtype=np.uint16)
         flat[: height * width] = mask_hw.ravel()
         contents[f"image_masks/{kind}"] = flat
+    pixels = np.zeros((padded_pixels(height, width), NUM_CHANNELS), dtype=np.uint8)
+    pixels[: height * width] = rows.image_chw.reshape(NUM_CHANNELS, height * width).T
+    contents[FULL_IMAGE_DATASET] = pixels
     contents["cells/image_index"] = np.zeros(count, dtype=np.int32)
     contents["cells/image_id"] = [rows.image_id] * count
     for name, values in rows.cell_columns.items():
@@ -209,6 +222,7 @@ def _dataset_specs(
     }
     for kind in FULL_MASK_KINDS:
         specs[f"image_masks/{kind}"] = (np.uint16, (), MASK_CHUNK_PIXELS, FULL_MASK_FILTERS)
+    specs[FULL_IMAGE_DATASET] = (np.uint8, (NUM_CHANNELS,), MASK_CHUNK_PIXELS, FULL_IMAGE_FILTERS)
     for group_name, datasets in (
         ("cells", CELL_DATASETS),
         ("images", IMAGE_DATASETS),
@@ -228,7 +242,7 @@ def create_layout(
     image: ImageRows | None = None,
     skipped: tuple[str, str] | None = None,
 ) -> None:
-    """Create every dataset and the root attributes of a version-1 cache in an empty file, holding
+    """Create every dataset and the root attributes of a current-version cache in an empty file, holding
     nothing, or one image and/or one skipped row (a journal shard)."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compression!r}; choose one of {sorted(COMPRESSIONS)}")
@@ -259,17 +273,26 @@ def create_layout(
         f.attrs[key] = value
 
 
-def check_schema(f: h5py.File, path: Path) -> None:
-    """Raise CellCacheSchemaError unless `f` is a cell cache of the version this code reads."""
+def check_schema(f: h5py.File, path: Path, *, for_writing: bool = False) -> int:
+    """The schema version of cell cache `f`; raise CellCacheSchemaError unless this code reads it (any of
+    READABLE_SCHEMA_VERSIONS), or with `for_writing`, unless it is the current version (appended to as is)."""
     if "schema_version" not in f.attrs:
         raise CellCacheSchemaError(f"{path} has no 'schema_version' attribute: not an hpa-cells cell cache")
     version = int(f.attrs["schema_version"])
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMA_VERSIONS:
         newer = "a newer" if version > SCHEMA_VERSION else "an older"
         raise CellCacheSchemaError(
-            f"{path} has cell cache schema_version {version} but this hpa-cells reads schema_version "
-            f"{SCHEMA_VERSION} ({newer} file format; use the matching hpa-cells version or rebuild the cache)"
+            f"{path} has cell cache schema_version {version} but this hpa-cells reads schema_versions "
+            f"{READABLE_SCHEMA_VERSIONS[0]} to {SCHEMA_VERSION} ({newer} file format; use the matching hpa-cells "
+            "version or rebuild the cache)"
         )
+    if for_writing and version != SCHEMA_VERSION:
+        raise CellCacheSchemaError(
+            f"{path} is a schema_version {version} cell cache and this hpa-cells writes schema_version "
+            f"{SCHEMA_VERSION} (which adds the full images); it cannot be appended to: re-run scripts/segment.py "
+            "with a new --out file to rebuild it"
+        )
+    return version
 
 
 def read_strings(dataset: h5py.Dataset, start: int = 0, stop: int | None = None) -> list[str]:
@@ -331,7 +354,8 @@ class CacheAppender:
     def __init__(self, dst: h5py.File) -> None:
         self.dst = dst
         self._chunked = {
-            path: dst[path] for path in ("crops", "masks", *(f"image_masks/{k}" for k in FULL_MASK_KINDS))
+            path: dst[path]
+            for path in ("crops", "masks", *(f"image_masks/{k}" for k in FULL_MASK_KINDS), FULL_IMAGE_DATASET)
         }
         self._tables = {f"{g}/{n}": dst[f"{g}/{n}"] for g, datasets in TABLE_GROUPS.items() for n in datasets}
         self._pending: dict[str, list[Any]] = {path: [] for path in self._tables}
@@ -372,8 +396,7 @@ class CacheAppender:
             cell_offset = copy_rows(src_chunked["crops"], start, self._chunked["crops"], count)
             copy_rows(src_chunked["masks"], start, self._chunked["masks"], count)
             mask_offset = self._chunked["image_masks/cells"].shape[0]
-            for kind in FULL_MASK_KINDS:
-                path = f"image_masks/{kind}"
+            for path in (*(f"image_masks/{kind}" for kind in FULL_MASK_KINDS), FULL_IMAGE_DATASET):
                 copy_rows(
                     src_chunked[path],
                     int(tables["images/mask_offset"][i]),

@@ -256,7 +256,7 @@ class CellCacheWriter:
     # ----- opening and repair -------------------------------------------------------------
     def _check_compatible(self, f: h5py.File, file_path: Path) -> None:
         """Raise CellCacheMismatchError if `f` was written with other settings than this writer's."""
-        check_schema(f, file_path)
+        check_schema(f, file_path, for_writing=True)
         existing_size = int(f.attrs["crop_size"])
         if existing_size != self.crop_size:
             raise CellCacheMismatchError(
@@ -363,17 +363,20 @@ class CellCacheWriter:
         nuclei_hw: np.ndarray,
         original_hw: tuple[int, int],
         labels: np.ndarray | None,
+        *,
+        image_chw: np.ndarray,
     ) -> None:
         """Journal one image's cells; durable when this returns.
 
         crops N,4,S,S uint8 and masks N,S,S uint8 (0/1) in increasing cell id order; cell_records one
         row per cell with crops.CELL_RECORD_COLUMNS; cells_hw / nuclei_hw the H,W label masks at
         working size; original_hw the field's size before resizing; labels a 28-long 0/1 multi-hot
-        vector, or None for unlabelled data. An image without cells belongs in add_skipped.
+        vector, or None for unlabelled data; image_chw the 4,H,W uint8 field at working size (what the
+        masks were made from; the dense model reads it). An image without cells belongs in add_skipped.
         """
         self._check_open_and_new(image_id)
         rows = _checked_rows(
-            image_id, self.crop_size, crops, masks, cell_records, cells_hw, nuclei_hw, original_hw, labels
+            image_id, self.crop_size, crops, masks, cell_records, cells_hw, nuclei_hw, image_chw, original_hw, labels
         )
         self._write_shard(rows, None)
         self._done.add(image_id)
@@ -386,8 +389,10 @@ class CellCacheWriter:
         nuclei_hw: np.ndarray,
         original_hw: tuple[int, int],
         labels: np.ndarray | None,
+        *,
+        image_chw: np.ndarray,
     ) -> None:
-        """add_image for the output of crops.extract_cell_crops."""
+        """add_image for the output of crops.extract_cell_crops (cut from `image_chw`)."""
         self.add_image(
             image_id,
             cell_crops.crops,
@@ -397,6 +402,7 @@ class CellCacheWriter:
             nuclei_hw,
             original_hw,
             labels,
+            image_chw=image_chw,
         )
 
     def add_skipped(self, image_id: str, reason: str) -> None:
@@ -523,6 +529,7 @@ def _checked_rows(
     cell_records: pd.DataFrame,
     cells_hw: np.ndarray,
     nuclei_hw: np.ndarray,
+    image_chw: np.ndarray,
     original_hw: tuple[int, int],
     labels: np.ndarray | None,
 ) -> ImageRows:
@@ -578,6 +585,12 @@ def _checked_rows(
         raise CellCacheInputError(
             f"image {image_id!r}: cells_hw {label_masks[0].shape} and nuclei_hw {label_masks[1].shape} differ in shape"
         )
+    image_chw = np.asarray(image_chw)
+    if image_chw.dtype != np.uint8 or image_chw.shape != (NUM_CHANNELS, *label_masks[0].shape):
+        raise CellCacheInputError(
+            f"image {image_id!r}: image_chw must be {NUM_CHANNELS},H,W uint8 with H,W of cells_hw "
+            f"{label_masks[0].shape}; got {image_chw.dtype} {image_chw.shape}"
+        )
     if len(original_hw) != 2 or min(int(v) for v in original_hw) <= 0:
         raise CellCacheInputError(
             f"image {image_id!r}: original_hw must be (height, width) > 0, got {original_hw}"
@@ -607,6 +620,7 @@ def _checked_rows(
         cell_columns=columns,
         cells_hw=label_masks[0],
         nuclei_hw=label_masks[1],
+        image_chw=np.ascontiguousarray(image_chw),
         original_hw=(int(original_hw[0]), int(original_hw[1])),
         labels=labels_u8,
     )

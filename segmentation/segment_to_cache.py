@@ -183,7 +183,8 @@ def segment_folder(job: SegmentJob, segmenter: Segmenter) -> SegmentRunSummary:
                     label_vector = None
                     if labels is not None and image_id in labels:
                         label_vector = to_multi_hot([labels[image_id]])[0]
-                    writer.add_cell_crops(image_id, crops, result.cells, result.nuclei, tuple(original), label_vector)
+                    writer.add_cell_crops(image_id, crops, result.cells, result.nuclei, tuple(original), label_vector,
+                                          image_chw=image)
                     if job.export_masks_dir is not None:
                         write_label_mask(job.export_masks_dir / f"{image_id}_cells.png", resize_mask(result.cells, tuple(original)))
                         write_label_mask(job.export_masks_dir / f"{image_id}_nuclei.png", resize_mask(result.nuclei, tuple(original)))

@@ -18,7 +18,7 @@ import pandas as pd
 from hpa_cells.cell_cache import CacheProvenance, CellCache, CellCacheWriter
 from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
 from hpa_cells.crops import CELL_RECORD_COLUMNS
-from hpa_cells.images import write_label_mask, write_sample
+from hpa_cells.images import resize_image, write_label_mask, write_sample
 from hpa_cells.labels import to_multi_hot, write_labels_2018
 
 WORKING_HW = (48, 64)
@@ -95,11 +95,12 @@ def write_prediction_fixture(root: Path, seed: int = 0) -> PredictionFixture:
         for image_id in CELL_BOXES:
             cells, nuclei = masks_of(image_id)
             height, width = ORIGINAL_HW[image_id]
-            write_sample(images, image_id, rng.integers(0, 256, (4, height, width), dtype=np.uint8))
+            field = rng.integers(0, 256, (4, height, width), dtype=np.uint8)
+            write_sample(images, image_id, field)
             n = len(CELL_BOXES[image_id])
             writer.add_image(image_id, np.zeros((n, 4, 8, 8), np.uint8), np.ones((n, 8, 8), np.uint8),
                              _records(image_id, cells, nuclei), cells, nuclei, (height, width),
-                             to_multi_hot([IMAGE_LABELS[image_id]])[0])
+                             to_multi_hot([IMAGE_LABELS[image_id]])[0], image_chw=resize_image(field, cells.shape))
             write_label_mask(truth / f"{image_id}_cells.png", cells)
     pd.DataFrame([{"image_id": i, "cell_id": c, "labels": " ".join(map(str, v))} for (i, c), v in CELL_TRUTH.items()]
                  ).to_csv(truth / "cells.csv", index=False)

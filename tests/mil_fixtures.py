@@ -64,7 +64,8 @@ def write_bag_cache(path: Path, bags: Sequence[HandBag]) -> Path:
             n = bag.crops.shape[0]
             cells_hw = np.repeat(np.repeat(np.arange(1, n + 1, dtype=np.int32)[None, :], 8, axis=1), 8, axis=0)
             writer.add_image(bag.image_id, bag.crops, bag.masks, _cell_records(n, bag.qc_flags),
-                             cells_hw, (cells_hw > 0).astype(np.int32), cells_hw.shape, bag.labels)
+                             cells_hw, (cells_hw > 0).astype(np.int32), cells_hw.shape, bag.labels,
+                             image_chw=np.zeros((4, *cells_hw.shape), np.uint8))
     return path
 
 

@@ -65,6 +65,7 @@ def _field(index: int, size: int = 48) -> dict[str, Any]:
         "nuclei_hw": nuclei_hw,
         "original_hw": (4 * size, 4 * size),
         "labels": labels,
+        "image_chw": image_chw,
     }
 
 
@@ -84,7 +85,7 @@ def test_schema_attributes_and_dataset_layout(tmp_path: Path) -> None:
     path = tmp_path / "cells.h5"
     _write(path, range(3), skipped=("empty1",))
     with h5py.File(path, "r") as f:
-        assert int(f.attrs["schema_version"]) == 1
+        assert int(f.attrs["schema_version"]) == 2
         assert int(f.attrs["crop_size"]) == CROP
         assert f.attrs["channel_order"] == "red,green,blue,yellow"
         assert f.attrs["segmenter"] == "watershed" and f.attrs["model_sha256"] == ""
@@ -120,6 +121,9 @@ def test_reader_returns_what_was_written(tmp_path: Path) -> None:
             assert cells_hw.dtype == np.uint16 and cells_hw.shape == (48, 48)
             np.testing.assert_array_equal(cells_hw, field["cells_hw"])
             np.testing.assert_array_equal(nuclei_hw, field["nuclei_hw"])
+            image = cache.full_image(f"img{index:03d}")
+            assert image.dtype == np.uint8 and image.flags.c_contiguous
+            np.testing.assert_array_equal(image, field["image_chw"])
         table = cache.cell_table()
         expected = pd.concat(
             [f["cell_records"].assign(image_index=i, image_id=f"img{i:03d}") for i, f in fields.items()],
@@ -152,7 +156,7 @@ def test_reader_returns_what_was_written(tmp_path: Path) -> None:
         provenance = cache.provenance
         assert provenance["parameters"] == {"min_area": 20, "sigma": 1.5}
         assert provenance["qc_flag_names"] == {"border": 1, "no_nucleus": 2}
-        assert provenance["segmenter"] == "watershed" and provenance["schema_version"] == 1
+        assert provenance["segmenter"] == "watershed" and provenance["schema_version"] == 2
 
 
 def test_reading_a_subset_of_an_images_cells(tmp_path: Path) -> None:
@@ -193,10 +197,10 @@ def test_unknown_keys_and_files_give_clear_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("version", "message"),
     [
-        (2, "has cell cache schema_version 2 but this hpa-cells reads schema_version 1 (a newer file format"),
+        (3, "has cell cache schema_version 3 but this hpa-cells reads schema_versions 1 to 2 (a newer file format"),
         (
             0,
-            "has cell cache schema_version 0 but this hpa-cells reads schema_version 1 (an older file format",
+            "has cell cache schema_version 0 but this hpa-cells reads schema_versions 1 to 2 (an older file format",
         ),
     ],
 )
@@ -210,6 +214,36 @@ def test_other_schema_version_is_refused(tmp_path: Path, version: int, message: 
     assert str(error.value).startswith(f"{path} {message}")
     with pytest.raises(CellCacheSchemaError, match="schema_version"):
         _writer(path)
+
+
+def _downgrade_to_version_1(path: Path) -> None:
+    """Turn a cache into what a schema-version-1 writer made: the same file without the full images."""
+    with h5py.File(path, "r+") as f:
+        del f["image_pixels"]
+        f.attrs["schema_version"] = 1
+
+
+def test_version_1_cache_reads_crops_but_not_full_images(tmp_path: Path) -> None:
+    path = tmp_path / "old.h5"
+    _write(path, range(2))
+    _downgrade_to_version_1(path)
+    with CellCache(path) as cache:
+        cache.verify()
+        assert cache.schema_version == 1 and not cache.has_full_images
+        np.testing.assert_array_equal(cache.cells_of("img001")[0], _field(1)["crops"])
+        np.testing.assert_array_equal(cache.full_masks("img001")[0], _field(1)["cells_hw"])
+        with pytest.raises(CellCacheSchemaError) as error:
+            cache.full_image("img000")
+    assert str(error.value).startswith(f"{path} is a schema_version 1 cell cache without the full images")
+    assert "re-run scripts/segment.py" in str(error.value)
+    with pytest.raises(CellCacheSchemaError, match="cannot be appended to: re-run scripts/segment.py"):
+        _writer(path)
+
+
+def test_full_images_must_match_the_masks(tmp_path: Path) -> None:
+    field = _field(0)
+    with _writer(tmp_path / "cells.h5") as writer, pytest.raises(CellCacheInputError, match="image_chw must be 4,H,W uint8"):
+        writer.add_image("a", **{**field, "image_chw": field["image_chw"][:, :-1]})
 
 
 def test_file_without_schema_version_is_not_a_cache(tmp_path: Path) -> None:
@@ -516,7 +550,7 @@ with CellCacheWriter(cache_path, 16, provenance, ["border", "no_nucleus"]) as wr
             writer.add_skipped(image_id, "no cells")
             continue
         labels = (rng.random(NUM_CLASSES) < 0.15).astype(np.uint8) if index % 4 else None
-        writer.add_cell_crops(image_id, cut, cells_hw, nuclei_hw, (160, 160), labels)
+        writer.add_cell_crops(image_id, cut, cells_hw, nuclei_hw, (160, 160), labels, image_chw=image_chw)
         if stage == "between_images" and len(writer.done_image_ids()) == pause_point:
             pause_here()
         time.sleep(per_image_sleep)
@@ -603,6 +637,7 @@ def _assert_same_cache(path: Path, reference: Path) -> None:
             assert got_masks.tobytes() == want_masks.tobytes(), image_id
             for got_mask, want_mask in zip(got.full_masks(image_id), want.full_masks(image_id), strict=True):
                 np.testing.assert_array_equal(got_mask, want_mask)
+            assert got.full_image(image_id).tobytes() == want.full_image(image_id).tobytes(), image_id
         untimed = {"created", "modified"}
         assert {k: v for k, v in got.provenance.items() if k not in untimed} == {
             k: v for k, v in want.provenance.items() if k not in untimed

@@ -58,6 +58,7 @@ def test_folder_to_cache_then_rerun_skips_everything(images: Path, tmp_path: Pat
         cells, nuclei = cache.full_masks(ids[0])
         np.testing.assert_array_equal(cells, expected.cells)
         np.testing.assert_array_equal(nuclei, expected.nuclei)
+        np.testing.assert_array_equal(cache.full_image(ids[0]), read_sample(images, ids[0]))  # what was segmented
         assert cache.cell_table().query(f"image_id == '{ids[0]}'").cell_id.tolist() == expected.qc.cell_id.tolist()
         labels = read_labels(images / "train.csv")
         np.testing.assert_array_equal(cache.labels, to_multi_hot([labels[i] for i in ids]))
