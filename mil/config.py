@@ -1,4 +1,4 @@
-"""Typed, validated settings of a MIL model; saved as config.json inside every model folder."""
+"""Typed, validated settings of a MIL model (crop or dense family); saved as config.json inside every model folder."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ class MILConfig:
     def __post_init__(self) -> None:
         from mil.pooling import list_heads
 
+        if self.family != "crop":
+            raise ConfigError(f"MILConfig has family 'crop', got {self.family!r} (dense models use DenseConfig)")
         if self.head not in list_heads():
             raise ConfigError(f"unknown head {self.head!r}; registered heads: {', '.join(list_heads())}")
         if self.input_size < 16 or self.input_size % 8:
@@ -60,3 +62,71 @@ class MILConfig:
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+DENSE_ARCHITECTURES = ("unet", "fpn")
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """Architecture of a dense (whole-field) MIL model: a segmentation-models-pytorch network maps the 4-channel
+    field to 28 per-pixel class logit maps, which are pooled inside each cell mask into per-cell logits
+    (`cell_pool`), then across cells by a registered pooling head (`head`) into the image's logits.
+
+    arch: "unet" or "fpn". encoder: smp encoder name; timm encoders through smp's "tu-" prefix (e.g.
+    "tu-resnet10t"). input_size: the field's longer side is resized to this (a multiple of 32) and the rest padded.
+    cell_pool: "mean" or "lse" (log-sum-exp, `(1/r) log(mean exp(r x))` with r = `lse_sharpness`).
+    head_kwargs: extra head arguments.
+    """
+
+    arch: str = "fpn"
+    encoder: str = "tu-resnet10t"
+    head: str = "class_gated_attention"
+    cell_pool: str = "mean"
+    lse_sharpness: float = 5.0
+    input_size: int = 256
+    num_classes: int = NUM_CLASSES
+    head_kwargs: dict = field(default_factory=dict)
+    family: str = "dense"
+
+    def __post_init__(self) -> None:
+        from mil.cell_pooling import CELL_POOLS
+        from mil.pooling import list_heads
+
+        if self.family != "dense":
+            raise ConfigError(f"DenseConfig has family 'dense', got {self.family!r}")
+        if self.arch not in DENSE_ARCHITECTURES:
+            raise ConfigError(f"unknown dense arch {self.arch!r}; choose one of {', '.join(DENSE_ARCHITECTURES)}")
+        if self.head not in list_heads():
+            raise ConfigError(f"unknown head {self.head!r}; registered heads: {', '.join(list_heads())}")
+        if self.cell_pool not in CELL_POOLS:
+            raise ConfigError(f"unknown cell_pool {self.cell_pool!r}; choose one of {', '.join(CELL_POOLS)}")
+        if self.lse_sharpness <= 0:
+            raise ConfigError(f"lse_sharpness must be positive, got {self.lse_sharpness}")
+        if self.input_size < 32 or self.input_size % 32:
+            raise ConfigError(f"input_size must be a multiple of 32 and >= 32, got {self.input_size}")
+        if self.num_classes <= 0:
+            raise ConfigError(f"num_classes must be positive, got {self.num_classes}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>") -> DenseConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown dense model config keys {unknown}")
+        return cls(**data)
+
+
+ModelConfig = MILConfig | DenseConfig
+CONFIG_CLASSES: dict[str, type[MILConfig] | type[DenseConfig]] = {"crop": MILConfig, "dense": DenseConfig}
+
+
+def model_config_from_dict(data: dict, source: str = "<dict>") -> ModelConfig:
+    """The config of the family named by `data["family"]` ("crop" when absent, as in the first model folders)."""
+    family = data.get("family", "crop")
+    if family not in CONFIG_CLASSES:
+        raise ConfigError(f"{source}: unknown model family {family!r}; known: {', '.join(CONFIG_CLASSES)}")
+    return CONFIG_CLASSES[family].from_dict(data, source)

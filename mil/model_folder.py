@@ -1,6 +1,7 @@
 """A trained model is a folder: config.json, weights.safetensors, thresholds.json, metrics.json.
 
-`load_model(folder)` needs nothing else and never unpickles. config.json holds the architecture (`model`),
+`load_model(folder)` needs nothing else and never unpickles. config.json holds the architecture (`model`, whose
+`family` says which model it is: "crop" = `MILConfig` / `MILModel`, "dense" = `DenseConfig` / `DenseMILModel`),
 how it was trained (`training`) and the format version.
 """
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from hpa_cells.classes import CLASS_NAMES
-from mil.config import MILConfig
+from mil.config import ModelConfig, model_config_from_dict
 from mil.thresholds import load_thresholds, save_thresholds
 
 FORMAT_VERSION = 1
@@ -29,7 +30,7 @@ class ModelFolderError(ValueError):
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
-    config: MILConfig
+    config: ModelConfig
     thresholds: np.ndarray
     metrics: dict
     training: dict
@@ -52,12 +53,16 @@ def save_model_folder(folder: Path, model: torch.nn.Module, thresholds: np.ndarr
     return folder
 
 
-def build_model(config: MILConfig) -> torch.nn.Module:
+def build_model(config: ModelConfig) -> torch.nn.Module:
     """The untrained module of a config's family."""
     if config.family == "crop":
         from mil.model import MILModel
 
         return MILModel(config)
+    if config.family == "dense":
+        from mil.dense_model import DenseMILModel
+
+        return DenseMILModel(config)
     raise ModelFolderError(f"unknown model family {config.family!r}")
 
 
@@ -77,7 +82,7 @@ def load_model(folder: str | os.PathLike[str], device: str | torch.device = "cpu
         raise ModelFolderError(
             f"{folder / 'config.json'}: format_version {record.get('format_version')!r}, this code reads {FORMAT_VERSION}"
         )
-    config = MILConfig.from_dict(record["model"], source=str(folder / "config.json"))
+    config = model_config_from_dict(record["model"], source=str(folder / "config.json"))
     model = build_model(config)
     state = load_file(str(folder / "weights.safetensors"))
     try:

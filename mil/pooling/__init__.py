@@ -7,6 +7,13 @@ from mil.pooling import (  # noqa: F401  (importing the modules registers the he
     max_pooling,
     mean_pooling,
 )
-from mil.pooling._registry import PoolingOutput, create_head, list_heads, masked_softmax, register_head
+from mil.pooling._registry import (
+    PoolingOutput,
+    create_head,
+    list_heads,
+    masked_softmax,
+    pool_given_cell_logits,
+    register_head,
+)
 
-__all__ = ["PoolingOutput", "create_head", "list_heads", "masked_softmax", "register_head"]
+__all__ = ["PoolingOutput", "create_head", "list_heads", "masked_softmax", "pool_given_cell_logits", "register_head"]

@@ -76,3 +76,14 @@ class GatedScorer(nn.Module):
         if self.gate is not None:
             hidden = hidden * self.gate(embeddings)
         return self.score(hidden)
+
+
+def pool_given_cell_logits(head: nn.Module) -> nn.Module:
+    """Turn a head into a pooling of cell logits it is given (its input is already `B,N,K` class logits, so
+    in_features == num_classes): its per-cell `classifier` becomes the identity, so its cell logits are its input
+    (0 at padding) and its image logits pool them by the head's own rule (attention, mean, max, log-sum-exp).
+    Every registered head keeps its per-cell classifier in `classifier`; the dense family relies on that."""
+    if not isinstance(getattr(head, "classifier", None), nn.Module):
+        raise TypeError(f"pooling head {type(head).__name__} has no `classifier` module to replace")
+    head.classifier = nn.Identity()
+    return head
