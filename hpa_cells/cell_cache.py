@@ -85,6 +85,9 @@ import numpy as np
 import pandas as pd
 
 from hpa_cells.cell_cache_schema import (
+    FIRST_VERSION_WITH_FULL_IMAGES,
+    FULL_IMAGE_DATASET,
+    NUM_CHANNELS,
     CacheProvenance,
     CellCacheError,
     CellCacheInputError,
@@ -92,9 +95,6 @@ from hpa_cells.cell_cache_schema import (
     CellCacheMismatchError,
     CellCacheSchemaError,
     DuplicateImageError,
-    FIRST_VERSION_WITH_FULL_IMAGES,
-    FULL_IMAGE_DATASET,
-    NUM_CHANNELS,
     check_schema,
     read_strings,
 )

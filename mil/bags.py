@@ -49,6 +49,35 @@ def excluded_bits(cache: CellCache, names: Sequence[str]) -> int:
     return bits
 
 
+def usable_cell_rows(cache: CellCache, image_indices: Sequence[int] | None,
+                     exclude_flags: Sequence[str]) -> tuple[list[int], list[np.ndarray]]:
+    """(images with at least one usable cell, each one's usable cells as positions within the image).
+
+    Images whose cells are all excluded by QC are left out with a warning naming them.
+    """
+    table = cache.cell_table()
+    bits = excluded_bits(cache, exclude_flags) if exclude_flags else 0
+    usable = (table["qc_flags"].to_numpy().astype(np.int64) & bits) == 0
+    offsets = cache.image_table()["offset"].to_numpy()
+    per_image = table.groupby("image_index").indices
+    indices = range(cache.num_images) if image_indices is None else image_indices
+    kept: list[int] = []
+    local_rows: list[np.ndarray] = []
+    dropped = []
+    for index in indices:
+        rows = np.asarray(per_image.get(int(index), []), dtype=np.int64)
+        rows = rows[usable[rows]] if rows.size else rows
+        if rows.size == 0:
+            dropped.append(cache.image_ids[int(index)])
+            continue
+        kept.append(int(index))
+        local_rows.append(rows - int(offsets[int(index)]))
+    if dropped:
+        logger.warning("%d images have no usable cells after QC and are left out: %s",
+                       len(dropped), ", ".join(dropped[:5]))
+    return kept, local_rows
+
+
 class BagDataset(Dataset):
     """Bags of the images `image_indices` of a cell cache (each DataLoader worker opens the file itself)."""
 
@@ -56,26 +85,7 @@ class BagDataset(Dataset):
                  max_cells: int | None = None, train: bool = False, seed: int = 0,
                  exclude_flags: Sequence[str] = DEFAULT_EXCLUDE_FLAGS, intensity_jitter: float = 0.2) -> None:
         self.cache = CellCache(cache_path)
-        table = self.cache.cell_table()
-        bits = excluded_bits(self.cache, exclude_flags) if exclude_flags else 0
-        usable = (table["qc_flags"].to_numpy().astype(np.int64) & bits) == 0
-        offsets = self.cache.image_table()["offset"].to_numpy()
-        per_image = table.groupby("image_index").indices
-        indices = range(self.cache.num_images) if image_indices is None else image_indices
-        self.image_indices: list[int] = []
-        self._local_rows: list[np.ndarray] = []
-        dropped = []
-        for index in indices:
-            rows = np.asarray(per_image.get(int(index), []), dtype=np.int64)
-            rows = rows[usable[rows]] if rows.size else rows
-            if rows.size == 0:
-                dropped.append(self.cache.image_ids[int(index)])
-                continue
-            self.image_indices.append(int(index))
-            self._local_rows.append(rows - int(offsets[int(index)]))
-        if dropped:
-            logger.warning("%d images have no usable cells after QC and are left out: %s",
-                           len(dropped), ", ".join(dropped[:5]))
+        self.image_indices, self._local_rows = usable_cell_rows(self.cache, image_indices, exclude_flags)
         self.max_cells = max_cells
         self.train = train
         self.seed = seed

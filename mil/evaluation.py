@@ -3,7 +3,9 @@
 Cell-level mAP is reported twice so segmentation errors and MIL errors can be told apart:
 `cell_map` scores the predicted cells of the project's segmentation (matched to true cells at IoU >= 0.6, misses
 and extra cells counted), `cell_map_true_masks` re-runs the same model on crops cut from the true masks (a
-perfect segmentation), so it measures the MIL alone.
+perfect segmentation), so it measures the MIL alone. For an ensemble (manifest `models`), every member is re-run
+on the true masks and the members' cell probabilities averaged, as `scripts/predict.py` does; a dense member sees
+the true label map over the whole field.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ def _add_cell_scores(report: EvaluationReport, pred_dir: Path, truth_dir: Path, 
     """Cell mAP over the same images as the image-level scores (those in the label file)."""
     from hpa_cells.cell_cache import CellCache
     from hpa_cells.crops import CropConfig
-    from mil.inference import bags_from_masks, predict_bags
+    from mil.ensemble import average_predictions
+    from mil.inference import FAMILY_INPUTS, bags_from_masks, predict_bags
     from mil.model_folder import load_model
 
     truth = read_cell_truth(truth_dir)
@@ -126,7 +129,6 @@ def _add_cell_scores(report: EvaluationReport, pred_dir: Path, truth_dir: Path, 
     report.cells_true, report.cells_matched, report.cells_predicted = (
         result.n_true_cells, result.n_matched_cells, result.n_pred_cells)
 
-    loaded = load_model(manifest["model"], device=device)
     crop = CropConfig(**crop_settings) if crop_settings else CropConfig()
 
     def fields():
@@ -141,7 +143,12 @@ def _add_cell_scores(report: EvaluationReport, pred_dir: Path, truth_dir: Path, 
                 nuclei = resize_mask(nuclei, shape)
             yield image_id, image, true_masks[image_id], nuclei
 
-    on_truth = predict_bags(loaded, bags_from_masks(fields(), crop), device=device)
+    members = []
+    for folder in manifest.get("models") or [manifest["model"]]:
+        loaded = load_model(folder, device=device)
+        content = FAMILY_INPUTS[loaded.config.family]
+        members.append(predict_bags(loaded, bags_from_masks(fields(), crop, content), device=device))
+    on_truth = average_predictions(members) if len(members) > 1 else members[0]
     result_true = cell_level_map(true_masks, truth, true_masks, _probs_by_cell(on_truth.cells), NUM_CLASSES)
     report.cell_map_true_masks = result_true.mean_ap
     report.per_class_cell_ap_true_masks = _named(result_true.per_class_ap)

@@ -1,15 +1,17 @@
-"""Prediction with a trained MIL model: image probabilities, per-cell probabilities and attention.
+"""Prediction with a trained MIL model (crop or dense family): image probabilities, per-cell probabilities and
+attention, and for dense models per-pixel class probability maps.
 
 Every cell of an image gets its own probabilities (per-cell logits of the head); the image prediction pools
 only the cells usable for training (QC flags not in the model's `exclude_flags`), falling back to all cells
-when an image has none. Attention is 0 for cells left out of the pooling.
+when an image has none. Attention is 0 for cells left out of the pooling. Both families give the same per-cell
+table, so prediction files, evaluation and maps do not depend on the family.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +31,24 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class BagInput:
-    """All cells of one image: crops `N,4,S,S` uint8, masks `N,S,S` uint8, usable `N` bool, plus a per-cell
-    table (cell_id, centroid_y, centroid_x, qc_flags, ... ) aligned with the crops."""
+    """All cells of one image: crops `N,4,S,S` uint8, masks `N,S,S` uint8 (for the crop family), usable `N` bool,
+    a per-cell table (cell_id, centroid_y, centroid_x, qc_flags, ... ) aligned with the crops, and for the dense
+    family the field `4,H,W` uint8 with its `H,W` cell label map at working size."""
 
     image_id: str
-    crops: np.ndarray
-    masks: np.ndarray
+    crops: np.ndarray | None
+    masks: np.ndarray | None
     usable: np.ndarray
     cells: pd.DataFrame
+    image_chw: np.ndarray | None = None
+    cells_hw: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+
+PixelMapSink = Callable[[str, np.ndarray, tuple[int, int]], None]
+"""Receives (image_id, `K,h,w` uint8 pixel probabilities, working size) for each image a dense model predicts."""
 
 
 @dataclass
@@ -61,34 +73,48 @@ def _exclude_bits(flag_names: dict[str, int], names: Sequence[str]) -> int:
     return sum(int(lowered[n.lower()]) for n in names if n.lower() in lowered)
 
 
-def bags_from_cache(cache_path: str | os.PathLike[str], exclude_flags: Sequence[str]) -> Iterator[BagInput]:
-    """Every image of a cell cache as a `BagInput`, in storage order."""
+FAMILY_INPUTS = {"crop": "crops", "dense": "fields"}
+"""What each model family reads: cell crops, or whole fields with their label maps."""
+
+
+def bags_from_cache(cache_path: str | os.PathLike[str], exclude_flags: Sequence[str],
+                    content: str = "crops") -> Iterator[BagInput]:
+    """Every image of a cell cache as a `BagInput`, in storage order; `content` "crops" reads the crops and masks,
+    "fields" the full images and cell label maps (a schema-2 cache)."""
     with CellCache(cache_path) as cache:
+        if content == "fields":
+            cache.require_full_images("the dense model")
         table = cache.cell_table()
         bits = _exclude_bits(cache.qc_flag_names, exclude_flags)
         for index, image_id in enumerate(cache.image_ids):
             rows = cache.cell_slice(index)
             cells = table.iloc[rows].reset_index(drop=True)
-            crops, masks = cache.cells_of(index)
             usable = (cells["qc_flags"].to_numpy().astype(np.int64) & bits) == 0
-            yield BagInput(image_id, crops, masks, usable, cells)
+            if content == "fields":
+                yield BagInput(image_id, None, None, usable, cells, cache.full_image(index), cache.full_masks(index)[0])
+            else:
+                crops, masks = cache.cells_of(index)
+                yield BagInput(image_id, crops, masks, usable, cells)
 
 
 def bags_from_masks(fields: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
-                    crop: CropConfig) -> Iterator[BagInput]:
+                    crop: CropConfig, content: str = "crops") -> Iterator[BagInput]:
     """Bags cut from given masks (e.g. the true masks of synthetic data): (image_id, image `4,H,W`, cells `H,W`,
-    nuclei `H,W`) each; every cell is usable."""
+    nuclei `H,W`) each; every cell is usable. `content` as in `bags_from_cache`."""
     for image_id, image, cells_hw, nuclei_hw in fields:
         cut = extract_cell_crops(image, cells_hw, nuclei_hw, config=crop)
         table = cut.table.copy()
         table.insert(0, "image_id", image_id)
-        yield BagInput(image_id, cut.crops, cut.masks, np.ones(len(cut), bool), table)
+        if content == "fields":
+            yield BagInput(image_id, None, None, np.ones(len(cut), bool), table, image, cells_hw)
+        else:
+            yield BagInput(image_id, cut.crops, cut.masks, np.ones(len(cut), bool), table)
 
 
 def _batched(bags: Iterable[BagInput], batch_size: int) -> Iterator[list[BagInput]]:
     batch: list[BagInput] = []
     for bag in bags:
-        if len(bag.crops) == 0:
+        if len(bag) == 0:
             logger.warning("image %s has no cells; it gets no prediction", bag.image_id)
             continue
         batch.append(bag)
@@ -99,56 +125,119 @@ def _batched(bags: Iterable[BagInput], batch_size: int) -> Iterator[list[BagInpu
         yield batch
 
 
+@dataclass
+class _GroupOutput:
+    """One forward pass over a group of bags: image probabilities `B,K`, cell probabilities `B,N,K` (every cell),
+    attention `B,N` or `B,N,K` (0 for cells left out of the pooling), usable `B,N`, pixel maps (dense) per bag."""
+
+    image_probs: np.ndarray
+    cell_probs: np.ndarray
+    attention: np.ndarray
+    usable: torch.Tensor
+    pixel_maps: list[np.ndarray] | None = None
+
+
+def _usable_mask(group: list[BagInput]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`B,N` present, `B,N` usable: the bag's usable cells, or all its cells when none is)."""
+    n = max(len(b) for b in group)
+    present = torch.zeros((len(group), n), dtype=torch.bool)
+    usable = torch.zeros((len(group), n), dtype=torch.bool)
+    for i, bag in enumerate(group):
+        k = len(bag)
+        present[i, :k] = True
+        usable[i, :k] = torch.from_numpy(bag.usable if bag.usable.any() else np.ones(k, bool))
+    return present, usable
+
+
+def _crop_group(model: torch.nn.Module, group: list[BagInput], device: str | torch.device) -> _GroupOutput:
+    n = max(len(b) for b in group)
+    s = group[0].crops.shape[-1]
+    crops = torch.zeros((len(group), n, 4, s, s))
+    masks = torch.zeros((len(group), n, s, s))
+    present, usable = _usable_mask(group)
+    for i, bag in enumerate(group):
+        k = len(bag)
+        crops[i, :k] = torch.from_numpy(bag.crops).float() / 255.0
+        masks[i, :k] = torch.from_numpy(bag.masks).float()
+    batch = BagBatch(crops.to(device), masks.to(device), present.to(device))
+    embeddings = model.embed_instances(batch)
+    pooled = model.pool(embeddings, usable.to(device))
+    every_cell = model.pool(embeddings, present.to(device))
+    return _GroupOutput(torch.sigmoid(pooled.image_logits.float()).cpu().numpy(),
+                        torch.sigmoid(every_cell.cell_logits.float()).cpu().numpy(),
+                        pooled.attention.float().cpu().numpy(), usable)
+
+
+def _dense_group(model: torch.nn.Module, group: list[BagInput], device: str | torch.device) -> _GroupOutput:
+    from mil.dense_fields import fit_field
+
+    input_size = model.config.input_size
+    present, usable = _usable_mask(group)
+    cell_ids = torch.zeros(present.shape, dtype=torch.long)
+    fitted = []
+    for i, bag in enumerate(group):
+        if bag.image_chw is None or bag.cells_hw is None:
+            raise ValueError(f"image {bag.image_id}: the dense model needs the field and its label map")
+        ids = bag.cells["cell_id"].to_numpy(dtype=np.int64)
+        cell_ids[i, : len(ids)] = torch.from_numpy(ids)
+        fitted.append(fit_field(bag.image_chw, bag.cells_hw, input_size, keep_cells=ids))
+    images = torch.from_numpy(np.stack([f.image for f in fitted])).to(device)
+    labels = torch.from_numpy(np.stack([f.cell_labels for f in fitted])).to(device)
+    pixels = model.pixel_logits(images).float()
+    cells = model.cell_logits(pixels, labels, cell_ids.to(device), present.to(device))
+    pooled = model.pool(cells, usable.to(device))
+    every_cell = model.pool(cells, present.to(device))
+    pixel_probs = torch.sigmoid(pixels).cpu().numpy()
+    maps = []
+    for i, (bag, fit) in enumerate(zip(group, fitted, strict=True)):
+        h, w = fit.content_hw
+        inside = np.isin(fit.cell_labels[:h, :w], cell_ids[i, : len(bag)].numpy())
+        maps.append(np.round(pixel_probs[i, :, :h, :w] * 255 * inside).astype(np.uint8))
+    return _GroupOutput(torch.sigmoid(pooled.image_logits.float()).cpu().numpy(),
+                        torch.sigmoid(every_cell.cell_logits.float()).cpu().numpy(),
+                        pooled.attention.float().cpu().numpy(), usable, maps)
+
+
+def _cell_frame(bag: BagInput, used: np.ndarray, probs: np.ndarray, attention: np.ndarray) -> pd.DataFrame:
+    """The bag's rows of cells.csv: its table, used_for_image, class probabilities, top label, attention."""
+    k = len(bag)
+    frame = bag.cells.copy()
+    frame["used_for_image"] = used
+    for c, name in enumerate(CLASS_NAMES[: probs.shape[1]]):
+        frame[name] = probs[:, c]
+    top = probs.argmax(axis=1)
+    frame["top_label_id"] = top
+    frame["top_label"] = [CLASS_NAMES[t] for t in top]
+    frame["top_probability"] = probs[np.arange(k), top]
+    frame["attention"] = attention[np.arange(k), top] if attention.shape[1] > 1 else attention[:, 0]
+    return frame
+
+
 @torch.no_grad()
 def predict_bags(loaded: LoadedModel, bags: Iterable[BagInput], batch_size: int = 8,
                  device: str | torch.device = "cpu", show_progress: bool = False,
-                 total: int | None = None) -> Predictions:
-    """Run the model over bags (all cells of each image)."""
+                 total: int | None = None, pixel_maps: PixelMapSink | None = None) -> Predictions:
+    """Run the model over bags (all cells of each image). `pixel_maps` receives a dense model's per-pixel maps."""
     from tqdm import tqdm
 
     model = loaded.model.to(device).eval()
+    run_group = _dense_group if loaded.config.family == "dense" else _crop_group
     image_ids: list[str] = []
     image_probs: list[np.ndarray] = []
     cell_frames: list[pd.DataFrame] = []
     attention_rows: list[np.ndarray] = []
     bar = tqdm(total=total, desc="predict", unit="image", disable=not show_progress)
     for group in _batched(bags, batch_size):
-        n = max(len(b.crops) for b in group)
-        s = group[0].crops.shape[-1]
-        crops = torch.zeros((len(group), n, 4, s, s))
-        masks = torch.zeros((len(group), n, s, s))
-        present = torch.zeros((len(group), n), dtype=torch.bool)
-        usable = torch.zeros((len(group), n), dtype=torch.bool)
+        out = run_group(model, group, device)
         for i, bag in enumerate(group):
-            k = len(bag.crops)
-            crops[i, :k] = torch.from_numpy(bag.crops).float() / 255.0
-            masks[i, :k] = torch.from_numpy(bag.masks).float()
-            present[i, :k] = True
-            usable[i, :k] = torch.from_numpy(bag.usable if bag.usable.any() else np.ones(k, bool))
-        batch = BagBatch(crops.to(device), masks.to(device), present.to(device))
-        embeddings = model.embed_instances(batch)
-        pooled = model.pool(embeddings, usable.to(device))
-        every_cell = model.pool(embeddings, present.to(device))
-        img_p = torch.sigmoid(pooled.image_logits.float()).cpu().numpy()
-        cell_p = torch.sigmoid(every_cell.cell_logits.float()).cpu().numpy()
-        attention = pooled.attention.float().cpu().numpy()
-        for i, bag in enumerate(group):
-            k = len(bag.crops)
+            k = len(bag)
             image_ids.append(bag.image_id)
-            image_probs.append(img_p[i])
-            frame = bag.cells.copy()
-            frame["used_for_image"] = usable[i, :k].numpy()
-            probs = cell_p[i, :k]
-            for c, name in enumerate(CLASS_NAMES[: probs.shape[1]]):
-                frame[name] = probs[:, c]
-            top = probs.argmax(axis=1)
-            frame["top_label_id"] = top
-            frame["top_label"] = [CLASS_NAMES[t] for t in top]
-            frame["top_probability"] = probs[np.arange(k), top]
-            att = attention[i, :k].reshape(k, -1)
-            frame["attention"] = att[np.arange(k), top] if att.shape[1] > 1 else att[:, 0]
-            cell_frames.append(frame)
+            image_probs.append(out.image_probs[i])
+            att = out.attention[i, :k].reshape(k, -1)
+            cell_frames.append(_cell_frame(bag, out.usable[i, :k].numpy(), out.cell_probs[i, :k], att))
             attention_rows.append(att)
+            if pixel_maps is not None and out.pixel_maps is not None:
+                pixel_maps(bag.image_id, out.pixel_maps[i], tuple(bag.cells_hw.shape))
         bar.update(len(group))
     bar.close()
     if not image_ids:
@@ -163,8 +252,15 @@ def model_exclude_flags(loaded: LoadedModel) -> tuple[str, ...]:
 
 
 def predict_cache(loaded: LoadedModel, cache_path: Path, batch_size: int = 8, device: str | torch.device = "cpu",
-                  show_progress: bool = True) -> Predictions:
+                  show_progress: bool = True, pixel_maps_path: Path | None = None) -> Predictions:
+    """Predict every image of a cell cache; a dense model's pixel maps go to `pixel_maps_path` when given (see
+    `hpa_cells.pixel_maps`)."""
+    from hpa_cells.pixel_maps import PixelMapWriter
+
     with CellCache(cache_path) as cache:
         total = cache.num_images
-    return predict_bags(loaded, bags_from_cache(cache_path, model_exclude_flags(loaded)), batch_size, device,
-                        show_progress, total)
+    bags = bags_from_cache(cache_path, model_exclude_flags(loaded), FAMILY_INPUTS[loaded.config.family])
+    if pixel_maps_path is None or loaded.config.family != "dense":
+        return predict_bags(loaded, bags, batch_size, device, show_progress, total)
+    with PixelMapWriter(pixel_maps_path) as writer:
+        return predict_bags(loaded, bags, batch_size, device, show_progress, total, pixel_maps=writer.add)

@@ -7,7 +7,8 @@
 | `cells.csv` | one row per cell: `image_id`, `cell_id`, bbox, `centroid_y`, `centroid_x` (working-size px), `area`, `nucleus_area`, `qc_flags`, `qc_flag_names`, `used_for_image`, 28 class-probability columns, `top_label_id`, `top_label`, `top_probability`, `attention` |
 | `cells.parquet` | the same table (when pyarrow is installed) |
 | `attention.h5` | `attention` `C,A` float32: each cell's raw attention (A = 1, or 28 for per-class heads), rows as in cells.csv |
-| `manifest.json` | model folder, cache file, thresholds, counts, package version |
+| `pixel_probabilities.h5` | dense models only: per-pixel class probabilities of each image (see `hpa_cells.pixel_maps`) |
+| `manifest.json` | `model` (the first model folder), `models` (every member; several = an ensemble), `families`, `cache`, `pixel_maps`, `ensemble_rule` (ensembles), thresholds, counts, package version |
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ def write_prediction_files(predictions: Predictions, out_dir: Path, manifest: di
         f.attrs["rows"] = "rows of cells.csv"
     record = {**manifest, "thresholds": [float(t) for t in predictions.thresholds], "n_images": len(images),
               "n_cells": len(cells), "package_version": __version__}
+    from hpa_cells.pixel_maps import PIXEL_MAPS_FILE
+
+    if manifest.get("pixel_maps") and (out_dir / PIXEL_MAPS_FILE).is_file():
+        paths["pixel_maps"] = out_dir / PIXEL_MAPS_FILE
     paths["manifest"] = out_dir / "manifest.json"
     paths["manifest"].write_text(json.dumps(record, indent=2, default=str) + "\n")
     return paths

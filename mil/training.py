@@ -1,4 +1,7 @@
-"""Training a MIL model from image-level labels only, resumably, into a model folder.
+"""Training a MIL model (crop or dense family) from image-level labels only, resumably, into a model folder.
+
+Both families share one loop (`train_model`); a family only supplies its dataset, collate and module
+(`train_mil` for the crop MIL, `train_dense` for the dense model).
 
 The split is multilabel-stratified (iterative stratification, Sechidis et al. 2011): either a shuffled
 train/validation split or fold `fold` of `folds` as validation. AdamW with a warm-up + cosine schedule, BCE or
@@ -15,19 +18,21 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from hpa_cells.cell_cache import CellCache
 from hpa_cells.classes import CLASS_NAMES
 from hpa_cells.metrics import macro_f1, per_class_f1
 from mil.bags import DEFAULT_EXCLUDE_FLAGS, BagDataset, collate_bags
-from mil.config import MILConfig
+from mil.config import DenseConfig, MILConfig, ModelConfig
 from mil.model import MILModel
 from mil.model_folder import save_model_folder
 from mil.thresholds import fit_thresholds
@@ -37,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How a MIL model is trained (saved in the model folder's config.json)."""
+    """How a MIL model is trained (saved in the model folder's config.json). `max_cells` applies to the crop
+    family only (a dense model sees every usable cell of a field at once)."""
 
     epochs: int = 30
     batch_size: int = 8
@@ -128,7 +134,7 @@ def _learning_rate(epoch_progress: float, config: TrainConfig) -> float:
 
 
 @torch.no_grad()
-def predict_bags(model: MILModel, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
+def predict_bags(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
     """Image probabilities `N,K`, targets `N,K` and mean BCE over the loader's bags (all cells, no augmentation)."""
     model.eval()
     probs, targets, losses = [], [], []
@@ -142,7 +148,7 @@ def predict_bags(model: MILModel, loader: DataLoader, device: torch.device) -> t
     return p, t, sum(losses) / max(1, t.size)
 
 
-def _save_checkpoint(folder: Path, model: MILModel, optimizer: torch.optim.Optimizer, state: dict) -> None:
+def _save_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -160,7 +166,7 @@ def _save_checkpoint(folder: Path, model: MILModel, optimizer: torch.optim.Optim
     os.replace(folder / "checkpoint.json.tmp", folder / "checkpoint.json")
 
 
-def _load_checkpoint(folder: Path, model: MILModel, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+def _load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     from safetensors.torch import load_file
 
     tensors = load_file(str(folder / "checkpoint.safetensors"))
@@ -197,8 +203,62 @@ def _plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+@dataclass(frozen=True)
+class ModelFamily:
+    """What the shared training loop needs from a model family: datasets over a cache's images (each with
+    `cache`, `image_indices`, `labels` and `set_epoch`), a collate returning an object with `.batch` (with `.to`,
+    `.labels`, `.valid`), and the untrained module (whose forward returns image_logits and cell_logits)."""
+
+    make_dataset: Callable[[Path, Sequence[int], bool], Dataset]
+    collate: Callable
+    make_model: Callable[[], nn.Module]
+
+
+def crop_family(model_config: MILConfig, config: TrainConfig) -> ModelFamily:
+    def make_dataset(cache_path: Path, image_indices: Sequence[int], train: bool) -> Dataset:
+        return BagDataset(cache_path, image_indices, config.max_cells if train else None, train=train,
+                          seed=config.seed, exclude_flags=config.exclude_flags)
+
+    return ModelFamily(make_dataset, collate_bags, lambda: MILModel(model_config, encoder_weights=config.encoder_weights))
+
+
+def dense_family(model_config: DenseConfig, config: TrainConfig) -> ModelFamily:
+    from mil.dense_fields import DenseFieldDataset, collate_fields
+    from mil.dense_model import DenseMILModel
+
+    def make_dataset(cache_path: Path, image_indices: Sequence[int], train: bool) -> Dataset:
+        return DenseFieldDataset(cache_path, image_indices, model_config.input_size, train=train, seed=config.seed,
+                                 exclude_flags=config.exclude_flags)
+
+    return ModelFamily(make_dataset, collate_fields,
+                       lambda: DenseMILModel(model_config, encoder_weights=config.encoder_weights))
+
+
 def train_mil(cache_path: Path, out_dir: Path, model_config: MILConfig, config: TrainConfig) -> dict:
-    """Train a MIL model on a cell cache and write the model folder `out_dir`; returns metrics.json's content."""
+    """Train a crop MIL model on a cell cache and write the model folder `out_dir`; returns metrics.json's content."""
+    if not isinstance(model_config, MILConfig):
+        raise TypeError(f"train_mil trains the crop family (MILConfig); got {type(model_config).__name__}")
+    return _train_family(cache_path, out_dir, model_config, config, crop_family(model_config, config))
+
+
+def train_dense(cache_path: Path, out_dir: Path, model_config: DenseConfig, config: TrainConfig) -> dict:
+    """Train a dense MIL model on a schema-2 cell cache (it reads the full images) and write the model folder
+    `out_dir`; returns metrics.json's content. Same loop, split, loss, thresholds and resuming as `train_mil`."""
+    if not isinstance(model_config, DenseConfig):
+        raise TypeError(f"train_dense trains the dense family (DenseConfig); got {type(model_config).__name__}")
+    return _train_family(cache_path, out_dir, model_config, config, dense_family(model_config, config))
+
+
+def train_model(cache_path: Path, out_dir: Path, model_config: ModelConfig, config: TrainConfig) -> dict:
+    """`train_mil` or `train_dense`, by the config's family."""
+    if isinstance(model_config, DenseConfig):
+        return train_dense(cache_path, out_dir, model_config, config)
+    return train_mil(cache_path, out_dir, model_config, config)
+
+
+def _train_family(cache_path: Path, out_dir: Path, model_config: ModelConfig, config: TrainConfig,
+                  family: ModelFamily) -> dict:
+    """The training loop shared by every family (see the module docstring)."""
     from tqdm import tqdm
 
     started = time.time()
@@ -213,19 +273,18 @@ def train_mil(cache_path: Path, out_dir: Path, model_config: MILConfig, config: 
         provenance = cache.provenance
     train_rows, val_rows = split_indices(labels, config)
     train_idx, val_idx = labelled[train_rows], labelled[val_rows]
-    train_set = BagDataset(cache_path, train_idx, config.max_cells, train=True, seed=config.seed,
-                           exclude_flags=config.exclude_flags)
-    val_set = BagDataset(cache_path, val_idx, train=False, exclude_flags=config.exclude_flags)
+    train_set = family.make_dataset(cache_path, train_idx, True)
+    val_set = family.make_dataset(cache_path, val_idx, False)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"{cache_path}: after QC exclusion ({', '.join(config.exclude_flags)}) the split has "
                          f"{len(train_set)} training and {len(val_set)} validation images with usable cells")
     generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, collate_fn=collate_bags,
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, collate_fn=family.collate,
                               num_workers=config.num_workers, generator=generator,
                               persistent_workers=False)  # persistent workers keep a stale set_epoch copy
-    val_loader = DataLoader(val_set, batch_size=config.batch_size, collate_fn=collate_bags,
+    val_loader = DataLoader(val_set, batch_size=config.batch_size, collate_fn=family.collate,
                             num_workers=config.num_workers)
-    model = MILModel(model_config, encoder_weights=config.encoder_weights).to(device)
+    model = family.make_model().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     pos_weight = None
     if config.class_weighting:
@@ -251,6 +310,7 @@ def train_mil(cache_path: Path, out_dir: Path, model_config: MILConfig, config: 
         logger.info("resuming from epoch %d (%s)", state["epoch"], checkpoint_dir)
     steps_per_epoch = max(1, math.ceil(len(train_set) / config.batch_size))
     cells_seen = 0
+    images_seen = 0
     train_seconds = 0.0
     for epoch in range(state["epoch"], config.epochs):
         if state["stale_epochs"] >= config.patience:
@@ -280,6 +340,7 @@ def train_mil(cache_path: Path, out_dir: Path, model_config: MILConfig, config: 
             scaler.update()
             losses.append(loss.detach().item())
             cells_seen += int(batch.valid.sum())
+            images_seen += int(batch.valid.shape[0])
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
         train_seconds += time.time() - t_epoch
         val_probs, val_targets, val_loss = predict_bags(model, val_loader, device)
@@ -319,6 +380,7 @@ def train_mil(cache_path: Path, out_dir: Path, model_config: MILConfig, config: 
         "val_image_ids": [val_set.cache.image_ids[i] for i in val_set.image_indices],
         "train_seconds_this_run": round(train_seconds, 1),
         "train_cells_per_second": round(cells_seen / train_seconds, 1) if train_seconds else None,
+        "train_images_per_second": round(images_seen / train_seconds, 2) if train_seconds else None,
         "total_seconds_this_run": round(time.time() - started, 1),
         "history": state["history"],
     }

@@ -1,9 +1,12 @@
-"""Predict image labels and per-cell localization with a trained MIL model.
+"""Predict image labels and per-cell localization with a trained MIL model (crop or dense), or an ensemble.
 
   python scripts/predict.py --model runs/NAME --cache cells.h5 --out preds/
+  python scripts/predict.py --model runs/crop --model runs/dense --cache cells.h5 --out preds/   # ensemble
 
 Writes submission.csv (Kaggle Id,Predicted), images.csv, cells.csv (+ cells.parquet), attention.h5 and
-manifest.json into --out (see mil/prediction_files.py and data/README.md).
+manifest.json into --out, plus pixel_probabilities.h5 when a model is dense (see mil/prediction_files.py and
+data/README.md). With several --model folders the predictions are an ensemble: the mean of the members' image and
+per-cell probabilities, thresholds = the mean of the members' thresholds (mil/ensemble.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from pathlib import Path
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, required=True, help="model folder written by scripts/train.py")
+    p.add_argument("--model", type=Path, required=True, action="extend", nargs="+",
+                   help="model folder written by scripts/train.py; several (or --model repeated) = an ensemble")
     p.add_argument("--cache", type=Path, required=True, help="HDF5 cell cache written by scripts/segment.py")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
@@ -30,9 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from hpa_cells.cell_cache import CellCache
+    from hpa_cells.cell_cache import CellCache, CellCacheSchemaError
     from hpa_cells.classes import CLASS_NAMES
-    from mil.inference import predict_cache
+    from mil.ensemble import predict_members
     from mil.model_folder import ModelFolderError, load_model
     from mil.prediction_files import write_prediction_files
 
@@ -45,26 +49,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.time()
     try:
-        loaded = load_model(args.model, device=args.device)
+        members = [load_model(folder, device=args.device) for folder in args.model]
     except ModelFolderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not args.cache.is_file():
         print(f"error: cell cache not found: {args.cache}", file=sys.stderr)
         return 2
-    predictions = predict_cache(loaded, args.cache, args.batch_size, args.device)
+    try:
+        predictions, manifest = predict_members(members, args.cache, args.out, args.batch_size, args.device)
+    except CellCacheSchemaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     with CellCache(args.cache) as cache:
         flag_names = cache.qc_flag_names
-    paths = write_prediction_files(predictions, args.out,
-                                   {"model": str(args.model.resolve()), "cache": str(args.cache.resolve())}, flag_names)
+    paths = write_prediction_files(predictions, args.out, manifest, flag_names)
     seconds = time.time() - started
     labels = predictions.predicted_labels()
     counts = {}
     for ids in labels.values():
         for c in ids:
             counts[c] = counts.get(c, 0) + 1
-    print(f"\nPredicted {len(predictions.image_ids)} images, {len(predictions.cells)} cells in {seconds:.1f} s "
-          f"({len(predictions.image_ids) / seconds:.1f} images/s) -> {args.out}")
+    kind = f"an ensemble of {len(members)} models" if len(members) > 1 else f"a {members[0].config.family} model"
+    print(f"\nPredicted {len(predictions.image_ids)} images, {len(predictions.cells)} cells with {kind} in "
+          f"{seconds:.1f} s ({len(predictions.image_ids) / seconds:.1f} images/s) -> {args.out}")
     top = sorted(counts.items(), key=lambda kv: -kv[1])[:8]
     print("  most predicted: " + (", ".join(f"{CLASS_NAMES[c]} {n}" for c, n in top) or "none"))
     for name, path in paths.items():

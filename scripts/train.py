@@ -2,6 +2,13 @@
 
   python scripts/train.py --cache cells.h5 --out runs/NAME [--encoder resnet10t] [--head class_gated_attention]
                           [--epochs N] [--seed S] [--folds K --fold I]
+  python scripts/train.py --family dense --cache cells.h5 --out runs/DENSE [--dense-arch fpn|unet]
+                          [--dense-encoder tu-resnet10t] [--cell-pool mean|lse] [--dense-input-size 256]
+
+--family crop (default): a timm encoder per cell crop, then a pooling head over the cells. --family dense: a
+segmentation-models-pytorch U-Net/FPN over the whole field gives per-pixel class logits, pooled inside each cell
+(--cell-pool), then across cells by the same pooling head (--head); it needs a cache written by this version of
+scripts/segment.py (schema 2, with the full images).
 
 The result is a model folder (config.json, weights.safetensors, thresholds.json, metrics.json, plus metrics.csv
 and training_curves.png). Rerunning the same command after an interruption resumes from the last epoch.
@@ -18,15 +25,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", type=Path, required=True, help="HDF5 cell cache written by scripts/segment.py")
     p.add_argument("--out", type=Path, required=True, help="model folder to write (resumed if it has a checkpoint)")
-    p.add_argument("--family", choices=("crop",), default="crop", help="model family (default: %(default)s)")
-    p.add_argument("--encoder", default="resnet10t", help="timm encoder name (default: %(default)s)")
-    p.add_argument("--encoder-weights", type=Path, help="local timm checkpoint to start the encoder from")
+    p.add_argument("--family", choices=("crop", "dense"), default="crop", help="model family (default: %(default)s)")
+    p.add_argument("--encoder", default="resnet10t", help="crop family: timm encoder name (default: %(default)s)")
+    p.add_argument("--encoder-weights", type=Path,
+                   help="local timm checkpoint to start the encoder from (dense family: a tu- encoder's timm model)")
+    p.add_argument("--dense-arch", choices=("unet", "fpn"), default="fpn",
+                   help="dense family: segmentation network (default: %(default)s)")
+    p.add_argument("--dense-encoder", default="tu-resnet10t",
+                   help="dense family: smp encoder name, timm models as tu-NAME (default: %(default)s)")
+    p.add_argument("--cell-pool", choices=("mean", "lse"), default="mean",
+                   help="dense family: pooling of pixel logits inside each cell (default: %(default)s)")
+    p.add_argument("--dense-input-size", type=int, default=256,
+                   help="dense family: the field's longer side is resized to this, a multiple of 32 (default: %(default)s)")
     p.add_argument("--head", default="class_gated_attention", help="pooling head (default: %(default)s)")
     p.add_argument("--input-size", type=int, default=64, help="crops are resized to this before the encoder (default: %(default)s)")
     p.add_argument("--no-mask-channel", action="store_true", help="do not feed the cell mask as a 5th channel")
     p.add_argument("--epochs", type=int, default=30, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="bags per step (default: %(default)s)")
-    p.add_argument("--max-cells", type=int, default=12, help="cells drawn per bag in training (default: %(default)s)")
+    p.add_argument("--max-cells", type=int, default=12,
+                   help="crop family: cells drawn per bag in training (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
     p.add_argument("--loss", choices=("bce", "focal"), default="bce", help="(default: %(default)s)")
     p.add_argument("--class-weighting", action="store_true", help="weight positives by negative/positive ratio")
@@ -44,27 +61,41 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import logging
 
-    from mil.config import MILConfig
-    from mil.training import TrainConfig, train_mil
+    from hpa_cells.cell_cache import CellCacheSchemaError
+    from mil.config import ConfigError, DenseConfig, MILConfig
+    from mil.training import TrainConfig, train_model
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.cache.is_file():
         print(f"error: cell cache not found: {args.cache}", file=sys.stderr)
         return 2
-    model_config = MILConfig(encoder=args.encoder, head=args.head, input_size=args.input_size,
-                             use_mask_channel=not args.no_mask_channel)
+    try:
+        if args.family == "dense":
+            model_config = DenseConfig(arch=args.dense_arch, encoder=args.dense_encoder, head=args.head,
+                                       cell_pool=args.cell_pool, input_size=args.dense_input_size)
+        else:
+            model_config = MILConfig(encoder=args.encoder, head=args.head, input_size=args.input_size,
+                                     use_mask_channel=not args.no_mask_channel)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_cells=args.max_cells,
                                learning_rate=args.lr, loss=args.loss, class_weighting=args.class_weighting,
                                val_fraction=args.val_fraction, folds=args.folds, fold=args.fold,
                                patience=args.patience, seed=args.seed, num_workers=args.workers, device=args.device,
                                encoder_weights=str(args.encoder_weights) if args.encoder_weights else None)
-    metrics = train_mil(args.cache, args.out, model_config, train_config)
-    print(f"\nModel folder: {args.out}")
+    try:
+        metrics = train_model(args.cache, args.out, model_config, train_config)
+    except CellCacheSchemaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"\nModel folder: {args.out} ({args.family} family)")
     print(f"  best epoch {metrics['best_epoch']} of {metrics['epochs_run']}; validation loss {metrics['val_loss']:.4f}")
     print(f"  validation macro F1 {metrics['val_macro_f1']:.3f} with fitted thresholds "
           f"({metrics['val_macro_f1_at_0.5']:.3f} at 0.5)")
     print(f"  {metrics['n_train_images']} training / {metrics['n_val_images']} validation images; "
-          f"{metrics['train_seconds_this_run']:.0f} s training, {metrics['train_cells_per_second']} cells/s")
+          f"{metrics['train_seconds_this_run']:.0f} s training, {metrics['train_images_per_second']} images/s, "
+          f"{metrics['train_cells_per_second']} cells/s")
     return 0
 
 

@@ -1,0 +1,168 @@
+"""Whole fields with their cell label maps, read from the cell cache for the dense model, and their collate.
+
+A field item is the working-size image (schema-2 cache, `CellCache.full_image`) fitted to the model's square input
+(`fit_field`: longer side resized to `input_size`, the rest zero-padded; the label map resized by nearest
+neighbour, a cell that would vanish kept as one pixel at its centroid) plus the ids of the cells to pool. Cells whose
+QC flags are excluded are not pooled: their pixels count as background. Training augments the whole field (flips,
+90-degree rotations, the same for image and labels; per-channel gain jitter). The collate pads the cell lists and
+returns a validity mask; it never concatenates fields.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from hpa_cells.cell_cache import CellCache
+from hpa_cells.images import resize_image, resize_mask
+from mil.bags import DEFAULT_EXCLUDE_FLAGS, usable_cell_rows
+from mil.dense_model import DenseBatch
+
+
+@dataclass(frozen=True)
+class FittedField:
+    """A field at the model's input size. image `4,S,S` float32 in [0, 1]; cell_labels `S,S` int64 (0 outside
+    cells and in the padding); content_hw: the `h,w` corner holding the field (the rest is padding)."""
+
+    image: np.ndarray
+    cell_labels: np.ndarray
+    content_hw: tuple[int, int]
+
+
+def fit_field(image_chw: np.ndarray, cells_hw: np.ndarray, input_size: int,
+              keep_cells: np.ndarray | None = None) -> FittedField:
+    """Resize a `4,H,W` uint8 field and its `H,W` label map so the longer side is `input_size`, and pad to square.
+
+    keep_cells: ids that must keep at least one pixel (default: every id in the map); one that nearest-neighbour
+    shrinking removes gets the pixel at its centroid. ValueError names the cell if that pixel is taken too.
+    """
+    height, width = cells_hw.shape
+    if image_chw.shape != (4, height, width):
+        raise ValueError(f"field {image_chw.shape} does not match its label map {cells_hw.shape}")
+    scale = input_size / max(height, width)
+    content = (max(1, round(height * scale)), max(1, round(width * scale)))
+    image = resize_image(image_chw, content) if content != (height, width) else image_chw
+    labels = resize_mask(cells_hw, content) if content != (height, width) else cells_hw
+    labels = labels.astype(np.int64)
+    wanted = np.unique(cells_hw[cells_hw > 0]) if keep_cells is None else np.asarray(keep_cells, dtype=np.int64)
+    vanished = np.setdiff1d(wanted, labels)
+    if vanished.size:
+        labels = labels.copy()
+        for cell_id in vanished:
+            ys, xs = np.nonzero(cells_hw == cell_id)
+            if ys.size == 0:
+                raise ValueError(f"cell {int(cell_id)} is not in the label map")
+            y = min(content[0] - 1, int(ys.mean() * content[0] / height))
+            x = min(content[1] - 1, int(xs.mean() * content[1] / width))
+            labels[y, x] = cell_id
+        lost = np.setdiff1d(wanted, labels)
+        if lost.size:
+            raise ValueError(f"cells {lost.tolist()[:5]} vanish at input size {input_size}; use a larger input size")
+    out_image = np.zeros((4, input_size, input_size), dtype=np.float32)
+    out_image[:, : content[0], : content[1]] = image.astype(np.float32) / 255.0
+    out_labels = np.zeros((input_size, input_size), dtype=np.int64)
+    out_labels[: content[0], : content[1]] = labels
+    return FittedField(out_image, out_labels, content)
+
+
+@dataclass(frozen=True)
+class FieldItem:
+    """One field. image `4,S,S`; cell_labels `S,S`; cell_ids `N` (labels of the cells in the bag); usable `N`
+    bool (pooled into the image prediction); labels `K` (zeros if unlabelled); cell_rows `N`: cache rows (or -1)."""
+
+    image_index: int
+    image: torch.Tensor
+    cell_labels: torch.Tensor
+    cell_ids: torch.Tensor
+    usable: torch.Tensor
+    labels: torch.Tensor
+    cell_rows: torch.Tensor
+
+
+def augment_field(image_chw: np.ndarray, cells_hw: np.ndarray, rng: np.random.Generator,
+                  jitter: float) -> tuple[np.ndarray, np.ndarray]:
+    """A random flip + 90-degree rotation of the whole field (image and labels together) and a per-channel gain."""
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    image, labels = np.rot90(image_chw, k, axes=(1, 2)), np.rot90(cells_hw, k)
+    if flip:
+        image, labels = image[:, :, ::-1], labels[:, ::-1]
+    image = np.ascontiguousarray(image)
+    if jitter > 0:
+        gains = rng.uniform(1 - jitter, 1 + jitter, size=(image.shape[0], 1, 1))
+        image = np.clip(image * gains, 0, 255).astype(np.uint8)
+    return image, np.ascontiguousarray(labels)
+
+
+class DenseFieldDataset(Dataset):
+    """Fields of the images `image_indices` of a schema-2 cell cache, with their usable cells."""
+
+    def __init__(self, cache_path: str | os.PathLike[str], image_indices: Sequence[int] | None = None,
+                 input_size: int = 256, train: bool = False, seed: int = 0,
+                 exclude_flags: Sequence[str] = DEFAULT_EXCLUDE_FLAGS, intensity_jitter: float = 0.2) -> None:
+        self.cache = CellCache(cache_path)
+        self.cache.require_full_images("the dense model (--family dense)")
+        self.image_indices, self._local_rows = usable_cell_rows(self.cache, image_indices, exclude_flags)
+        self._cell_ids = self.cache.cell_table()["cell_id"].to_numpy(dtype=np.int64)
+        self.input_size = input_size
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.intensity_jitter = intensity_jitter
+        self.labels = self.cache.labels[self.image_indices].astype(np.float32)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the augmentation depend on the epoch (call before each epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.image_indices)
+
+    def __getitem__(self, item: int) -> FieldItem:
+        index = self.image_indices[item]
+        rows = self._local_rows[item] + int(self.cache.cell_slice(index).start)
+        cell_ids = self._cell_ids[rows]
+        image = self.cache.full_image(index)
+        cells_hw, _ = self.cache.full_masks(index)
+        if self.train:
+            image, cells_hw = augment_field(image, cells_hw, np.random.default_rng([self.seed, self.epoch, index]),
+                                            self.intensity_jitter)
+        fitted = fit_field(image, cells_hw, self.input_size, keep_cells=cell_ids)
+        return FieldItem(index, torch.from_numpy(fitted.image), torch.from_numpy(fitted.cell_labels),
+                         torch.from_numpy(cell_ids), torch.ones(len(cell_ids), dtype=torch.bool),
+                         torch.from_numpy(self.cache.labels[index].astype(np.float32)), torch.from_numpy(rows))
+
+
+@dataclass
+class CollatedFields:
+    """A padded batch plus what is needed to map outputs back to cells (as `mil.bags.CollatedBags`)."""
+
+    batch: DenseBatch
+    image_indices: torch.Tensor
+    cell_rows: torch.Tensor
+    """`B,N` cache rows of the cells, -1 at padding."""
+    usable: torch.Tensor
+    """`B,N` bool: cells pooled into the image prediction (False at padding)."""
+
+
+def collate_fields(items: Sequence[FieldItem]) -> CollatedFields:
+    """Stack the fields and pad their cell lists to the longest; `valid` marks real cells."""
+    if not items:
+        raise ValueError("cannot collate an empty list of fields")
+    n = max(len(item.cell_ids) for item in items)
+    b = len(items)
+    cell_ids = torch.zeros((b, n), dtype=torch.long)
+    valid = torch.zeros((b, n), dtype=torch.bool)
+    usable = torch.zeros((b, n), dtype=torch.bool)
+    rows = torch.full((b, n), -1, dtype=torch.long)
+    for i, item in enumerate(items):
+        k = len(item.cell_ids)
+        cell_ids[i, :k], valid[i, :k], usable[i, :k], rows[i, :k] = item.cell_ids, True, item.usable, item.cell_rows
+    batch = DenseBatch(torch.stack([item.image for item in items]), torch.stack([item.cell_labels for item in items]),
+                       cell_ids, valid, torch.stack([item.labels for item in items]))
+    indices = torch.tensor([item.image_index for item in items], dtype=torch.long)
+    return CollatedFields(batch, indices, rows, usable)

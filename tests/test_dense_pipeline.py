@@ -1,0 +1,138 @@
+"""The dense family end to end on a tiny synthetic set through the scripts: segment -> train.py --family dense ->
+predict.py (alone and as an ensemble with a crop model) -> evaluate.py; and a schema-1 cache refused clearly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_cells.cell_cache import CellCache
+from hpa_cells.classes import CLASS_NAMES
+from hpa_cells.pixel_maps import PIXEL_MAPS_FILE, PixelMaps
+from hpa_cells.synthetic.dataset import SyntheticConfig, write_dataset
+from mil.config import MILConfig
+from mil.model_folder import REQUIRED_FILES, load_model
+from mil.training import TrainConfig, train_mil
+from segmentation.segment_to_cache import SegmentJob, segment_folder
+from segmentation.watershed import WatershedSegmenter
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+REPO = Path(__file__).resolve().parents[1]
+DENSE_ARGS = ["--family", "dense", "--dense-encoder", "tu-test_resnet", "--dense-input-size", "64", "--epochs", "1",
+              "--batch-size", "4", "--val-fraction", "0.34", "--device", "cpu", "--lr", "3e-3"]
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("dense")
+    synthetic = root / "synthetic"
+    write_dataset(synthetic, 6, SyntheticConfig(seed=11, size=256, balanced=True))
+    cache = root / "cells.h5"
+    segment_folder(SegmentJob(synthetic, cache, labels_path=synthetic / "train.csv", working_size=256),
+                   WatershedSegmenter())
+    dense, crop = root / "dense", root / "crop"
+    assert _script("train").main(["--cache", str(cache), "--out", str(dense), *DENSE_ARGS, "--cell-pool", "lse"]) == 0
+    train_mil(cache, crop, MILConfig(encoder="test_resnet", input_size=16, dropout=0.0),
+              TrainConfig(epochs=1, batch_size=4, max_cells=4, val_fraction=0.34, device="cpu"))
+    predict = _script("predict")
+    for name, models in (("pred_dense", [dense]), ("pred_crop", [crop]), ("pred_ensemble", [crop, dense])):
+        argv = ["--cache", str(cache), "--out", str(root / name)]
+        for model in models:
+            argv += ["--model", str(model)]
+        assert predict.main(argv) == 0
+    return {"root": root, "synthetic": synthetic, "cache": cache, "dense": dense, "crop": crop}
+
+
+def test_dense_model_folder_has_the_common_format(run: dict[str, Path]) -> None:
+    folder = run["dense"]
+    assert all((folder / name).is_file() for name in REQUIRED_FILES)
+    assert (folder / "metrics.csv").is_file() and (folder / "training_curves.png").is_file()
+    record = json.loads((folder / "config.json").read_text())
+    assert record["model"]["family"] == "dense" and record["model"]["cell_pool"] == "lse"
+    assert record["model"]["encoder"] == "tu-test_resnet" and record["model"]["input_size"] == 64
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and metrics["train_images_per_second"] > 0
+    assert metrics["n_train_images"] + metrics["n_val_images"] == 6
+    loaded = load_model(folder)
+    assert type(loaded.model).__name__ == "DenseMILModel" and loaded.thresholds.shape == (28,)
+
+
+def test_dense_cells_csv_has_the_crop_layout_and_pixel_maps_stay_inside_cells(run: dict[str, Path]) -> None:
+    dense = pd.read_csv(run["root"] / "pred_dense" / "cells.csv")
+    crop = pd.read_csv(run["root"] / "pred_crop" / "cells.csv")
+    assert list(dense.columns) == list(crop.columns)
+    pd.testing.assert_frame_equal(dense[["image_id", "cell_id", "centroid_y"]], crop[["image_id", "cell_id", "centroid_y"]])
+    probs = dense[list(CLASS_NAMES)].to_numpy()
+    assert ((probs >= 0) & (probs <= 1)).all()
+    with PixelMaps(run["root"] / "pred_dense" / PIXEL_MAPS_FILE) as maps, CellCache(run["cache"]) as cache:
+        assert maps.image_ids == cache.image_ids
+        first = cache.image_ids[0]
+        stored, working_hw = maps.raw(first)
+        assert stored.shape == (28, 64, 64) and working_hw == (256, 256)
+        cells_hw, _ = cache.full_masks(first)
+        small = cells_hw[::4, ::4]  # the model saw the field at 64 px
+        assert (stored[:, small == 0] == 0).mean() > 0.95  # background stays empty (up to resizing at edges)
+        assert stored[:, small > 0].max() > 0
+        assert maps.read(first).shape == (28, 256, 256)
+    manifest = json.loads((run["root"] / "pred_dense" / "manifest.json").read_text())
+    assert manifest["families"] == ["dense"] and manifest["pixel_maps"] == PIXEL_MAPS_FILE
+
+
+def test_ensemble_averages_members_and_their_thresholds(run: dict[str, Path]) -> None:
+    root = run["root"]
+    cells = {name: pd.read_csv(root / name / "cells.csv") for name in ("pred_dense", "pred_crop", "pred_ensemble")}
+    images = {name: pd.read_csv(root / name / "images.csv") for name in cells}
+    for tables in (cells, images):
+        mean = (tables["pred_dense"][list(CLASS_NAMES)] + tables["pred_crop"][list(CLASS_NAMES)]) / 2
+        np.testing.assert_allclose(tables["pred_ensemble"][list(CLASS_NAMES)], mean, atol=2e-5)
+    manifests = {name: json.loads((root / name / "manifest.json").read_text()) for name in cells}
+    ensemble = manifests["pred_ensemble"]
+    assert ensemble["models"] == [str(run["crop"].resolve()), str(run["dense"].resolve())]
+    assert ensemble["families"] == ["crop", "dense"] and "mean" in ensemble["ensemble_rule"]
+    np.testing.assert_allclose(ensemble["thresholds"], (np.asarray(manifests["pred_dense"]["thresholds"])
+                                                        + manifests["pred_crop"]["thresholds"]) / 2)
+    with h5py.File(root / "pred_ensemble" / "attention.h5") as f:
+        assert f["attention"].shape == (len(cells["pred_ensemble"]), 2)  # one column per member
+    assert (root / "pred_ensemble" / PIXEL_MAPS_FILE).is_file()  # from its dense member
+
+
+@pytest.mark.parametrize("pred", ["pred_dense", "pred_ensemble"])
+def test_evaluate_scores_dense_and_ensemble_predictions(run: dict[str, Path], pred: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    synthetic = run["synthetic"]
+    assert _script("evaluate").main(["--pred", str(run["root"] / pred), "--labels", str(synthetic / "train.csv"),
+                                     "--truth", str(synthetic), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["n_images"] == 6
+    assert 0.0 <= record["cell_map"] <= 1.0 and 0.0 <= record["cell_map_true_masks"] <= 1.0
+
+
+def test_a_schema_1_cache_is_refused_for_dense_but_serves_the_crop_model(run: dict[str, Path], tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    old = Path(shutil.copy(run["cache"], tmp_path / "old.h5"))
+    with h5py.File(old, "r+") as f:
+        del f["image_pixels"]
+        f.attrs["schema_version"] = 1
+    assert _script("train").main(["--cache", str(old), "--out", str(tmp_path / "m"), *DENSE_ARGS]) == 2
+    error = capsys.readouterr().err
+    assert f"{old} is a schema_version 1 cell cache without the full images" in error
+    assert "re-run scripts/segment.py" in error
+    predict = _script("predict")
+    assert predict.main(["--model", str(run["dense"]), "--cache", str(old), "--out", str(tmp_path / "p")]) == 2
+    assert "re-run scripts/segment.py" in capsys.readouterr().err
+    assert predict.main(["--model", str(run["crop"]), "--cache", str(old), "--out", str(tmp_path / "c")]) == 0
