@@ -10,6 +10,8 @@ For each image `write_maps` writes, into `{maps}/{image_id}/`:
 | `attention.png` | cells painted by their attention in the image-level pooling (0 to the image's largest attention); cells left out of the pooling hatched |
 | `cells.ome.tif` | uint16 `CYX` at the original image size, channels `cells` (cell label image, ids = `cell_id` of cells.csv), `nuclei` (nucleus label image), `top_label` (top predicted class id + 1; 0 = background) |
 | `probabilities.ome.tif` | uint8 `CYX` at the original image size, one plane per class named by the class: each cell's pixels hold round(255 x its probability), background 0 |
+| `class_{id:02d}_pixels.png` | dense models only (the prediction folder has `pixel_probabilities.h5`), for the same classes as the class panels: the per-pixel probability map of the class inside each cell (same colour map and 0-1 range), showing where inside a cell the evidence sits |
+| `pixel_probabilities.ome.tif` | dense models only: uint8 `CYX` at the original image size, one plane per class: each pixel's own probability (round(255 x p), bilinear from the model's resolution) inside cells, background 0 |
 
 and `{maps}/maps_index.csv` (image_id, kind, class_id, path relative to the maps folder) listing every file.
 
@@ -39,6 +41,7 @@ from hpa_cells.cell_cache import CellCache
 from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
 from hpa_cells.composite import CHANNEL_LEGEND, CompositeSettings, composite_rgb, grey_channel
 from hpa_cells.images import read_sample, resize_mask
+from hpa_cells.pixel_maps import PIXEL_MAPS_FILE, PixelMaps, resize_planes
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,7 @@ PROTEIN_CHANNEL = 1
 
 CELLS_TIFF = "cells.ome.tif"
 PROBABILITIES_TIFF = "probabilities.ome.tif"
+PIXEL_PROBABILITIES_TIFF = "pixel_probabilities.ome.tif"
 CELLS_TIFF_CHANNELS: tuple[str, ...] = ("cells", "nuclei", "top_label")
 MAPS_INDEX = "maps_index.csv"
 THUMBNAIL_PX = 320
@@ -158,7 +162,8 @@ class MapStyle:
 @dataclass(frozen=True)
 class FieldView:
     """Everything drawn for one image. image_chw `4,H,W` uint8 and the `H,W` uint16 label masks are at
-    working size; `cells` holds the image's rows of cells.csv; image_probs and thresholds are `28`."""
+    working size; `cells` holds the image's rows of cells.csv; image_probs and thresholds are `28`;
+    pixel_probs (dense models) `28,H,W` uint8 = round(255 x per-pixel probability), 0 outside the cells."""
 
     image_id: str
     image_chw: np.ndarray
@@ -169,9 +174,14 @@ class FieldView:
     image_probs: np.ndarray
     predicted: tuple[int, ...]
     thresholds: np.ndarray
+    pixel_probs: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         height, width = self.cells_hw.shape
+        if self.pixel_probs is not None and self.pixel_probs.shape != (NUM_CLASSES, height, width):
+            raise PredictionFolderError(
+                f"image {self.image_id}: pixel map {self.pixel_probs.shape} does not match its cell mask {self.cells_hw.shape}"
+            )
         if self.image_chw.shape != (4, height, width):
             raise PredictionFolderError(
                 f"image {self.image_id}: field {self.image_chw.shape} does not match its cell mask {self.cells_hw.shape}"
@@ -255,6 +265,9 @@ class PredictionRun:
         self.cache_labels = {i: r.label_ids for i, r in table.iterrows() if r.has_labels}
         self._rows = {image_id: i for i, image_id in enumerate(self.images["image_id"])}
         self._cells_of = {image_id: rows for image_id, rows in self.cells.groupby("image_id", sort=False).indices.items()}
+        pixel_maps_path = self.pred_dir / PIXEL_MAPS_FILE
+        self.pixel_maps = PixelMaps(pixel_maps_path) if self.manifest.get("pixel_maps") and pixel_maps_path.is_file() \
+            else None
 
     @property
     def image_ids(self) -> list[str]:
@@ -268,6 +281,10 @@ class PredictionRun:
         image = read_sample(self.images_dir, image_id, size=tuple(cells_hw.shape))
         row = self.images.iloc[self._rows[image_id]]
         cells = self.cells.iloc[self._cells_of.get(image_id, [])].reset_index(drop=True)
+        pixel_probs = None
+        if self.pixel_maps is not None:
+            inside = np.isin(cells_hw, cells["cell_id"].to_numpy())  # bilinear resizing must not bleed outside
+            pixel_probs = self.pixel_maps.read(image_id, tuple(cells_hw.shape)) * inside
         return FieldView(
             image_id=image_id,
             image_chw=image,
@@ -278,10 +295,13 @@ class PredictionRun:
             image_probs=row[list(CLASS_NAMES)].to_numpy(dtype=np.float64),
             predicted=row["predicted_ids"],
             thresholds=self.thresholds,
+            pixel_probs=pixel_probs,
         )
 
     def close(self) -> None:
         self.cache.close()
+        if self.pixel_maps is not None:
+            self.pixel_maps.close()
 
     def __enter__(self) -> PredictionRun:
         return self
@@ -705,6 +725,39 @@ def render_class_panel(view: FieldView, class_id: int, style: MapStyle | None = 
     return np.asarray(_stack(title, body))
 
 
+def render_pixel_panel(view: FieldView, class_id: int, style: MapStyle | None = None,
+                       canvas: PanelCanvas | None = None) -> np.ndarray:
+    """`H',W',3` uint8 RGB: inside each cell, every pixel painted by its own probability for `class_id` (a dense
+    model's pixel map, 0-1 as in the class panel), with a colour bar."""
+    if view.pixel_probs is None:
+        raise PredictionFolderError(f"image {view.image_id}: no pixel map (pixel panels need a dense model)")
+    if not 0 <= class_id < NUM_CLASSES:
+        raise ValueError(f"class id {class_id} out of range 0-{NUM_CLASSES - 1}")
+    style = style or MapStyle()
+    canvas = canvas or PanelCanvas.of(view, style)
+    fonts = _Fonts.load(style.font_px)
+    lut = colour_lut(style.probability_cmap)
+    plane = view.pixel_probs[class_id]
+    painted = np.ascontiguousarray(lut[plane])
+    out = cv2.blendLinear(canvas.base, painted, canvas.base_weight, canvas.paint_weight)
+    out = cv2.blendLinear(out, canvas.flagged.colour, canvas.flagged.keep, canvas.flagged.weight)
+    image = Image.fromarray(_enlarged(out, style.panel_scale))
+    threshold = float(view.thresholds[class_id])
+    bar = _colour_bar(image.height, lut, 0.0, 1.0, (0, 0.25, 0.5, 0.75, 1.0), threshold, fonts, "pixel probability")
+    body = Image.new("RGB", (image.width + bar.width, image.height), BACKGROUND)
+    body.paste(image, (0, 0))
+    body.paste(bar, (image.width, 0))
+    inside = plane[view.cells_hw > 0]
+    peak = float(inside.max()) / 255 if inside.size else 0.0
+    title = _title_block(body.width, [
+        (f"{CLASS_NAMES[class_id]} ({class_id}): pixel map", fonts.title, TEXT),
+        (f"each pixel's own probability inside its cell (dense model); image p = {view.image_probs[class_id]:.2f}",
+         fonts.regular, TEXT),
+        (f"highest pixel p = {peak:.2f}; hatched = QC-flagged", fonts.regular, MUTED_TEXT),
+    ])
+    return np.asarray(_stack(title, body))
+
+
 def render_attention_panel(view: FieldView, style: MapStyle | None = None,
                            canvas: PanelCanvas | None = None) -> np.ndarray:
     """`H',W',3` uint8 RGB: cells painted by attention (0 to the image's largest), pooled-out cells hatched."""
@@ -750,6 +803,24 @@ def original_size_planes(view: FieldView) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.take(per_class, cells, axis=1)
 
 
+def original_size_pixel_planes(view: FieldView) -> np.ndarray:
+    """`28,H0,W0` uint8: a dense model's pixel map at the original image size (bilinear), 0 outside the cells."""
+    if view.pixel_probs is None:
+        raise PredictionFolderError(f"image {view.image_id}: no pixel map (pixel maps need a dense model)")
+    cells = resize_mask(view.cells_hw, view.original_hw)
+    return resize_planes(view.pixel_probs, view.original_hw) * (cells > 0)
+
+
+def write_pixel_ome_map(view: FieldView, out_dir: Path) -> Path:
+    """Write `pixel_probabilities.ome.tif` (see the module docstring) into `out_dir`."""
+    import tifffile
+
+    path = out_dir / PIXEL_PROBABILITIES_TIFF
+    tifffile.imwrite(path, original_size_pixel_planes(view), ome=True, photometric="minisblack", compression="zlib",
+                     metadata={"axes": "CYX", "Channel": {"Name": list(CLASS_NAMES)}})
+    return path
+
+
 def write_ome_maps(view: FieldView, out_dir: Path) -> tuple[Path, Path]:
     """Write `cells.ome.tif` and `probabilities.ome.tif` (see the module docstring) into `out_dir`."""
     import tifffile
@@ -780,6 +851,8 @@ class ImageMaps:
     attention: Path
     cells_tiff: Path | None
     probabilities_tiff: Path | None
+    pixel_panels: dict[int, Path] = field(default_factory=dict)
+    pixel_probabilities_tiff: Path | None = None
 
     def files(self) -> list[tuple[str, int | None, Path]]:
         """(kind, class id or None, path) of every file."""
@@ -790,6 +863,9 @@ class ImageMaps:
             out.append(("cells_tiff", None, self.cells_tiff))
         if self.probabilities_tiff is not None:
             out.append(("probabilities_tiff", None, self.probabilities_tiff))
+        out += [("pixel_panel", c, p) for c, p in self.pixel_panels.items()]
+        if self.pixel_probabilities_tiff is not None:
+            out.append(("pixel_probabilities_tiff", None, self.pixel_probabilities_tiff))
         return out
 
 
@@ -829,7 +905,8 @@ def save_png(path: Path, rgb_hwc: np.ndarray, palette: bool = True, compression:
 
 def write_image_maps(view: FieldView, out_dir: Path, extra_classes: Iterable[int] = (), write_tiff: bool = True,
                      style: MapStyle | None = None) -> ImageMaps:
-    """Write one image's overview, class panels, attention panel and (optionally) OME-TIFFs into `out_dir`."""
+    """Write one image's overview, class panels, attention panel and (optionally) OME-TIFFs into `out_dir`; for a
+    dense model also the pixel panels and the pixel-map OME-TIFF."""
     style = style or MapStyle()
     out_dir.mkdir(parents=True, exist_ok=True)
     painted = paint_overview(view, style)
@@ -837,15 +914,22 @@ def write_image_maps(view: FieldView, out_dir: Path, extra_classes: Iterable[int
                         style.png_compression)
     thumbnail = save_png(out_dir / "thumbnail.png", thumbnail_of(painted), style.palette_png, style.png_compression)
     canvas = PanelCanvas.of(view, style)
+    classes = panel_classes(view, extra_classes)
     panels = {c: save_png(out_dir / f"class_{c:02d}.png", render_class_panel(view, c, style, canvas),
                                                          style.palette_png, style.png_compression)
-              for c in panel_classes(view, extra_classes)}
+              for c in classes}
+    pixel_panels = {} if view.pixel_probs is None else {
+        c: save_png(out_dir / f"class_{c:02d}_pixels.png", render_pixel_panel(view, c, style, canvas),
+                    style.palette_png, style.png_compression) for c in classes}
     attention = save_png(out_dir / "attention.png", render_attention_panel(view, style, canvas), style.palette_png,
                          style.png_compression)
-    cells_tiff = probs_tiff = None
+    cells_tiff = probs_tiff = pixel_tiff = None
     if write_tiff:
         cells_tiff, probs_tiff = write_ome_maps(view, out_dir)
-    return ImageMaps(view.image_id, overview, thumbnail, panels, attention, cells_tiff, probs_tiff)
+        if view.pixel_probs is not None:
+            pixel_tiff = write_pixel_ome_map(view, out_dir)
+    return ImageMaps(view.image_id, overview, thumbnail, panels, attention, cells_tiff, probs_tiff, pixel_panels,
+                     pixel_tiff)
 
 
 def write_maps(run: PredictionRun, maps_dir: Path, extra_classes: Sequence[int] = (), write_tiff: bool = True,

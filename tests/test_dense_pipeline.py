@@ -136,3 +136,28 @@ def test_a_schema_1_cache_is_refused_for_dense_but_serves_the_crop_model(run: di
     assert predict.main(["--model", str(run["dense"]), "--cache", str(old), "--out", str(tmp_path / "p")]) == 2
     assert "re-run scripts/segment.py" in capsys.readouterr().err
     assert predict.main(["--model", str(run["crop"]), "--cache", str(old), "--out", str(tmp_path / "c")]) == 0
+
+
+def test_maps_of_a_dense_model_add_pixel_panels_and_a_pixel_ome_tiff(run: dict[str, Path], tmp_path: Path) -> None:
+    import tifffile
+
+    maps = tmp_path / "maps"
+    assert _script("make_maps").main(["--pred", str(run["root"] / "pred_dense"), "--maps", str(maps),
+                                      "--classes", "0", "--limit", "1"]) == 0
+    index = pd.read_csv(maps / "maps_index.csv")
+    image_id = index["image_id"].iloc[0]
+    pixel_panels = index[index["kind"] == "pixel_panel"]
+    class_panels = index[index["kind"] == "class_panel"]
+    assert sorted(pixel_panels["class_id"]) == sorted(class_panels["class_id"]) and 0 in set(pixel_panels["class_id"])
+    assert (maps / image_id / "class_00_pixels.png").is_file()
+    with tifffile.TiffFile(maps / image_id / "pixel_probabilities.ome.tif") as tif:
+        planes = tif.asarray()
+        assert "Nucleoplasm" in tif.ome_metadata
+    with CellCache(run["cache"]) as cache:
+        cells_hw, _ = cache.full_masks(image_id)
+    assert planes.shape == (28, *cells_hw.shape) and planes.dtype == np.uint8  # synthetic: original = working size
+    assert (planes[:, cells_hw == 0] == 0).all() and planes[:, cells_hw > 0].max() > 0
+    crop_maps = tmp_path / "crop_maps"
+    assert _script("make_maps").main(["--pred", str(run["root"] / "pred_crop"), "--maps", str(crop_maps),
+                                      "--limit", "1", "--no-tiff"]) == 0
+    assert "pixel_panel" not in set(pd.read_csv(crop_maps / "maps_index.csv")["kind"])
