@@ -78,15 +78,16 @@ def usable_cell_rows(cache: CellCache, image_indices: Sequence[int] | None,
     return kept, local_rows
 
 
-class BagDataset(Dataset):
-    """Bags of the images `image_indices` of a cell cache (each DataLoader worker opens the file itself)."""
+class CacheImageDataset(Dataset):
+    """The images `image_indices` of a cell cache that have usable cells, one item per image (each DataLoader
+    worker opens the file itself); the base of the crop family's bags and the dense family's fields.
+    `labels` `M,K` float32 are the kept images' labels; `set_epoch` makes random draws depend on the epoch."""
 
     def __init__(self, cache_path: str | os.PathLike[str], image_indices: Sequence[int] | None = None,
-                 max_cells: int | None = None, train: bool = False, seed: int = 0,
-                 exclude_flags: Sequence[str] = DEFAULT_EXCLUDE_FLAGS, intensity_jitter: float = 0.2) -> None:
+                 train: bool = False, seed: int = 0, exclude_flags: Sequence[str] = DEFAULT_EXCLUDE_FLAGS,
+                 intensity_jitter: float = 0.2) -> None:
         self.cache = CellCache(cache_path)
         self.image_indices, self._local_rows = usable_cell_rows(self.cache, image_indices, exclude_flags)
-        self.max_cells = max_cells
         self.train = train
         self.seed = seed
         self.epoch = 0
@@ -94,11 +95,21 @@ class BagDataset(Dataset):
         self.labels = self.cache.labels[self.image_indices].astype(np.float32)
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the random cell draw and augmentation depend on the epoch (call before each epoch)."""
+        """Make the random draws and augmentation depend on the epoch (call before each epoch)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.image_indices)
+
+
+class BagDataset(CacheImageDataset):
+    """Bags of the images `image_indices` of a cell cache; training draws up to `max_cells` cells per bag."""
+
+    def __init__(self, cache_path: str | os.PathLike[str], image_indices: Sequence[int] | None = None,
+                 max_cells: int | None = None, train: bool = False, seed: int = 0,
+                 exclude_flags: Sequence[str] = DEFAULT_EXCLUDE_FLAGS, intensity_jitter: float = 0.2) -> None:
+        super().__init__(cache_path, image_indices, train, seed, exclude_flags, intensity_jitter)
+        self.max_cells = max_cells
 
     def __getitem__(self, item: int) -> BagItem:
         index = self.image_indices[item]

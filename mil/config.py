@@ -13,6 +13,27 @@ class ConfigError(ValueError):
     """A model configuration that is invalid, or a config.json that cannot be read."""
 
 
+def _check_family_head_and_classes(config_name: str, family: str, expected_family: str, head: str,
+                                   num_classes: int) -> None:
+    """The checks every model config shares: its family, a registered head, a positive class count."""
+    from mil.pooling import list_heads
+
+    if family != expected_family:
+        raise ConfigError(f"{config_name} has family {expected_family!r}, got {family!r}")
+    if head not in list_heads():
+        raise ConfigError(f"unknown head {head!r}; registered heads: {', '.join(list_heads())}")
+    if num_classes <= 0:
+        raise ConfigError(f"num_classes must be positive, got {num_classes}")
+
+
+def _known_keys_only(config_class: type, data: dict, source: str, kind: str) -> dict:
+    """`data`, or a ConfigError naming `source` and the keys `config_class` does not have."""
+    unknown = sorted(set(data) - {f.name for f in fields(config_class)})
+    if unknown:
+        raise ConfigError(f"{source}: unknown {kind} config keys {unknown}")
+    return data
+
+
 @dataclass(frozen=True)
 class MILConfig:
     """Architecture of a crop-based MIL model.
@@ -32,16 +53,9 @@ class MILConfig:
     family: str = "crop"
 
     def __post_init__(self) -> None:
-        from mil.pooling import list_heads
-
-        if self.family != "crop":
-            raise ConfigError(f"MILConfig has family 'crop', got {self.family!r} (dense models use DenseConfig)")
-        if self.head not in list_heads():
-            raise ConfigError(f"unknown head {self.head!r}; registered heads: {', '.join(list_heads())}")
+        _check_family_head_and_classes("MILConfig", self.family, "crop", self.head, self.num_classes)
         if self.input_size < 16 or self.input_size % 8:
             raise ConfigError(f"input_size must be a multiple of 8 and >= 16, got {self.input_size}")
-        if self.num_classes <= 0:
-            raise ConfigError(f"num_classes must be positive, got {self.num_classes}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -54,11 +68,7 @@ class MILConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>") -> MILConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown MIL config keys {unknown}")
-        return cls(**data)
+        return cls(**_known_keys_only(cls, data, source, "MIL"))
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -91,33 +101,23 @@ class DenseConfig:
 
     def __post_init__(self) -> None:
         from mil.cell_pooling import CELL_POOLS
-        from mil.pooling import list_heads
 
-        if self.family != "dense":
-            raise ConfigError(f"DenseConfig has family 'dense', got {self.family!r}")
+        _check_family_head_and_classes("DenseConfig", self.family, "dense", self.head, self.num_classes)
         if self.arch not in DENSE_ARCHITECTURES:
             raise ConfigError(f"unknown dense arch {self.arch!r}; choose one of {', '.join(DENSE_ARCHITECTURES)}")
-        if self.head not in list_heads():
-            raise ConfigError(f"unknown head {self.head!r}; registered heads: {', '.join(list_heads())}")
         if self.cell_pool not in CELL_POOLS:
             raise ConfigError(f"unknown cell_pool {self.cell_pool!r}; choose one of {', '.join(CELL_POOLS)}")
         if self.lse_sharpness <= 0:
             raise ConfigError(f"lse_sharpness must be positive, got {self.lse_sharpness}")
         if self.input_size < 32 or self.input_size % 32:
             raise ConfigError(f"input_size must be a multiple of 32 and >= 32, got {self.input_size}")
-        if self.num_classes <= 0:
-            raise ConfigError(f"num_classes must be positive, got {self.num_classes}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>") -> DenseConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown dense model config keys {unknown}")
-        return cls(**data)
+        return cls(**_known_keys_only(cls, data, source, "dense model"))
 
 
 ModelConfig = MILConfig | DenseConfig

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from hpa_cells.cell_cache import CellCache
 from hpa_cells.images import resize_image, resize_mask
-from mil.bags import DEFAULT_EXCLUDE_FLAGS, usable_cell_rows
+from mil.bags import DEFAULT_EXCLUDE_FLAGS, CacheImageDataset
 from mil.dense_model import DenseBatch
 
 
@@ -98,29 +97,17 @@ def augment_field(image_chw: np.ndarray, cells_hw: np.ndarray, rng: np.random.Ge
     return image, np.ascontiguousarray(labels)
 
 
-class DenseFieldDataset(Dataset):
+class DenseFieldDataset(CacheImageDataset):
     """Fields of the images `image_indices` of a schema-2 cell cache, with their usable cells."""
 
     def __init__(self, cache_path: str | os.PathLike[str], image_indices: Sequence[int] | None = None,
                  input_size: int = 256, train: bool = False, seed: int = 0,
                  exclude_flags: Sequence[str] = DEFAULT_EXCLUDE_FLAGS, intensity_jitter: float = 0.2) -> None:
-        self.cache = CellCache(cache_path)
-        self.cache.require_full_images("the dense model (--family dense)")
-        self.image_indices, self._local_rows = usable_cell_rows(self.cache, image_indices, exclude_flags)
+        with CellCache(cache_path) as cache:
+            cache.require_full_images("the dense model (--family dense)")
+        super().__init__(cache_path, image_indices, train, seed, exclude_flags, intensity_jitter)
         self._cell_ids = self.cache.cell_table()["cell_id"].to_numpy(dtype=np.int64)
         self.input_size = input_size
-        self.train = train
-        self.seed = seed
-        self.epoch = 0
-        self.intensity_jitter = intensity_jitter
-        self.labels = self.cache.labels[self.image_indices].astype(np.float32)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the augmentation depend on the epoch (call before each epoch)."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.image_indices)
 
     def __getitem__(self, item: int) -> FieldItem:
         index = self.image_indices[item]
