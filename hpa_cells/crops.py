@@ -14,9 +14,16 @@ rest are shrunk (median scale 0.93, 5th percentile 0.45). Every cell is still wh
 aspect ratio, and `scale` records the factor; raise `crop_size` (e.g. 192) where detail matters
 more than disk.
 
+Why cells fill the crop by default (`upscale=True`, as the single-cell HPA 2021 solutions did): the encoder
+sees crops shrunk to 64 px, and a 55 px synthetic cell left at native size in a 128 px crop ends up 27 px wide
+there, its sub-cellular pattern mostly lost. Measured with a fully supervised resnet10t on 400 synthetic
+images (8.7 k training cells, same 100 steps): cell mAP 0.21 at native size, 0.33 with the cell filling the
+crop. The absolute size is not lost: `scale` and `area` are in the per-cell table.
+
 The transform, per cell: take the bounding box, pad it on every side by `margin_fraction` of its
 longer side (at least one pixel), shrink it (area interpolation) so its longer side fits S when it is
-larger than S (aspect ratio kept; smaller boxes are only enlarged when `upscale=True`), and paste it
+larger than S (aspect ratio kept; smaller boxes are enlarged to fit S when `upscale=True`, the
+default), and paste it
 into the centre of an S x S zero canvas. Pixels outside the field are zero, and with
 `zero_other_cells=True` pixels of other cells are zeroed too (background is kept). A crop pixel
 `(u, v)` therefore maps back to working-size pixel
@@ -69,7 +76,7 @@ class CropConfig:
 
     crop_size: int = 128
     margin_fraction: float = 0.1
-    upscale: bool = False
+    upscale: bool = True
     zero_other_cells: bool = True
 
     def __post_init__(self) -> None:

@@ -36,6 +36,8 @@ class BagItem:
     masks: torch.Tensor
     labels: torch.Tensor
     cell_rows: torch.Tensor
+    cell_labels: torch.Tensor | None = None
+    """`N,K` per-cell labels, only when the dataset was given a cell label matrix."""
 
 
 def excluded_bits(cache: CellCache, names: Sequence[str]) -> int:
@@ -107,9 +109,11 @@ class BagDataset(CacheImageDataset):
 
     def __init__(self, cache_path: str | os.PathLike[str], image_indices: Sequence[int] | None = None,
                  max_cells: int | None = None, train: bool = False, seed: int = 0,
-                 exclude_flags: Sequence[str] = DEFAULT_EXCLUDE_FLAGS, intensity_jitter: float = 0.2) -> None:
+                 exclude_flags: Sequence[str] = DEFAULT_EXCLUDE_FLAGS, intensity_jitter: float = 0.2,
+                 cell_labels: np.ndarray | None = None) -> None:
         super().__init__(cache_path, image_indices, train, seed, exclude_flags, intensity_jitter)
         self.max_cells = max_cells
+        self.cell_labels = cell_labels  # `num_cells,K` in cache order, for cell-supervised training
 
     def __getitem__(self, item: int) -> BagItem:
         index = self.image_indices[item]
@@ -124,9 +128,10 @@ class BagDataset(CacheImageDataset):
         if self.train:
             x, m = _augment(x, m, rng, self.intensity_jitter)
         offset = int(self.cache.cell_slice(index).start)
+        cell_labels = None if self.cell_labels is None else torch.from_numpy(self.cell_labels[local + offset])
         return BagItem(index, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(m)),
                        torch.from_numpy(self.cache.labels[index].astype(np.float32)),
-                       torch.from_numpy(local + offset))
+                       torch.from_numpy(local + offset), cell_labels)
 
 
 def _augment(crops: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
@@ -145,6 +150,36 @@ def _augment(crops: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
     return out_c, out_m
 
 
+def measure_channel_statistics(dataset: CacheImageDataset, source: str = "crops", max_images: int = 200,
+                               seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation (intensities in [0, 1]) of up to `max_images` of the dataset's
+    images, drawn with `seed`: over their usable cells' crops (`source="crops"`) or their full working-size
+    images (`"fields"`, schema-2 caches). What the models standardise their input with."""
+    if source not in ("crops", "fields"):
+        raise ValueError(f"source must be 'crops' or 'fields', got {source!r}")
+    if len(dataset) == 0:
+        raise ValueError(f"{dataset.cache.path}: no images to measure channel statistics on")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(dataset), size=min(max_images, len(dataset)), replace=False)
+    total = np.zeros(4)
+    total_sq = np.zeros(4)
+    count = 0
+    for item in np.sort(chosen):
+        index = dataset.image_indices[int(item)]
+        if source == "crops":
+            crops, _ = dataset.cache.cells_of(index)
+            x = crops[dataset._local_rows[int(item)]].astype(np.float64) / 255.0
+        else:
+            x = dataset.cache.full_image(index)[None].astype(np.float64) / 255.0
+        total += x.sum(axis=(0, 2, 3))
+        total_sq += (x * x).sum(axis=(0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    std = np.maximum(std, 1e-3)  # an empty channel must not divide by zero
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
 @dataclass
 class CollatedBags:
     """A padded batch plus what is needed to map outputs back to cells."""
@@ -153,6 +188,8 @@ class CollatedBags:
     image_indices: torch.Tensor
     cell_rows: torch.Tensor
     """`B,N` cache rows of the cells, -1 at padding."""
+    cell_labels: torch.Tensor | None = None
+    """`B,N,K` per-cell labels (zeros at padding), when the bags carry them."""
 
 
 def collate_bags(items: Sequence[BagItem]) -> CollatedBags:
@@ -171,4 +208,9 @@ def collate_bags(items: Sequence[BagItem]) -> CollatedBags:
         crops[i, :k], masks[i, :k], valid[i, :k], rows[i, :k] = item.crops, item.masks, True, item.cell_rows
     labels = torch.stack([item.labels for item in items])
     indices = torch.tensor([item.image_index for item in items], dtype=torch.long)
-    return CollatedBags(BagBatch(crops, masks, valid, labels), indices, rows)
+    cell_labels = None
+    if items[0].cell_labels is not None:
+        cell_labels = torch.zeros((b, n, labels.shape[1]), dtype=torch.float32)
+        for i, item in enumerate(items):
+            cell_labels[i, : item.crops.shape[0]] = item.cell_labels
+    return CollatedBags(BagBatch(crops, masks, valid, labels), indices, rows, cell_labels)

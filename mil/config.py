@@ -26,6 +26,22 @@ def _check_family_head_and_classes(config_name: str, family: str, expected_famil
         raise ConfigError(f"num_classes must be positive, got {num_classes}")
 
 
+def _check_channel_statistics(config) -> None:
+    """channel_mean / channel_std: both None, or 4 values each (red, green, blue, yellow), std positive; lists
+    from config.json become tuples."""
+    if (config.channel_mean is None) != (config.channel_std is None):
+        raise ConfigError("channel_mean and channel_std must be given together")
+    if config.channel_mean is None:
+        return
+    object.__setattr__(config, "channel_mean", tuple(float(v) for v in config.channel_mean))
+    object.__setattr__(config, "channel_std", tuple(float(v) for v in config.channel_std))
+    if len(config.channel_mean) != 4 or len(config.channel_std) != 4:
+        raise ConfigError(f"channel_mean and channel_std need 4 values (red, green, blue, yellow), got "
+                          f"{len(config.channel_mean)} and {len(config.channel_std)}")
+    if min(config.channel_std) <= 0:
+        raise ConfigError(f"channel_std must be positive, got {config.channel_std}")
+
+
 def _known_keys_only(config_class: type, data: dict, source: str, kind: str) -> dict:
     """`data`, or a ConfigError naming `source` and the keys `config_class` does not have."""
     unknown = sorted(set(data) - {f.name for f in fields(config_class)})
@@ -51,6 +67,8 @@ class MILConfig:
     dropout: float = 0.1
     head_kwargs: dict = field(default_factory=dict)
     family: str = "crop"
+    channel_mean: tuple[float, ...] | None = None
+    channel_std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         _check_family_head_and_classes("MILConfig", self.family, "crop", self.head, self.num_classes)
@@ -58,6 +76,7 @@ class MILConfig:
             raise ConfigError(f"input_size must be a multiple of 8 and >= 16, got {self.input_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        _check_channel_statistics(self)
 
     @property
     def in_chans(self) -> int:
@@ -86,7 +105,8 @@ class DenseConfig:
     arch: "unet" or "fpn". encoder: smp encoder name; timm encoders through smp's "tu-" prefix (e.g.
     "tu-resnet10t"). input_size: the field's longer side is resized to this (a multiple of 32) and the rest padded.
     cell_pool: "mean" or "lse" (log-sum-exp, `(1/r) log(mean exp(r x))` with r = `lse_sharpness`).
-    head_kwargs: extra head arguments.
+    head_kwargs: extra head arguments. channel_mean / channel_std: input standardisation as in `MILConfig`
+    (measured on the training fields when None).
     """
 
     arch: str = "fpn"
@@ -98,6 +118,8 @@ class DenseConfig:
     num_classes: int = NUM_CLASSES
     head_kwargs: dict = field(default_factory=dict)
     family: str = "dense"
+    channel_mean: tuple[float, ...] | None = None
+    channel_std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         from mil.cell_pooling import CELL_POOLS
@@ -111,6 +133,7 @@ class DenseConfig:
             raise ConfigError(f"lse_sharpness must be positive, got {self.lse_sharpness}")
         if self.input_size < 32 or self.input_size % 32:
             raise ConfigError(f"input_size must be a multiple of 32 and >= 32, got {self.input_size}")
+        _check_channel_statistics(self)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -22,7 +22,7 @@ from torch import nn
 from mil.cell_pooling import pool_pixels_into_cells
 from mil.config import DenseConfig
 from mil.encoders import EncoderWeightsError, load_local_encoder_weights
-from mil.model import MILOutput
+from mil.model import ChannelStandardisation, MILOutput
 from mil.pooling import PoolingOutput, create_head, pool_given_cell_logits
 
 IN_CHANNELS = 4
@@ -87,18 +87,23 @@ class DenseMILModel(nn.Module):
         head = create_head(config.head, in_features=config.num_classes, num_classes=config.num_classes,
                            dropout=0.0, **config.head_kwargs)
         self.head = pool_given_cell_logits(head)
+        self.standardise = ChannelStandardisation(config.channel_mean, config.channel_std)
 
     def pixel_logits(self, images: torch.Tensor) -> torch.Tensor:
         """`B,4,S,S` fields -> `B,K,S,S` per-pixel class logits."""
         if images.ndim != 4 or images.shape[1] != IN_CHANNELS:
             raise ValueError(f"dense model expects B,{IN_CHANNELS},S,S fields, got {tuple(images.shape)}")
-        return self.network(images)
+        return self.network(self.standardise(images))
 
     def cell_logits(self, pixel_logits: torch.Tensor, cell_labels: torch.Tensor, cell_ids: torch.Tensor,
                     valid: torch.Tensor) -> torch.Tensor:
         """`B,N,K`: each valid cell's pixel logits pooled by `config.cell_pool`; 0 at padding."""
         return pool_pixels_into_cells(pixel_logits, cell_labels, cell_ids, valid, self.config.cell_pool,
                                       self.config.lse_sharpness)
+
+    def class_bias(self) -> torch.Tensor:
+        """The `K` bias of the convolution that outputs the per-pixel class logits."""
+        return self.network.segmentation_head[0].bias
 
     def pool(self, cell_logits: torch.Tensor, valid: torch.Tensor) -> PoolingOutput:
         return self.head(cell_logits, valid)

@@ -42,6 +42,22 @@ class BagBatch:
         return BagBatch(self.crops.to(device), self.masks.to(device), self.valid.to(device), labels)
 
 
+class ChannelStandardisation(nn.Module):
+    """`(x - mean) / std` per channel of `M,4,H,W` inputs; the identity when the statistics are None. The
+    statistics live in the model config (config.json), not in the weights file."""
+
+    def __init__(self, mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> None:
+        super().__init__()
+        self.enabled = mean is not None
+        self.register_buffer("mean", torch.tensor(mean or (0.0,) * 4, dtype=torch.float32).view(1, -1, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(std or (1.0,) * 4, dtype=torch.float32).view(1, -1, 1, 1),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std if self.enabled else x
+
+
 class MILModel(nn.Module):
     def __init__(self, config: MILConfig, encoder_weights: str | None = None) -> None:
         super().__init__()
@@ -50,9 +66,12 @@ class MILModel(nn.Module):
                                       drop_rate=config.dropout)
         self.head = create_head(config.head, in_features=self.encoder.num_features, num_classes=config.num_classes,
                                 dropout=config.dropout, **config.head_kwargs)
+        self.standardise = ChannelStandardisation(config.channel_mean, config.channel_std)
 
     def encoder_input(self, crops: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """`M,4,S,S` crops (+ `M,S,S` masks) -> the `M,C,s,s` encoder input at `config.input_size`."""
+        """`M,4,S,S` crops (+ `M,S,S` masks) -> the `M,C,s,s` encoder input at `config.input_size`, the four
+        image channels standardised with the config's channel statistics."""
+        crops = self.standardise(crops)
         x = torch.cat([crops, masks.unsqueeze(1)], dim=1) if self.config.use_mask_channel else crops
         if x.shape[-1] != self.config.input_size:
             x = F.interpolate(x, size=(self.config.input_size, self.config.input_size), mode="area")
@@ -72,6 +91,12 @@ class MILModel(nn.Module):
 
     def pool(self, embeddings: torch.Tensor, valid: torch.Tensor) -> PoolingOutput:
         return self.head(embeddings, valid)
+
+    def class_bias(self) -> torch.Tensor:
+        """The `K` bias of the layer that outputs the per-cell class logits (every head has a `classifier`)."""
+        classifier = self.head.classifier
+        layer = classifier[-1] if isinstance(classifier, nn.Sequential) else classifier
+        return layer.bias
 
     def forward(self, batch: BagBatch) -> MILOutput:
         pooled = self.pool(self.embed_instances(batch), batch.valid)

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from hpa_cells.cell_cache import CellCache
 from hpa_cells.classes import CLASS_NAMES
 from hpa_cells.metrics import macro_f1, per_class_f1
-from mil.bags import DEFAULT_EXCLUDE_FLAGS, BagDataset, collate_bags
+from mil.bags import DEFAULT_EXCLUDE_FLAGS, BagDataset, collate_bags, measure_channel_statistics
 from mil.config import DenseConfig, MILConfig, ModelConfig
 from mil.model import MILModel
 from mil.model_folder import save_model_folder
@@ -64,6 +64,9 @@ class TrainConfig:
     device: str = "auto"
     exclude_flags: tuple[str, ...] = DEFAULT_EXCLUDE_FLAGS
     encoder_weights: str | None = None
+    cell_labels: str | None = None
+    """Per-cell label CSV (image_id, cell_id, labels): train the cells directly (the fully supervised upper
+    bound) instead of from image labels; see `mil.cell_labels`."""
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -124,6 +127,16 @@ def negative_cell_loss(cell_logits: torch.Tensor, valid: torch.Tensor, labels: t
         return cell_logits.sum() * 0.0
     per_entry = F.binary_cross_entropy_with_logits(cell_logits, torch.zeros_like(cell_logits), reduction="none")
     return per_entry[absent].mean()
+
+
+def initialise_class_bias(model: nn.Module, prevalence: np.ndarray) -> None:
+    """Start every class logit at the log-odds of the class's training prevalence (the prior initialisation of
+    Lin et al. 2017): with 28 rare classes a zero bias starts at p = 0.5 and spends the first epoch only
+    learning that labels are rare. Prevalence is clipped to [0.01, 0.99]."""
+    prior = torch.as_tensor(np.clip(prevalence, 0.01, 0.99), dtype=torch.float32)
+    with torch.no_grad():
+        bias = model.class_bias()
+        bias.copy_(torch.logit(prior).to(bias.device, bias.dtype))
 
 
 def _learning_rate(epoch_progress: float, config: TrainConfig) -> float:
@@ -211,18 +224,32 @@ class ModelFamily:
 
     make_dataset: Callable[[Path, Sequence[int], bool], Dataset]
     collate: Callable
-    make_model: Callable[[], nn.Module]
+    make_model: Callable[[ModelConfig], nn.Module]
+    statistics_source: str
+    """what the input standardisation is measured on: "crops" or "fields"."""
 
 
-def crop_family(model_config: MILConfig, config: TrainConfig) -> ModelFamily:
+def crop_family(config: TrainConfig) -> ModelFamily:
     def make_dataset(cache_path: Path, image_indices: Sequence[int], train: bool) -> Dataset:
-        return BagDataset(cache_path, image_indices, config.max_cells if train else None, train=train,
-                          seed=config.seed, exclude_flags=config.exclude_flags)
+        cell_labels = None
+        if train and config.cell_labels is not None:
+            from mil.cell_labels import cell_label_matrix, read_cell_labels
 
-    return ModelFamily(make_dataset, collate_bags, lambda: MILModel(model_config, encoder_weights=config.encoder_weights))
+            with CellCache(cache_path) as cache:
+                cell_labels = cell_label_matrix(cache, read_cell_labels(Path(config.cell_labels)),
+                                                config.cell_labels, image_indices=image_indices)
+            logger.info("cell-supervised training on %d images: %d of their cells carry at least one class (%s)",
+                        len(image_indices), int((cell_labels.sum(1) > 0).sum()), config.cell_labels)
+        return BagDataset(cache_path, image_indices, config.max_cells if train else None, train=train,
+                          seed=config.seed, exclude_flags=config.exclude_flags, cell_labels=cell_labels)
+
+    return ModelFamily(make_dataset, collate_bags,
+                       lambda model_config: MILModel(model_config, encoder_weights=config.encoder_weights), "crops")
 
 
 def dense_family(model_config: DenseConfig, config: TrainConfig) -> ModelFamily:
+    if config.cell_labels is not None:
+        raise ValueError("cell-supervised training (cell_labels) is implemented for the crop family only")
     from mil.dense_fields import DenseFieldDataset, collate_fields
     from mil.dense_model import DenseMILModel
 
@@ -231,14 +258,14 @@ def dense_family(model_config: DenseConfig, config: TrainConfig) -> ModelFamily:
                                  exclude_flags=config.exclude_flags)
 
     return ModelFamily(make_dataset, collate_fields,
-                       lambda: DenseMILModel(model_config, encoder_weights=config.encoder_weights))
+                       lambda completed: DenseMILModel(completed, encoder_weights=config.encoder_weights), "fields")
 
 
 def train_mil(cache_path: Path, out_dir: Path, model_config: MILConfig, config: TrainConfig) -> dict:
     """Train a crop MIL model on a cell cache and write the model folder `out_dir`; returns metrics.json's content."""
     if not isinstance(model_config, MILConfig):
         raise TypeError(f"train_mil trains the crop family (MILConfig); got {type(model_config).__name__}")
-    return _train_family(cache_path, out_dir, model_config, config, crop_family(model_config, config))
+    return _train_family(cache_path, out_dir, model_config, config, crop_family(config))
 
 
 def train_dense(cache_path: Path, out_dir: Path, model_config: DenseConfig, config: TrainConfig) -> dict:
@@ -278,13 +305,19 @@ def _train_family(cache_path: Path, out_dir: Path, model_config: ModelConfig, co
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"{cache_path}: after QC exclusion ({', '.join(config.exclude_flags)}) the split has "
                          f"{len(train_set)} training and {len(val_set)} validation images with usable cells")
+    if model_config.channel_mean is None:
+        mean, std = measure_channel_statistics(train_set, family.statistics_source, seed=config.seed)
+        model_config = replace(model_config, channel_mean=mean, channel_std=std)
+        logger.info("input standardisation measured on the training cells: mean %s, std %s",
+                    ", ".join(f"{v:.4f}" for v in mean), ", ".join(f"{v:.4f}" for v in std))
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, collate_fn=family.collate,
                               num_workers=config.num_workers, generator=generator,
                               persistent_workers=False)  # persistent workers keep a stale set_epoch copy
     val_loader = DataLoader(val_set, batch_size=config.batch_size, collate_fn=family.collate,
                             num_workers=config.num_workers)
-    model = family.make_model().to(device)
+    model = family.make_model(model_config).to(device)
+    initialise_class_bias(model, train_set.labels.mean(axis=0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     pos_weight = None
     if config.class_weighting:
@@ -330,8 +363,13 @@ def _train_family(cache_path: Path, out_dir: Path, model_config: ModelConfig, co
             batch = collated.batch.to(device)
             with torch.autocast(device_type=device.type, enabled=use_amp):
                 output = model(batch)
-            loss = loss_function(output.image_logits.float(), batch.labels, config, pos_weight)
-            if config.negative_cell_weight > 0:
+            if collated.cell_labels is not None:  # cell supervision: every real cell has its own target
+                valid = batch.valid
+                loss = loss_function(output.cell_logits.float()[valid], collated.cell_labels.to(device)[valid],
+                                     config, pos_weight)
+            else:
+                loss = loss_function(output.image_logits.float(), batch.labels, config, pos_weight)
+            if config.negative_cell_weight > 0 and collated.cell_labels is None:
                 loss = loss + config.negative_cell_weight * negative_cell_loss(
                     output.cell_logits.float(), batch.valid, batch.labels)
             optimizer.zero_grad(set_to_none=True)

@@ -1,6 +1,6 @@
 """Segment HPA fields into cells and cache every cell's four-channel crop in one HDF5 file.
 
-  python scripts/segment.py --images DIR [--labels CSV] --out cells.h5 [--segmenter cellpose|watershed]
+  python scripts/segment.py --images DIR [--labels CSV] --out cells.h5 [--segmenter cellpose|watershed|masks|whole-field]
                             [--model NAME|PATH] [--size 512] [--crop-size N] [--export-masks DIR] [--limit N] [--strict]
 
 Rerunning the same command resumes: images already in the cache are skipped. With no arguments it runs on the
@@ -24,8 +24,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--labels", type=Path, help="label file, 2018 Id,Target or 2021 ID,Label (optional)")
     parser.add_argument("--out", type=Path, help="the HDF5 cell cache to create or extend "
                         "(default: demo_output/cells.h5 with the demo data)")
-    parser.add_argument("--segmenter", choices=("cellpose", "watershed"), default="cellpose",
-                        help="segmentation method (default: %(default)s)")
+    parser.add_argument("--segmenter", choices=("cellpose", "watershed", "masks", "whole-field"),
+                        default="cellpose",
+                        help="segmentation method; 'masks' reads {id}_cells.png / {id}_nuclei.png from --masks "
+                             "instead of segmenting; 'whole-field' makes each image one instance (the image-level "
+                             "baseline; use a larger --crop-size) (default: %(default)s)")
+    parser.add_argument("--masks", type=Path, metavar="DIR",
+                        help="with --segmenter masks: folder of {id}_cells / {id}_nuclei instance masks "
+                             "(.png/.tif, any resolution with the image's aspect ratio; default: --images)")
     parser.add_argument("--model", default="bundled",
                         help="Cellpose cell model: 'bundled', a Cellpose built-in name (cyto3, cyto2, cyto) or a "
                              "weights file (default: %(default)s)")
@@ -63,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from hpa_cells.crops import CropConfig
     from hpa_cells.labels import LabelFileError
     from segmentation.cellpose_models import ModelFormatError, ModelNotFoundError
+    from segmentation.mask_folder import MaskFileError
     from segmentation.segment_to_cache import SegmentJob, StrictModeError, segment_folder
 
     try:
@@ -71,11 +78,19 @@ def main(argv: list[str] | None = None) -> int:
 
             segmenter = CellposeSegmenter(CellposeSettings(cell_model=args.model, nucleus_model=args.nucleus_model,
                                                            device=args.device))
+        elif args.segmenter == "whole-field":
+            from segmentation.whole_field import WholeFieldSegmenter
+
+            segmenter = WholeFieldSegmenter()
+        elif args.segmenter == "masks":
+            from segmentation.mask_folder import MaskFolderSegmenter
+
+            segmenter = MaskFolderSegmenter(args.masks or args.images)
         else:
             from segmentation.watershed import WatershedSegmenter
 
             segmenter = WatershedSegmenter()
-    except (ModelNotFoundError, ModelFormatError) as err:
+    except (ModelNotFoundError, ModelFormatError, MaskFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     job = SegmentJob(images_dir=args.images, out_path=args.out, labels_path=args.labels, working_size=args.size,

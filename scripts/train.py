@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--folds", type=int, default=0, help="use fold --fold of K iterative-stratified folds as validation")
     p.add_argument("--fold", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs (default: %(default)s)")
+    p.add_argument("--cell-labels", type=Path, metavar="CSV",
+                   help="train on per-cell labels (image_id, cell_id, labels; e.g. a synthetic cells.csv with a cache "
+                        "made by --segmenter masks) instead of image labels: the fully supervised upper bound")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     from hpa_cells.cell_cache import CellCacheSchemaError
+    from mil.cell_labels import CellLabelError
     from mil.config import ConfigError, DenseConfig, MILConfig
     from mil.training import TrainConfig, train_model
 
@@ -83,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
                                learning_rate=args.lr, loss=args.loss, class_weighting=args.class_weighting,
                                val_fraction=args.val_fraction, folds=args.folds, fold=args.fold,
                                patience=args.patience, seed=args.seed, num_workers=args.workers, device=args.device,
-                               encoder_weights=str(args.encoder_weights) if args.encoder_weights else None)
+                               encoder_weights=str(args.encoder_weights) if args.encoder_weights else None,
+                               cell_labels=str(args.cell_labels) if args.cell_labels else None)
     try:
         metrics = train_model(args.cache, args.out, model_config, train_config)
-    except CellCacheSchemaError as err:
+    except (CellCacheSchemaError, CellLabelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"\nModel folder: {args.out} ({args.family} family)")

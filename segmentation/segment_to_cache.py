@@ -116,6 +116,23 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start:start + size]
 
 
+def _masks_by_id(segmenter, good: list, skip) -> tuple[list, list]:
+    """Results of a segmenter that reads each image's masks by id; an image whose masks are missing or wrong is
+    skipped with the reason (the run goes on)."""
+    from segmentation.mask_folder import MaskFileError
+
+    kept, results = [], []
+    for entry in good:
+        image_id, image, _ = entry
+        try:
+            results.append(segmenter.segment_batch([image], image_ids=[image_id])[0])
+        except MaskFileError as err:
+            skip(image_id, str(err))
+            continue
+        kept.append(entry)
+    return kept, results
+
+
 def segment_folder(job: SegmentJob, segmenter: Segmenter) -> SegmentRunSummary:
     """Run the job; returns this run's summary (progress is shown with tqdm)."""
     from tqdm import tqdm
@@ -173,7 +190,10 @@ def segment_folder(job: SegmentJob, segmenter: Segmenter) -> SegmentRunSummary:
                 for image_id, _, _, reason in loaded:
                     if reason:
                         skip(image_id, reason)
-                results = segmenter.segment_batch([im for _, im, _ in good]) if good else []
+                if getattr(segmenter, "reads_masks_by_id", False):  # masks made elsewhere, one file per image
+                    good, results = _masks_by_id(segmenter, good, skip)
+                else:
+                    results = segmenter.segment_batch([im for _, im, _ in good]) if good else []
                 for (image_id, image, original), result in zip(good, results, strict=True):
                     if result.n_cells == 0:
                         skip(image_id, "no cells found")

@@ -32,7 +32,7 @@ def _field() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_crops_are_in_cell_id_order_with_exact_measurements() -> None:
     image_chw, cells_hw, nuclei_hw = _field()
-    result = extract_cell_crops(image_chw, cells_hw, nuclei_hw, config=CropConfig(crop_size=64))
+    result = extract_cell_crops(image_chw, cells_hw, nuclei_hw, config=CropConfig(crop_size=64, upscale=False))
     assert result.crops.shape == (2, 4, 64, 64) and result.crops.dtype == np.uint8
     assert result.masks.shape == (2, 64, 64) and result.masks.dtype == np.uint8
     table = result.table
@@ -52,7 +52,7 @@ def test_crops_are_in_cell_id_order_with_exact_measurements() -> None:
 def test_unscaled_crop_is_centred_and_keeps_own_pixels_exactly() -> None:
     image_chw, cells_hw, nuclei_hw = _field()
     size = 64
-    result = extract_cell_crops(image_chw, cells_hw, nuclei_hw, config=CropConfig(crop_size=size))
+    result = extract_cell_crops(image_chw, cells_hw, nuclei_hw, config=CropConfig(crop_size=size, upscale=False))
     mask = result.masks[1]  # cell 7, bbox 20:50, 30:70
     assert int(mask.sum()) == 1200
     rows, cols = np.nonzero(mask)
@@ -71,9 +71,9 @@ def test_unscaled_crop_is_centred_and_keeps_own_pixels_exactly() -> None:
 
 def test_other_cells_are_zeroed_but_background_kept() -> None:
     image_chw, cells_hw, nuclei_hw = _field()
-    zeroed = extract_cell_crops(image_chw, cells_hw, nuclei_hw, config=CropConfig(crop_size=64)).crops[1]
+    zeroed = extract_cell_crops(image_chw, cells_hw, nuclei_hw, config=CropConfig(crop_size=64, upscale=False)).crops[1]
     kept = extract_cell_crops(
-        image_chw, cells_hw, nuclei_hw, config=CropConfig(crop_size=64, zero_other_cells=False)
+        image_chw, cells_hw, nuclei_hw, config=CropConfig(crop_size=64, zero_other_cells=False, upscale=False)
     ).crops[1]
     # Cell 3 (image rows 50:60, cols 40:60) shows in cell 7's crop at rows 47:51 (its padded box ends
     # at image row 54), cols 22:42.
@@ -90,17 +90,17 @@ def test_large_cell_is_shrunk_keeping_aspect_and_small_cell_optionally_upscaled(
     cells_hw[250:260, 250:270] = 2  # 10 x 20
     nuclei_hw = np.zeros_like(cells_hw)
     result = extract_cell_crops(
-        image_chw, cells_hw, nuclei_hw, config=CropConfig(crop_size=64, margin_fraction=0.1)
+        image_chw, cells_hw, nuclei_hw, config=CropConfig(crop_size=64, margin_fraction=0.1, upscale=False)
     )
     # Cell 1: padded box 240 x 140 -> scale 64/240, mask about 53 x 27 (ratio 2 kept).
     assert result.table["scale"].iloc[0] == pytest.approx(64 / 240)
     rows, cols = np.nonzero(result.masks[0])
     assert rows.max() + 1 - rows.min() == pytest.approx(200 * 64 / 240, abs=1.5)
     assert cols.max() + 1 - cols.min() == pytest.approx(100 * 64 / 240, abs=1.5)
-    # Cell 2 stays at native size without upscale, fills the crop width with upscale.
+    # Cell 2 stays at native size without upscale, fills the crop width with upscale (the default).
     assert result.table["scale"].iloc[1] == 1.0 and int(result.masks[1].sum()) == 200
     upscaled = extract_cell_crops(
-        image_chw, cells_hw, nuclei_hw, config=CropConfig(crop_size=64, upscale=True)
+        image_chw, cells_hw, nuclei_hw, config=CropConfig(crop_size=64)  # the default fills the crop
     )
     assert upscaled.table["scale"].iloc[1] == pytest.approx(64 / 24)  # padded box 14 x 24
     rows, cols = np.nonzero(upscaled.masks[1])
@@ -112,7 +112,7 @@ def test_cell_at_field_border_is_zero_padded() -> None:
     image_chw = np.full((4, 40, 40), 200, dtype=np.uint8)
     cells_hw = np.zeros((40, 40), dtype=np.int32)
     cells_hw[0:10, 0:10] = 5
-    result = extract_cell_crops(image_chw, cells_hw, np.zeros_like(cells_hw), config=CropConfig(crop_size=32))
+    result = extract_cell_crops(image_chw, cells_hw, np.zeros_like(cells_hw), config=CropConfig(crop_size=32, upscale=False))
     crop = result.crops[0]
     rows, cols = np.nonzero(result.masks[0])
     # Padded box -1:11 -> 12 px, placed at 10:22; its first row/col lies outside the field.
@@ -178,7 +178,7 @@ def test_float_label_mask_is_rejected() -> None:
 @pytest.mark.real
 def test_real_fields_give_one_whole_cell_per_label(real_data: Path) -> None:
     """Cut the 2021 fields (shrunk to 512 px) with HPA's own cell masks: every label becomes one crop
-    whose mask area matches the cell area times scale squared."""
+    whose mask area matches the cell area times scale squared, and which fills the crop."""
     folder = real_data / "hpa2021_subset"
     mask_paths = sorted((folder / "masks").glob("*_predictedmask.png"))
     assert mask_paths, f"no masks under {folder / 'masks'}"
@@ -201,6 +201,8 @@ def test_real_fields_give_one_whole_cell_per_label(real_data: Path) -> None:
         mask_areas = result.masks.reshape(len(result), -1).sum(axis=1)
         expected_areas = result.table["area"].to_numpy() * result.table["scale"].to_numpy() ** 2
         np.testing.assert_allclose(mask_areas, expected_areas, rtol=0.15)
-        assert (result.table["scale"] <= 1.0).all() and (
-            result.crops.reshape(len(result), -1).max(axis=1) > 0
-        ).all()
+        assert (result.crops.reshape(len(result), -1).max(axis=1) > 0).all()
+        for mask in result.masks:  # by default each cell fills the crop: its longer side spans S / (1 + 2 margin)
+            rows, cols = np.nonzero(mask)
+            longer = max(rows.max() + 1 - rows.min(), cols.max() + 1 - cols.min())
+            assert longer >= 128 / 1.2 - 3

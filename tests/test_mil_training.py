@@ -279,7 +279,8 @@ def test_training_writes_a_complete_model_folder(trained: tuple[Path, dict], squ
     train_ids, val_ids = set(metrics["train_image_ids"]), set(metrics["val_image_ids"])
     assert train_ids.isdisjoint(val_ids) and len(train_ids | val_ids) == 16
     loaded = load_model(out)
-    assert loaded.config == TINY_MODEL
+    assert replace(loaded.config, channel_mean=None, channel_std=None) == TINY_MODEL  # + measured statistics
+    assert loaded.config.channel_mean is not None
     assert loaded.training["epochs"] == 2 and loaded.training["cache"] == str(square_cache)
     assert loaded.training["cache_provenance"]["segmenter"] == "hand"
     assert loaded.thresholds.shape == (NUM_CLASSES,)
@@ -432,3 +433,81 @@ def test_resuming_with_other_settings_is_refused(square_cache: Path, tmp_path: P
     with pytest.raises(ValueError, match=f"^{re.escape(str(out / 'checkpoint'))} was written by a run with other "
                        "settings; resume with the same settings \\(only --epochs may change\\)"):
         train_mil(square_cache, out, TINY_MODEL, replace(FAST, learning_rate=1e-2))
+
+
+# ----- cell supervision (the upper bound) and input standardisation -------------------------------------
+
+
+def _write_cell_labels(bags, path: Path) -> Path:
+    """A per-cell label CSV (image_id, cell_id, labels) from the hand bags' cell truth (cell ids 1..N)."""
+    lines = ["image_id,cell_id,labels"]
+    for bag in bags:
+        for k, classes in enumerate(bag.cell_classes, start=1):
+            lines.append(f"{bag.image_id},{k},{' '.join(str(c) for c in np.flatnonzero(classes))}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cell_supervised_training_learns_both_markers_per_cell(tmp_path: Path) -> None:
+    """Per-cell labels train the cells directly: after 6 short epochs both marker classes rank the right cells."""
+    bags = green_marker_bags(32, seed=0)
+    cache = write_bag_cache(tmp_path / "train.h5", bags)
+    labels = _write_cell_labels(bags, tmp_path / "cells.csv")
+    train_mil(cache, tmp_path / "model", replace(TINY_MODEL, head="instance"),
+              replace(FAST, epochs=6, batch_size=8, max_cells=6, cell_labels=str(labels)))
+    f1, aps, prevalence = _evaluate_on_fresh_bags(tmp_path / "model", tmp_path)
+    assert (prevalence < 0.25).all()
+    assert min(aps) >= 0.9
+
+
+def test_cell_labels_must_cover_every_training_cell(tmp_path: Path) -> None:
+    bags = green_marker_bags(8, seed=0)
+    cache = write_bag_cache(tmp_path / "train.h5", bags)
+    labels = _write_cell_labels(bags, tmp_path / "cells.csv")
+    config = replace(FAST, epochs=1, val_fraction=0.5, seed=0, cell_labels=str(labels))
+    with CellCache(cache) as opened:
+        first_training_image = opened.image_ids[int(split_indices(opened.labels, config)[0][0])]
+    text = labels.read_text().splitlines()
+    labels.write_text("\n".join(line for line in text if ",2," not in line) + "\n")  # cell 2 of every image
+    with pytest.raises(ValueError, match=re.escape(
+            f"{labels} has no labels for cell 2 of image '{first_training_image}' in {cache}; cell ids must be the "
+            "cache's (segment with --segmenter masks)")):
+        train_mil(cache, tmp_path / "model", TINY_MODEL, config)
+    labels.write_text("image_id,cell_id,labels\nimg000,1,3 x\n")
+    with pytest.raises(ValueError, match=re.escape(f"{labels}, line 2: labels '3 x' are not space-separated "
+                                                   "class ids")):
+        train_mil(cache, tmp_path / "model2", TINY_MODEL, config)
+
+
+def test_training_measures_and_saves_the_input_standardisation(trained: tuple[Path, dict], square_cache: Path) -> None:
+    from mil.bags import measure_channel_statistics
+
+    folder, _ = trained
+    saved = json.loads((folder / "config.json").read_text())["model"]
+    dataset = BagDataset(square_cache)
+    crops = np.concatenate([dataset.cache.cells_of(i)[0][rows] for i, rows in
+                            zip(dataset.image_indices, dataset._local_rows, strict=True)]) / 255.0
+    # 16 images: the default sample of 200 images covers all of them, so the statistics are exact
+    mean, std = measure_channel_statistics(dataset, seed=0)
+    np.testing.assert_allclose(mean, crops.mean(axis=(0, 2, 3)), rtol=1e-9)
+    np.testing.assert_allclose(std, crops.std(axis=(0, 2, 3)), rtol=1e-6)
+    assert len(saved["channel_mean"]) == 4 and len(saved["channel_std"]) == 4
+    assert saved["channel_mean"][1] > 0 and min(saved["channel_std"]) > 0
+    loaded = load_model(folder)
+    assert loaded.model.config.channel_mean == tuple(saved["channel_mean"])
+    x = torch.rand(2, 4, 8, 8)
+    expected = (x - torch.tensor(saved["channel_mean"]).view(1, 4, 1, 1)) / torch.tensor(
+        saved["channel_std"]).view(1, 4, 1, 1)
+    assert torch.allclose(loaded.model.standardise(x), expected)
+
+
+def test_channel_statistics_config_errors() -> None:
+    from mil.config import ConfigError
+
+    with pytest.raises(ConfigError, match="^channel_mean and channel_std must be given together$"):
+        MILConfig(channel_mean=(0.1, 0.1, 0.1, 0.1))
+    with pytest.raises(ConfigError, match=re.escape("channel_mean and channel_std need 4 values (red, green, blue, "
+                                                    "yellow), got 3 and 4")):
+        MILConfig(channel_mean=(0.1, 0.1, 0.1), channel_std=(1, 1, 1, 1))
+    with pytest.raises(ConfigError, match=re.escape("channel_std must be positive, got (1.0, 0.0, 1.0, 1.0)")):
+        MILConfig(channel_mean=(0, 0, 0, 0), channel_std=(1, 0, 1, 1))

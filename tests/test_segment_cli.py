@@ -52,8 +52,8 @@ def test_help_is_instant_and_imports_nothing_heavy(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "HEAVY=\n" in done.stdout
-    assert "--segmenter {cellpose,watershed}" in done.stdout
-    assert "segmentation method (default: cellpose)" in done.stdout
+    assert "--segmenter {cellpose,watershed,masks,whole-field}" in done.stdout
+    assert "(default: cellpose)" in done.stdout and "--masks DIR" in done.stdout
     assert "working size" in done.stdout and "(default: 512)" in done.stdout
 
 
@@ -181,3 +181,43 @@ def test_no_arguments_runs_the_embedded_synthetic_default(
     assert "  images found: 24; already in the cache: 0; segmented now: 24; skipped now: 0" in printed
     with CellCache(tmp_path / "demo_output" / "cells.h5") as cache:
         assert cache.num_images == 24 and cache.has_labels.all()
+
+
+def test_masks_segmenter_caches_the_given_cells_and_skips_an_image_without_masks(
+    synthetic_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from hpa_cells.images import read_label_mask
+
+    images = tmp_path / "images"
+    shutil.copytree(synthetic_images, images)
+    ids = sorted(p.name[: -len("_cells.png")] for p in images.glob("*_cells.png"))
+    (images / f"{ids[-1]}_nuclei.png").unlink()
+    out = tmp_path / "cells.h5"
+    argv = ["--images", str(images), "--labels", str(images / "train.csv"), "--out", str(out),
+            "--segmenter", "masks", "--size", "256", "--crop-size", "64"]
+    assert load_script().main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"with mask_folder -> {out}" in printed
+    assert "segmented now: 2; skipped now: 1" in printed
+    with CellCache(out) as cache:
+        assert cache.image_ids == ids[:2]
+        for image_id in ids[:2]:
+            cells, _ = cache.full_masks(image_id)
+            true = read_label_mask(images / f"{image_id}_cells.png")
+            np.testing.assert_array_equal(cells, true)  # the given ids, unchanged
+            table = cache.cell_table()
+            assert sorted(table.loc[table.image_id == image_id, "cell_id"]) == sorted(np.unique(true[true > 0]))
+        skipped = cache.skipped
+    assert skipped["image_id"].tolist() == [ids[-1]]
+    assert skipped["reason"].iloc[0] == (f"no nuclei mask for image {ids[-1]!r}: looked for {ids[-1]}_nuclei.png, "
+                                         f"{ids[-1]}_nuclei.tif, {ids[-1]}_nuclei.tiff in {images}")
+
+
+def test_masks_segmenter_needs_an_existing_folder(synthetic_images: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--images", str(synthetic_images), "--out", str(tmp_path / "c.h5"), "--segmenter", "masks",
+            "--masks", str(tmp_path / "nowhere")]
+    assert load_script().main(argv) == 2
+    assert capsys.readouterr().err == f"error: mask folder {tmp_path / 'nowhere'} does not exist\n"

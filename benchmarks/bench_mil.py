@@ -1,0 +1,219 @@
+"""Does weak supervision work? The MIL benchmark of issues 4 and 6, on synthetic data with per-cell truth.
+
+    python benchmarks/bench_mil.py --out runs/bench_mil [--images 800] [--seed 7] [--encoder resnet10t]
+                                   [--epochs 10] [--rows attention mean image supervised dense ensemble]
+
+Every row is trained on the same balanced synthetic set and the same multilabel-stratified train/validation
+split (checked), and scored on the validation images only:
+- attention: the crop MIL with the default head (per-class gated attention), image labels only;
+- mean: the same with mean pooling (the simple baseline);
+- image: the same encoder on the whole 4-channel field, no segmentation (`segment.py --segmenter whole-field`);
+  its cell scores give every cell its image's probabilities;
+- supervised: the same encoder trained on the true per-cell labels (`train.py --cell-labels`), the upper bound;
+- dense: the smp FPN family, image labels only; ensemble: mean of the dense and attention cell probabilities.
+The crop rows read a cache cut from the TRUE cell masks (`segment.py --segmenter masks`), so segmentation errors
+are out of this comparison (they are measured in the segmentation benchmark) and cell ids are the true ids.
+Cell mAP: the 2018-class cell AP over the validation images' true cells, averaged over classes present.
+
+Resumable: finished models and caches are reused. Results: `benchmarks/results/mil_benchmark.json` and a
+markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ROWS = ("attention", "mean", "image", "supervised", "dense", "ensemble")
+ROW_TITLES = {
+    "attention": "attention MIL (class-gated attention, default head)",
+    "mean": "mean-pooling MIL",
+    "image": "image-level CNN (whole field, no segmentation)",
+    "supervised": "fully supervised cell classifier (upper bound)",
+    "dense": "dense FPN MIL (pixel maps pooled into cells)",
+    "ensemble": "ensemble: attention MIL + dense",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "bench_mil")
+    p.add_argument("--images", type=int, default=800, help="synthetic images (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=7, help="data and split seed (default: %(default)s)")
+    p.add_argument("--encoder", default="resnet10t", help="timm encoder of every crop row (default: %(default)s)")
+    p.add_argument("--input-size", type=int, default=64, help="crop input size (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=256, help="whole-field input size of the image CNN")
+    p.add_argument("--epochs", type=int, default=10, help="epochs of every crop row (default: %(default)s)")
+    p.add_argument("--max-cells", type=int, default=8, help="cells drawn per training bag (default: %(default)s)")
+    p.add_argument("--dense-epochs", type=int, default=10, help="epochs of the dense row (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="(default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "mil_benchmark.json")
+    return p.parse_args(argv)
+
+
+def build_caches(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """(synthetic folder, true-mask cell cache, whole-field cache), each made once."""
+    from hpa_cells.crops import CropConfig
+    from hpa_cells.synthetic.dataset import SyntheticConfig, write_dataset
+    from segmentation.mask_folder import MaskFolderSegmenter
+    from segmentation.segment_to_cache import SegmentJob, segment_folder
+    from segmentation.whole_field import WholeFieldSegmenter
+
+    folder = args.out / "synthetic"
+    write_dataset(folder, args.images, SyntheticConfig(seed=args.seed, size=512, balanced=True), show_progress=True)
+    cells = args.out / "cells_truth.h5"
+    fields = args.out / f"fields_{args.image_size}.h5"
+    for path, segmenter, crop in ((cells, MaskFolderSegmenter(folder), CropConfig()),
+                                  (fields, WholeFieldSegmenter(), CropConfig(crop_size=args.image_size,
+                                                                             margin_fraction=0.0))):
+        job = SegmentJob(images_dir=folder, out_path=path, labels_path=folder / "train.csv", working_size=512,
+                         crop=crop)
+        summary = segment_folder(job, segmenter)
+        print(f"{path.name}: " + "; ".join(summary.lines()[:2]))
+    return folder, cells, fields
+
+
+def train_row(row: str, args: argparse.Namespace, cells: Path, fields: Path, truth: Path) -> tuple[Path, dict]:
+    from mil.config import DenseConfig, MILConfig
+    from mil.training import TrainConfig, train_model
+
+    base = TrainConfig(epochs=args.epochs, learning_rate=args.lr, seed=args.seed, device="cpu", patience=100,
+                       max_cells=args.max_cells)
+    crop = MILConfig(encoder=args.encoder, input_size=args.input_size)
+    settings = {
+        "attention": (cells, crop, base),
+        "mean": (cells, replace(crop, head="mean"), base),
+        "image": (fields, replace(crop, head="mean", input_size=args.image_size, use_mask_channel=False),
+                  replace(base, max_cells=1, exclude_flags=())),
+        "supervised": (cells, replace(crop, head="instance"), replace(base, cell_labels=str(truth / "cells.csv"))),
+        "dense": (cells, DenseConfig(), replace(base, epochs=args.dense_epochs, batch_size=4)),
+    }
+    cache, model_config, train_config = settings[row]
+    folder = args.out / "models" / row
+    if (folder / "metrics.json").is_file() and (folder / "weights.safetensors").is_file():
+        print(f"{row}: reusing the trained model in {folder}")
+        return folder, json.loads((folder / "metrics.json").read_text())
+    print(f"{row}: training {ROW_TITLES[row]} -> {folder}")
+    return folder, train_model(cache, folder, model_config, train_config)
+
+
+def score(row: str, predictions, val_ids: list[str], cells_cache: Path, truth: Path) -> dict:
+    """Image macro F1 (fitted thresholds) and cell mAP on the validation images."""
+    import numpy as np
+
+    from hpa_cells.cell_cache import CellCache
+    from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
+    from hpa_cells.labels import read_labels, to_multi_hot
+    from hpa_cells.metrics import cell_level_map, macro_f1, read_cell_truth
+
+    labels = read_labels(truth / "train.csv")
+    position = {image_id: i for i, image_id in enumerate(predictions.image_ids)}
+    rows = [position[i] for i in val_ids]
+    y_true = to_multi_hot([labels[i] for i in val_ids])
+    y_pred = predictions.image_probs[rows] >= predictions.thresholds
+    cell_truth = read_cell_truth(truth)
+    masks, probs = {}, {}
+    with CellCache(cells_cache) as cache:
+        for image_id in val_ids:
+            masks[image_id] = cache.full_masks(image_id)[0]
+    if row == "image":  # every cell gets its image's probabilities
+        for image_id in val_ids:
+            image_probs = predictions.image_probs[position[image_id]]
+            probs[image_id] = {int(c): image_probs for c in np.unique(masks[image_id]) if c}
+    else:
+        table = predictions.cells
+        columns = list(CLASS_NAMES[:NUM_CLASSES])
+        for image_id, group in table[table["image_id"].isin(set(val_ids))].groupby("image_id"):
+            values = group[columns].to_numpy(dtype=float)
+            probs[image_id] = {int(c): values[k] for k, c in enumerate(group["cell_id"])}
+    result = cell_level_map(masks, {i: cell_truth[i] for i in val_ids}, masks, probs)
+    return {"image_macro_f1": macro_f1(y_true, y_pred), "cell_map": result.mean_ap,
+            "per_class_cell_ap": {CLASS_NAMES[k]: (None if np.isnan(v) else float(v))
+                                  for k, v in enumerate(result.per_class_ap)},
+            "val_images": len(val_ids), "val_true_cells": result.n_true_cells}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from mil.ensemble import average_predictions
+    from mil.inference import predict_cache
+    from mil.model_folder import load_model
+
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    truth, cells, fields = build_caches(args)
+    results = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    results.setdefault("rows", {})
+    predictions, val_ids = {}, None
+    for row in [r for r in args.rows if r != "ensemble"] + (["ensemble"] if "ensemble" in args.rows else []):
+        if row == "ensemble":
+            missing = [m for m in ("attention", "dense") if m not in predictions]
+            if missing:
+                print(f"ensemble: needs the rows {missing} in this run; skipped")
+                continue
+            preds = average_predictions([predictions["attention"], predictions["dense"]], ["attention", "dense"])
+            entry = {"train_seconds": results["rows"]["attention"]["train_seconds"]
+                     + results["rows"]["dense"]["train_seconds"]}
+        else:
+            folder, metrics = train_row(row, args, cells, fields, truth)
+            ids = metrics["val_image_ids"]
+            if val_ids is None:
+                val_ids = ids
+            elif sorted(ids) != sorted(val_ids):
+                raise RuntimeError(f"row {row} was validated on other images than the first row")
+            loaded = load_model(folder)
+            started = time.time()
+            preds = predict_cache(loaded, fields if row == "image" else cells, show_progress=False)
+            seconds = time.time() - started
+            predictions[row] = preds
+            train_images = metrics["n_train_images"] * metrics["epochs_run"]
+            entry = {"train_seconds": metrics["train_seconds_this_run"] if metrics["epochs_run"] else None,
+                     "epochs": metrics["epochs_run"], "best_epoch": metrics["best_epoch"],
+                     "train_bags_per_second": round(train_images / metrics["train_seconds_this_run"], 2)
+                     if metrics["train_seconds_this_run"] else None,
+                     "train_cells_per_second": metrics["train_cells_per_second"],
+                     "inference_images_per_second": round(len(preds.image_ids) / seconds, 2),
+                     "config": json.loads((folder / "config.json").read_text())["model"]}
+        entry.update(score(row, preds, val_ids, cells, truth))
+        results["rows"][row] = {**results["rows"].get(row, {}), **entry}
+        print(f"{row}: image macro F1 {entry['image_macro_f1']:.3f}, cell mAP {entry['cell_map']:.3f}")
+    results["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    results["machine"] = f"{platform.node()} {platform.processor() or platform.machine()}, torch threads {args.threads}"
+    results["date"] = time.strftime("%Y-%m-%d")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=1) + "\n")
+    print_table(results)
+    return 0
+
+
+def _format(row: dict, key: str, digits: int = 1) -> str:
+    value = row.get(key)
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def print_table(results: dict) -> None:
+    print("\n| row | train s | epochs | bags/s | cells/s | inference images/s | image macro F1 | cell mAP |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in ROWS:
+        if row not in results["rows"]:
+            continue
+        r = results["rows"][row]
+        print(f"| {ROW_TITLES[row]} | {_format(r, 'train_seconds', 0)} | {_format(r, 'epochs')} "
+              f"| {_format(r, 'train_bags_per_second')} | {_format(r, 'train_cells_per_second')} "
+              f"| {_format(r, 'inference_images_per_second')} | {r['image_macro_f1']:.3f} | {r['cell_map']:.3f} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
