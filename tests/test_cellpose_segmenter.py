@@ -84,7 +84,7 @@ def test_one_network_pass_per_shape_and_results_in_input_order(
 ) -> None:
     a, b, c, d = fields_128
     narrow = np.ascontiguousarray(b[:, :, :96])  # 128x96: same working size, another shape
-    segmenter = CellposeSegmenter()
+    segmenter = CellposeSegmenter(CellposeSettings(diameter_tolerance=None))  # one pass (refinement: below)
     assert isinstance(segmenter, Segmenter)
     results = segmenter.segment_batch([a, narrow, c, d])
 
@@ -155,7 +155,7 @@ def test_network_outputs_equal_cellpose_run_net(fields_128: list[np.ndarray]) ->
 
 
 def test_diameter_setting_sets_the_rescale(bundled_dir: Path, network_calls: dict, fields_128: list[np.ndarray]) -> None:
-    segmenter = CellposeSegmenter(CellposeSettings(cell_diameter=60.0, nucleus_diameter=17.0))
+    segmenter = CellposeSegmenter(CellposeSettings(cell_diameter=60.0, nucleus_diameter=17.0, diameter_tolerance=None))
     segmenter.segment_batch(fields_128[:2])
     assert network_calls["bundled:hpa_cells_cells"] == [(2, 2, 80, 80)]  # 128 * 30/60 = 64, + 2 x 8 margin
     assert network_calls["bundled:hpa_cells_nuclei"] == [(2, 2, 144, 144)]  # 128 * 17/17 = 128, + 2 x 8 margin
@@ -254,7 +254,7 @@ def test_provenance_is_json_and_names_the_weights(bundled_dir: Path) -> None:
     record = json.loads(json.dumps(segmenter.provenance()))
     assert record["segmenter"] == "cellpose"
     assert record["settings"] == {"cell_model": "bundled", "nucleus_model": "bundled", "cell_diameter": 70.0,
-                                  "nucleus_diameter": None, "diameter_tolerance": None, "use_er": True,
+                                  "nucleus_diameter": None, "diameter_tolerance": 1.25, "use_er": True,
                                   "device": "cpu"}
     assert record["flow"]["flow_threshold"] == 0.4
     assert record["cell_model"]["sha256"] == sha256_of_file(bundled_dir / "hpa_cells_cells.safetensors")
@@ -265,33 +265,34 @@ def test_provenance_is_json_and_names_the_weights(bundled_dir: Path) -> None:
 
 
 def test_diameter_is_refined_from_the_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Objects measuring 1.6x the assumed diameter trigger one more pass at the measured diameter."""
+    """A cheap pass measures the objects; 1.6x the assumed diameter means one pass at the measured diameter,
+    objects of the assumed size mean one batched pass at the assumed diameter."""
     spec = CellposeNetSpec("tiny", Path("tiny"), "safetensors", TINY_NBASE, 30.0, "")
     runner = CellposeNetRunner(spec, diameter=20.0, net=tiny_cpnet(30.0, seed=1))
     big = np.zeros((128, 128), np.int32)
     for k, (y, x) in enumerate([(30, 30), (30, 90), (90, 30), (90, 90)], start=1):
         yy, xx = np.ogrid[:128, :128]
         big[(yy - y) ** 2 + (xx - x) ** 2 <= 16**2] = k  # 4 discs of diameter ~32 px (1.6x, under the 2x clip)
-    rescales: list[float | None] = []
+    calls: list[tuple[int, float | None]] = []
     real_outputs = runner.network_outputs
 
     def recording_outputs(inputs, rescale=None):
-        rescales.append(rescale)
+        calls.append((len(inputs), rescale))
         return real_outputs(inputs, rescale)
 
     monkeypatch.setattr(runner, "network_outputs", recording_outputs)
     monkeypatch.setattr(runner, "masks_from_outputs", lambda flows, prob, shape: big)
-    inputs = [np.zeros((2, 128, 128), np.float32)]
-    runner.segment(inputs)  # no tolerance: one pass
-    assert rescales == [None]
-    rescales.clear()
+    inputs = [np.zeros((2, 128, 128), np.float32)] * 2
+    assert all(m is big for m in runner.segment(inputs))  # no tolerance: one batched pass
+    assert calls == [(2, None)]
+    calls.clear()
     runner.segment(inputs, refine_tolerance=1.25)
     from cellpose.utils import diameters
 
     measured = float(diameters(big)[0])
-    assert rescales[0] is None and len(rescales) == 2
-    assert rescales[1] == pytest.approx(30.0 / measured)
-    rescales.clear()
-    runner.diameter = measured  # objects already at the assumed size: no second pass
+    cheap = (2, pytest.approx(1.5 * cellpose_segmenter.SIZE_ESTIMATE_SCALE))
+    assert calls == [cheap, (1, pytest.approx(30.0 / measured)), (1, pytest.approx(30.0 / measured))]
+    calls.clear()
+    runner.diameter = measured  # objects already at the assumed size: the cheap pass, then one batched pass
     runner.segment(inputs, refine_tolerance=1.25)
-    assert rescales == [None]
+    assert calls == [(2, pytest.approx(30.0 / measured * cellpose_segmenter.SIZE_ESTIMATE_SCALE)), (2, None)]
