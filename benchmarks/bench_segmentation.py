@@ -18,6 +18,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,8 @@ def memory_run(segmenter, n_images: int, seed: int, folder: Path | None = None) 
             segment_folder(SegmentJob(folder, Path(tmp) / "cells.h5", limit=target - done), segmenter)
             done = target
             rows.append((done, monitor.peak() / 2**20, monitor.current() / 2**20))
+            print(f"leg done: {done} images, peak RSS {rows[-1][1]:.0f} MiB, at the end {rows[-1][2]:.0f} MiB",
+                  flush=True)
         monitor.stop()
     return rows
 
@@ -131,7 +134,7 @@ def quality_and_speed(args: argparse.Namespace, cellpose, watershed) -> None:
     """AP tables (real and synthetic) and the speed table: naive eval loop vs whole `segment` jobs."""
     from hpa_cells.images import read_sample, scan_folder
     from hpa_cells.synthetic.dataset import SyntheticConfig, write_dataset
-    from segmentation.cellpose_segmenter import default_diameters
+    from segmentation.cellpose_segmenter import CellposeSegmenter, default_diameters
     from segmentation.instance_metrics import average_precision
     from segmentation.segment_to_cache import SegmentJob, segment_folder
     from segmentation.training_data import real_reference_fields, synthetic_fields
@@ -170,7 +173,9 @@ def quality_and_speed(args: argparse.Namespace, cellpose, watershed) -> None:
             naive_segment(naive, im, cell_d, nucleus_d)
         naive_s = time.perf_counter() - t
         timings = {}
-        for label, seg in (("cellpose", cellpose), ("watershed", watershed)):
+        one_pass = CellposeSegmenter(replace(cellpose.settings, diameter_tolerance=None))
+        for label, seg in (("cellpose", cellpose), ("cellpose without diameter refinement", one_pass),
+                           ("watershed", watershed)):
             t = time.perf_counter()
             summary = segment_folder(SegmentJob(folder, Path(tmp) / f"{label}.h5"), seg)
             timings[label] = (time.perf_counter() - t, summary.cells_kept)
