@@ -6,8 +6,9 @@ Cellpose's second channel; nuclei from the nucleus channel alone. Unlike a loop 
 flows back and runs the flow dynamics at full resolution), this segmenter
 
 1. rescales every image once so that objects have the network's training diameter (``diam_mean``),
-2. stacks all images of a batch into one tensor and runs the network **once per batch** (whole images; the
-   network is fully convolutional, so no tiles; images of another shape get their own pass),
+2. stacks all images of a batch into one tensor and runs the network **once per batch** (whole images inside
+   Cellpose's 8 px zero margin; the network is fully convolutional, so no tiles; images of another shape get
+   their own pass),
 3. follows the flows at the network's resolution and resizes only the final label masks back (nearest),
 
 which is several times faster on a CPU at the same accuracy (see BENCHMARKS.md).
@@ -38,6 +39,11 @@ logger = logging.getLogger(__name__)
 REFERENCE_WORKING_SIZE = 512
 CELL_DIAMETER_AT_512 = 80.0
 NUCLEUS_DIAMETER_AT_512 = 40.0
+EDGE_MARGIN = 8
+"""Zeros (px at network scale) around every network input, as Cellpose's `run_net` pads."""
+SIZE_ESTIMATE_SCALE = 2 / 3
+"""Object size (fraction of the network's `diam_mean`) in the cheap pass that measures diameters for refinement:
+within about 10% of the full-scale measurement on the synthetic and real fields, at under half the cost."""
 
 
 def default_diameters(working_size: int) -> tuple[float, float]:
@@ -98,7 +104,9 @@ class CellposeNetRunner:
         self.diameter = float(diameter)
         self.device = torch.device(device)
         self.flow = flow or FlowSettings()
-        self.net = net if net is not None else build_network(spec, self.device)
+        if net is None:  # channels-last weights: faster CPU convolutions (oneDNN); a caller's network is left as is
+            net = build_network(spec, self.device).to(memory_format=torch.channels_last)
+        self.net = net
 
     @classmethod
     def from_network(cls, net: torch.nn.Module, spec: CellposeNetSpec, diameter: float) -> CellposeNetRunner:
@@ -113,23 +121,31 @@ class CellposeNetRunner:
     def network_outputs(self, inputs: Sequence[np.ndarray], rescale: float | None = None,
                         ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Run the network once over a batch of `2,H,W` inputs; returns (flows `2,h,w`, cellprob `h,w`) per
-        input at network scale. Inputs of different shapes are padded to a common shape. `rescale` overrides
-        the runner's own (`diam_mean / diameter`)."""
+        input at network scale. `rescale` overrides the runner's own (`diam_mean / diameter`).
+
+        Each rescaled input is surrounded by zeros as in Cellpose's own `run_net` (`transforms.get_pad_yx`: the
+        size is rounded up to a multiple of 16 plus 8 px on every side, the input centred), and inputs of
+        different shapes share the largest such canvas. Without that margin the network's outputs at the image
+        edge differ from Cellpose's, and the flow-error check then discards many whole cells (BENCHMARKS.md).
+        """
         factor = self.rescale if rescale is None else rescale
         scaled = []
         for x in inputs:
             h, w = x.shape[1:]
             sh, sw = max(16, round(h * factor)), max(16, round(w * factor))
             scaled.append(np.stack([cv2.resize(c, (sw, sh), interpolation=cv2.INTER_LINEAR) for c in x]))
-        ph = int(np.ceil(max(s.shape[1] for s in scaled) / 16) * 16)
-        pw = int(np.ceil(max(s.shape[2] for s in scaled) / 16) * 16)
+        # Cellpose's get_pad_yx: round up to a multiple of 16, split the rest around the image, add the margin.
+        offsets = [(EDGE_MARGIN + (-s.shape[1] % 16) // 2, EDGE_MARGIN + (-s.shape[2] % 16) // 2) for s in scaled]
+        ph = max(s.shape[1] + (-s.shape[1] % 16) for s in scaled) + 2 * EDGE_MARGIN
+        pw = max(s.shape[2] + (-s.shape[2] % 16) for s in scaled) + 2 * EDGE_MARGIN
         batch = np.zeros((len(scaled), 2, ph, pw), np.float32)
-        for i, s in enumerate(scaled):
-            batch[i, :, : s.shape[1], : s.shape[2]] = s
+        for i, ((oy, ox), s) in enumerate(zip(offsets, scaled, strict=True)):
+            batch[i, :, oy:oy + s.shape[1], ox:ox + s.shape[2]] = s
         with torch.inference_mode():
-            out = self.net(torch.from_numpy(batch).to(self.device))[0].float().cpu().numpy()
-        return [(out[i, :2, : s.shape[1], : s.shape[2]], out[i, 2, : s.shape[1], : s.shape[2]])
-                for i, s in enumerate(scaled)]
+            tensor = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+            out = self.net(tensor)[0].float().cpu().contiguous().numpy()
+        return [(out[i, :2, oy:oy + s.shape[1], ox:ox + s.shape[2]], out[i, 2, oy:oy + s.shape[1], ox:ox + s.shape[2]])
+                for i, ((oy, ox), s) in enumerate(zip(offsets, scaled, strict=True))]
 
     def masks_from_outputs(self, flows: np.ndarray, cellprob: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
         """Follow the flows at network scale, then resize the label mask to `shape_hw` (nearest)."""
@@ -148,28 +164,37 @@ class CellposeNetRunner:
     def segment(self, inputs: Sequence[np.ndarray], refine_tolerance: float | None = None) -> list[np.ndarray]:
         """Instance masks (`H,W` int32) for a batch of `2,H,W` inputs.
 
-        With `refine_tolerance` (e.g. 1.25), the diameter is set from the data: the median equivalent diameter
-        of each image's first-pass objects is measured, and an image whose objects are more than that factor
-        larger or smaller than `diameter` is segmented again at its measured diameter (clipped to 0.5-2x).
-        This is what Cellpose's size model is for, without needing one.
+        With `refine_tolerance` (e.g. 1.25), the diameter is set from the data: a cheaper first pass, with objects
+        shown at `SIZE_ESTIMATE_SCALE` of the network's size, measures the median equivalent diameter of each
+        image's objects; an image whose objects are more than that factor larger or smaller than `diameter` is
+        then segmented at its measured diameter (clipped to 0.5-2x), the others at `diameter` in one batched
+        pass. This is what Cellpose's size model is for, without needing one.
         """
-        outputs = self.network_outputs(inputs)
-        masks = [self.masks_from_outputs(f, p, x.shape[1:]) for (f, p), x in zip(outputs, inputs, strict=True)]
         if refine_tolerance is None:
-            return masks
+            outputs = self.network_outputs(inputs)
+            return [self.masks_from_outputs(f, p, x.shape[1:]) for (f, p), x in zip(outputs, inputs, strict=True)]
         from cellpose.utils import diameters
 
-        for i, mask in enumerate(masks):
-            if mask.max() < 3:  # too few objects to measure a size
-                continue
-            measured = float(diameters(mask)[0])
+        coarse = self.network_outputs(inputs, rescale=self.rescale * SIZE_ESTIMATE_SCALE)
+        at_default: list[int] = []
+        refined: dict[int, float] = {}
+        for i, ((flows, prob), x) in enumerate(zip(coarse, inputs, strict=True)):
+            mask = self.masks_from_outputs(flows, prob, x.shape[1:])
+            measured = float(diameters(mask)[0]) if mask.max() >= 3 else self.diameter  # too few objects: keep
             if 1 / refine_tolerance <= measured / self.diameter <= refine_tolerance:
-                continue
-            measured = float(np.clip(measured, 0.5 * self.diameter, 2.0 * self.diameter))
-            logger.debug("input %d: objects measure %.1f px, not %.1f: segmenting again", i, measured, self.diameter)
-            (flows, prob), = self.network_outputs([inputs[i]], rescale=self.spec.diam_mean / measured)
+                at_default.append(i)
+            else:
+                refined[i] = float(np.clip(measured, 0.5 * self.diameter, 2.0 * self.diameter))
+                logger.debug("input %d: objects measure %.1f px, not %.1f", i, measured, self.diameter)
+        masks: list[np.ndarray | None] = [None] * len(inputs)
+        if at_default:
+            outputs = self.network_outputs([inputs[i] for i in at_default])
+            for i, (flows, prob) in zip(at_default, outputs, strict=True):
+                masks[i] = self.masks_from_outputs(flows, prob, inputs[i].shape[1:])
+        for i, diameter in refined.items():
+            (flows, prob), = self.network_outputs([inputs[i]], rescale=self.spec.diam_mean / diameter)
             masks[i] = self.masks_from_outputs(flows, prob, inputs[i].shape[1:])
-        return masks
+        return [m for m in masks if m is not None]
 
 
 @dataclass(frozen=True)
@@ -181,7 +206,8 @@ class CellposeSettings:
     cell_diameter: float | None = None
     nucleus_diameter: float | None = None
     diameter_tolerance: float | None = 1.25
-    """Re-segment an image whose objects measure more than this factor off the diameter (None: never)."""
+    """Segment an image at its own measured object diameter when that is more than this factor off the assumed
+    one (`CellposeNetRunner.segment`; None: always at the assumed diameter, one pass)."""
     use_er: bool = True
     device: str = "cpu"
 

@@ -84,7 +84,7 @@ def test_one_network_pass_per_shape_and_results_in_input_order(
 ) -> None:
     a, b, c, d = fields_128
     narrow = np.ascontiguousarray(b[:, :, :96])  # 128x96: same working size, another shape
-    segmenter = CellposeSegmenter()
+    segmenter = CellposeSegmenter(CellposeSettings(diameter_tolerance=None))  # one pass (refinement: below)
     assert isinstance(segmenter, Segmenter)
     results = segmenter.segment_batch([a, narrow, c, d])
 
@@ -93,10 +93,11 @@ def test_one_network_pass_per_shape_and_results_in_input_order(
     assert all(r.cells.dtype == np.int32 and r.n_cells == len(np.unique(r.cells)) - 1 for r in results)
     # Two networks built once each; each ran once per shape group, not once per image.
     assert len(network_calls["built"]) == 2
-    # cells: diameter 20 px at working size 128 -> rescale 30/20 = 1.5 -> 192x192 and 192x144.
-    assert network_calls["bundled:hpa_cells_cells"] == [(3, 2, 192, 192), (1, 2, 192, 144)]
-    # nuclei: diameter 10 px -> rescale 1.7 -> 218x218 padded to 224x224; 218x163 padded to 224x176.
-    assert network_calls["bundled:hpa_cells_nuclei"] == [(3, 2, 224, 224), (1, 2, 224, 176)]
+    # cells: diameter 20 px at working size 128 -> rescale 30/20 = 1.5 -> 192x192 and 192x144, each with an
+    # 8 px margin all round (Cellpose's padding) -> 208x208 and 208x160.
+    assert network_calls["bundled:hpa_cells_cells"] == [(3, 2, 208, 208), (1, 2, 208, 160)]
+    # nuclei: diameter 10 px -> rescale 1.7 -> 218x218 rounded up to 224x224 + margin; 218x163 -> 240x192.
+    assert network_calls["bundled:hpa_cells_nuclei"] == [(3, 2, 240, 240), (1, 2, 240, 192)]
 
     # Each image alone gives exactly its result from the batch: order kept, no batch-mate influence.
     for image, batched in zip([a, narrow, c, d], results, strict=True):
@@ -118,7 +119,7 @@ def test_batch_outputs_match_single_image_outputs(fields_128: list[np.ndarray]) 
         np.testing.assert_allclose(cellprob, cellprob_alone, atol=1e-5)
 
 
-def test_padding_is_zeros_after_the_image(monkeypatch: pytest.MonkeyPatch, fields_128: list[np.ndarray]) -> None:
+def test_inputs_are_centred_in_a_zero_margin_like_cellpose(fields_128: list[np.ndarray]) -> None:
     spec = CellposeNetSpec("tiny", Path("unused"), "safetensors", TINY_NBASE, 17.0, "")
     net = tiny_cpnet(17.0, seed=4)
     seen: list[torch.Tensor] = []
@@ -127,18 +128,37 @@ def test_padding_is_zeros_after_the_image(monkeypatch: pytest.MonkeyPatch, field
     x = cellpose_input(fields_128[0], "nuclei")
     (flows, cellprob), = runner.network_outputs([x])
     batch = seen[0].numpy()
-    assert batch.shape == (1, 2, 224, 224)
+    # 218 px rescaled -> rounded up to 224 (3 px before, 3 after) + 8 px margin on each side = 240.
+    assert batch.shape == (1, 2, 240, 240)
     assert flows.shape == (2, 218, 218) and cellprob.shape == (218, 218)  # cropped back to the image
-    assert not batch[0, :, 218:, :].any() and not batch[0, :, :, 218:].any()
+    inside = np.zeros((240, 240), bool)
+    inside[11:229, 11:229] = True
+    assert not batch[0][:, ~inside].any()
     expected = cv2.resize(x[0], (218, 218), interpolation=cv2.INTER_LINEAR)
-    np.testing.assert_array_equal(batch[0, 0, :218, :218], expected)
+    np.testing.assert_array_equal(batch[0, 0, 11:229, 11:229], expected)
+
+
+def test_network_outputs_equal_cellpose_run_net(fields_128: list[np.ndarray]) -> None:
+    """Same network, same rescale: our whole-image pass gives Cellpose's own `core.run_net` outputs."""
+    from cellpose import core
+
+    nbase = (2, 8, 16, 32, 256)  # Cellpose's run_net assumes a style vector of 256
+    spec = CellposeNetSpec("tiny256", Path("unused"), "safetensors", nbase, 30.0, "")
+    torch.manual_seed(6)
+    net = CPnet(list(nbase), 3, sz=3, mkldnn=False, max_pool=True, diam_mean=30.0).eval()
+    runner = CellposeNetRunner(spec, 20.0, net=net)  # rescale 1.5: 128 -> 192 px, one 208 px tile in Cellpose
+    x = cellpose_input(fields_128[1], "cells")
+    (flows, cellprob), = runner.network_outputs([x])
+    theirs, _ = core.run_net(net, x.transpose(1, 2, 0)[np.newaxis], rsz=1.5)
+    np.testing.assert_allclose(flows, theirs[0, :, :, :2].transpose(2, 0, 1), atol=1e-4)
+    np.testing.assert_allclose(cellprob, theirs[0, :, :, 2], atol=1e-4)
 
 
 def test_diameter_setting_sets_the_rescale(bundled_dir: Path, network_calls: dict, fields_128: list[np.ndarray]) -> None:
-    segmenter = CellposeSegmenter(CellposeSettings(cell_diameter=60.0, nucleus_diameter=17.0))
+    segmenter = CellposeSegmenter(CellposeSettings(cell_diameter=60.0, nucleus_diameter=17.0, diameter_tolerance=None))
     segmenter.segment_batch(fields_128[:2])
-    assert network_calls["bundled:hpa_cells_cells"] == [(2, 2, 64, 64)]  # 128 * 30/60
-    assert network_calls["bundled:hpa_cells_nuclei"] == [(2, 2, 128, 128)]  # 128 * 17/17
+    assert network_calls["bundled:hpa_cells_cells"] == [(2, 2, 80, 80)]  # 128 * 30/60 = 64, + 2 x 8 margin
+    assert network_calls["bundled:hpa_cells_nuclei"] == [(2, 2, 144, 144)]  # 128 * 17/17 = 128, + 2 x 8 margin
 
 
 def test_segment_batch_checks_its_inputs(bundled_dir: Path, fields_128: list[np.ndarray]) -> None:
@@ -245,33 +265,34 @@ def test_provenance_is_json_and_names_the_weights(bundled_dir: Path) -> None:
 
 
 def test_diameter_is_refined_from_the_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Objects measuring 1.6x the assumed diameter trigger one more pass at the measured diameter."""
+    """A cheap pass measures the objects; 1.6x the assumed diameter means one pass at the measured diameter,
+    objects of the assumed size mean one batched pass at the assumed diameter."""
     spec = CellposeNetSpec("tiny", Path("tiny"), "safetensors", TINY_NBASE, 30.0, "")
     runner = CellposeNetRunner(spec, diameter=20.0, net=tiny_cpnet(30.0, seed=1))
     big = np.zeros((128, 128), np.int32)
     for k, (y, x) in enumerate([(30, 30), (30, 90), (90, 30), (90, 90)], start=1):
         yy, xx = np.ogrid[:128, :128]
         big[(yy - y) ** 2 + (xx - x) ** 2 <= 16**2] = k  # 4 discs of diameter ~32 px (1.6x, under the 2x clip)
-    rescales: list[float | None] = []
+    calls: list[tuple[int, float | None]] = []
     real_outputs = runner.network_outputs
 
     def recording_outputs(inputs, rescale=None):
-        rescales.append(rescale)
+        calls.append((len(inputs), rescale))
         return real_outputs(inputs, rescale)
 
     monkeypatch.setattr(runner, "network_outputs", recording_outputs)
     monkeypatch.setattr(runner, "masks_from_outputs", lambda flows, prob, shape: big)
-    inputs = [np.zeros((2, 128, 128), np.float32)]
-    runner.segment(inputs)  # no tolerance: one pass
-    assert rescales == [None]
-    rescales.clear()
+    inputs = [np.zeros((2, 128, 128), np.float32)] * 2
+    assert all(m is big for m in runner.segment(inputs))  # no tolerance: one batched pass
+    assert calls == [(2, None)]
+    calls.clear()
     runner.segment(inputs, refine_tolerance=1.25)
     from cellpose.utils import diameters
 
     measured = float(diameters(big)[0])
-    assert rescales[0] is None and len(rescales) == 2
-    assert rescales[1] == pytest.approx(30.0 / measured)
-    rescales.clear()
-    runner.diameter = measured  # objects already at the assumed size: no second pass
+    cheap = (2, pytest.approx(1.5 * cellpose_segmenter.SIZE_ESTIMATE_SCALE))
+    assert calls == [cheap, (1, pytest.approx(30.0 / measured)), (1, pytest.approx(30.0 / measured))]
+    calls.clear()
+    runner.diameter = measured  # objects already at the assumed size: the cheap pass, then one batched pass
     runner.segment(inputs, refine_tolerance=1.25)
-    assert rescales == [None]
+    assert calls == [(2, pytest.approx(30.0 / measured * cellpose_segmenter.SIZE_ESTIMATE_SCALE)), (2, None)]
