@@ -363,13 +363,14 @@ def _train_family(cache_path: Path, out_dir: Path, model_config: ModelConfig, co
             batch = collated.batch.to(device)
             with torch.autocast(device_type=device.type, enabled=use_amp):
                 output = model(batch)
-            if collated.cell_labels is not None:  # cell supervision: every real cell has its own target
+            cell_targets = getattr(collated, "cell_labels", None)  # only crop bags carry per-cell labels
+            if cell_targets is not None:  # cell supervision: every real cell has its own target
                 valid = batch.valid
-                loss = loss_function(output.cell_logits.float()[valid], collated.cell_labels.to(device)[valid],
+                loss = loss_function(output.cell_logits.float()[valid], cell_targets.to(device)[valid],
                                      config, pos_weight)
             else:
                 loss = loss_function(output.image_logits.float(), batch.labels, config, pos_weight)
-            if config.negative_cell_weight > 0 and collated.cell_labels is None:
+            if config.negative_cell_weight > 0 and cell_targets is None:
                 loss = loss + config.negative_cell_weight * negative_cell_loss(
                     output.cell_logits.float(), batch.valid, batch.labels)
             optimizer.zero_grad(set_to_none=True)

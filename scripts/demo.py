@@ -2,10 +2,11 @@
 
   1. generate a small synthetic HPA-like set with per-cell truth      -> demo_output/synthetic/
   2. read it back (the four channels of every sample, the labels)
-  3. segment it and cache every cell in HDF5                          -> demo_output/cells.h5
+  3. segment it with the bundled Cellpose models, cache every cell    -> demo_output/cells.h5
   4. train the attention-MIL model briefly, from image labels only    -> demo_output/model/
-  5. predict image labels and per-cell localization                   -> demo_output/predictions/
-  6. evaluate: image macro F1, and cell-level mAP against the truth
+  5. predict image labels and per-cell localization, draw the maps   -> demo_output/predictions/, maps/, report/
+  6. evaluate on the held-out validation images: image macro F1, cell-level mAP against the per-cell truth
+  7. when the real HPA fields are present (../shared/data), segment them and draw their maps -> demo_output/real/
 
 Rerunning resumes finished steps (delete demo_output/ to start over).
 """
@@ -25,10 +26,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "demo_output", help="output folder (default: %(default)s)")
     p.add_argument("--n-images", type=int, default=64, help="synthetic images (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=12, help="MIL training epochs (default: %(default)s)")
-    # The demo uses the watershed until the bundled Cellpose models beat it (BENCHMARKS.md, segmentation).
-    p.add_argument("--segmenter", choices=("cellpose", "watershed"), default="watershed",
+    p.add_argument("--epochs", type=int, default=16, help="MIL training epochs (default: %(default)s)")
+    p.add_argument("--segmenter", choices=("cellpose", "watershed"), default="cellpose",
                    help="cellpose = the bundled offline Cellpose models (default: %(default)s)")
+    p.add_argument("--real", type=Path, default=REPO.parent / "shared" / "data" / "hpa2021_subset",
+                   help="real HPA fields to segment and map when present (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     return p.parse_args(argv)
 
@@ -73,19 +75,63 @@ def main(argv: list[str] | None = None) -> int:
     cache = out / "cells.h5"
     step(f"3. segment ({args.segmenter}) and cache cells -> {cache}")
     run_script("segment.py", ["--images", str(synthetic), "--labels", str(synthetic / "train.csv"), "--out", str(cache),
-                              "--segmenter", args.segmenter])
+                              "--segmenter", args.segmenter, "--diameter-tolerance", "0"])  # one pass: the fast path
     model = out / "model"
     step(f"4. train attention MIL ({args.epochs} epochs) -> {model}")
     run_script("train.py", ["--cache", str(cache), "--out", str(model), "--epochs", str(args.epochs),
                             "--seed", str(args.seed)])
     predictions = out / "predictions"
-    step(f"5. predict -> {predictions}")
-    run_script("predict.py", ["--model", str(model), "--cache", str(cache), "--out", str(predictions)])
-    step("6. evaluate against the per-cell truth")
-    run_script("evaluate.py", ["--pred", str(predictions), "--labels", str(synthetic / "train.csv"),
-                               "--truth", str(synthetic)])
-    print(f"\nDemo finished in {time.time() - started:.0f} s. Outputs are in {out}/ (see README.md, 'Outputs').")
+    maps, report = out / "maps", out / "report"
+    step(f"5. predict, draw the maps and the report -> {predictions}, {maps}, {report}")
+    run_script("predict.py", ["--model", str(model), "--cache", str(cache), "--out", str(predictions),
+                              "--maps", str(maps), "--report", str(report)])
+    held_out = write_validation_labels(model, synthetic / "train.csv", out / "validation.csv")
+    step(f"6. evaluate on the {held_out} held-out validation images against the per-cell truth")
+    run_script("evaluate.py", ["--pred", str(predictions), "--labels", str(out / "validation.csv"),
+                               "--truth", str(synthetic), "--json-out", str(out / "evaluation.json")])
+    real_maps = None
+    if (args.real / "images").is_dir():
+        real = out / "real"
+        step(f"7. the real HPA fields in {args.real}: segment ({args.segmenter}), predict, draw -> {real}")
+        real_argv = ["--images", str(args.real / "images"), "--out", str(real / "cells.h5"),
+                     "--segmenter", args.segmenter]
+        if (args.real / "labels.csv").is_file():
+            real_argv += ["--labels", str(args.real / "labels.csv")]
+        run_script("segment.py", real_argv)
+        real_maps = real / "maps"
+        run_script("predict.py", ["--model", str(model), "--cache", str(real / "cells.h5"),
+                                  "--out", str(real / "predictions"), "--maps", str(real_maps)])
+    else:
+        print(f"\n(no real fields at {args.real}: step 7 skipped)")
+    print_headline(out, time.time() - started, report, maps, real_maps)
     return 0
+
+
+def write_validation_labels(model: Path, labels_path: Path, out_path: Path) -> int:
+    """The labels of the model's validation images only (never trained on), as a 2018 label file."""
+    import json
+
+    from hpa_cells.labels import read_labels, write_labels_2018
+
+    held_out = json.loads((model / "metrics.json").read_text())["val_image_ids"]
+    labels = read_labels(labels_path)
+    write_labels_2018(out_path, {image_id: labels[image_id] for image_id in held_out})
+    return len(held_out)
+
+
+def print_headline(out: Path, seconds: float, report: Path, maps: Path, real_maps: Path | None) -> None:
+    import json
+
+    scores = json.loads((out / "evaluation.json").read_text())
+    print(f"\nDemo finished in {seconds:.0f} s. Headline (held-out synthetic images): image macro F1 "
+          f"{scores['image_macro_f1']:.3f}, cell mAP {scores['cell_map']:.3f} with the project's segmentation, "
+          f"{scores['cell_map_true_masks']:.3f} with the true masks.")
+    print(f"  open {report / 'index.html'} in a browser (no server needed): the run summary, the per-class table, "
+          "a gallery of every image")
+    print(f"  per-image overviews and per-class panels: {maps}/")
+    if real_maps is not None:
+        print(f"  the real HPA fields: {real_maps}/")
+    print(f"  everything else (cache, model folder, predictions, cells.csv/parquet): {out}/ (README.md, 'Outputs')")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Score predictions: image-level macro F1 and per-class F1, and with per-cell truth, cell-level mAP.
 
-  python scripts/evaluate.py --pred preds/ --labels train.csv [--truth DIR] [--json]
+  python scripts/evaluate.py --pred preds/ --labels train.csv [--truth DIR] [--json] [--json-out FILE]
 
 DIR is a synthetic output folder (cells.csv with per-cell labels, {id}_cells.png true masks, the channel
 images): cell mAP is then reported with the project's segmentation (`cell_map`) and with the true masks
@@ -21,6 +21,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--labels", type=Path, required=True, help="label file (2018 Id,Target or 2021 ID,Label)")
     p.add_argument("--truth", type=Path, help="synthetic folder with per-cell truth (cells.csv + masks)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--json-out", type=Path, metavar="FILE", help="also write the JSON object to FILE")
     p.add_argument("--device", default="cpu", help="for the true-mask pass (default: %(default)s)")
     return p.parse_args(argv)
 
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except (LabelFileError, PredictionFilesError, TruthFolderError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.json_out is not None:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

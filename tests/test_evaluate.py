@@ -87,9 +87,11 @@ def test_evaluate_script_prints_json(pipeline: dict[str, Path], capsys: pytest.C
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     synthetic = pipeline["synthetic"]
+    written = pipeline["root"] / "reports" / "evaluation.json"
     assert module.main(["--pred", str(pipeline["pred"]), "--labels", str(synthetic / "train.csv"),
-                        "--truth", str(synthetic), "--json"]) == 0
+                        "--truth", str(synthetic), "--json", "--json-out", str(written)]) == 0
     record = json.loads(capsys.readouterr().out)
+    assert json.loads(written.read_text()) == record
     for key in ("image_macro_f1", "per_class_f1", "cell_map", "cell_map_true_masks"):
         assert key in record
     assert np.isfinite(record["cell_map"])

@@ -94,7 +94,8 @@ def test_cellpose_with_model_files(synthetic_images: Path, tmp_path: Path, capsy
     torch.set_num_threads(1)
     try:
         code = load_script().main(["--images", str(images), "--out", str(out), "--size", "128",
-                                   "--model", str(paths["cells"]), "--nucleus-model", str(paths["nuclei"])])
+                                   "--model", str(paths["cells"]), "--nucleus-model", str(paths["nuclei"]),
+                                   "--diameter-tolerance", "0"])
     finally:
         torch.set_num_threads(threads)
     assert code == 0
@@ -108,7 +109,10 @@ def test_cellpose_with_model_files(synthetic_images: Path, tmp_path: Path, capsy
     assert provenance["model_sha256"] == cellpose_models.sha256_of_file(paths["cells"])
     assert provenance["parameters"]["nucleus_model"]["path"] == str(paths["nuclei"])
     assert provenance["parameters"]["working_size"] == 128
+    assert provenance["parameters"]["settings"]["diameter_tolerance"] is None  # 0 on the command line = one pass
     json.dumps(provenance["parameters"])
+    assert load_script().main(["--images", str(images), "--out", str(out), "--diameter-tolerance", "0.9"]) == 2
+    assert capsys.readouterr().err == "error: --diameter-tolerance must be 0 (off) or > 1, got 0.9\n"
 
 
 def test_missing_bundled_model_is_one_line_and_exit_2(
