@@ -148,7 +148,11 @@ def score(row: str, predictions, val_ids: list[str], cells_cache: Path, truth: P
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import logging
+
     import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the training loop's per-epoch lines
 
     from mil.ensemble import average_predictions
     from mil.inference import predict_cache
