@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     job = SegmentJob(images_dir=args.images, out_path=args.out, labels_path=args.labels, working_size=args.size,
-                     crop=CropConfig(crop_size=args.crop_size, zero_other_cells=not args.keep_neighbours),
+                     crop=CropConfig(crop_size=args.crop_size, zero_other_cells=not args.keep_neighbours,
+                                     # the whole field needs no context margin around it
+                                     **({"margin_fraction": 0.0} if args.segmenter == "whole-field" else {})),
                      export_masks_dir=args.export_masks, limit=args.limit, strict=args.strict,
                      batch_size=args.batch_size)
     try:

@@ -225,3 +225,25 @@ def test_masks_segmenter_needs_an_existing_folder(synthetic_images: Path, tmp_pa
             "--masks", str(tmp_path / "nowhere")]
     assert load_script().main(argv) == 2
     assert capsys.readouterr().err == f"error: mask folder {tmp_path / 'nowhere'} does not exist\n"
+
+
+def test_whole_field_segmenter_caches_one_instance_per_image(
+    synthetic_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+
+    out = tmp_path / "fields.h5"
+    argv = ["--images", str(synthetic_images), "--labels", str(synthetic_images / "train.csv"), "--out", str(out),
+            "--segmenter", "whole-field", "--size", "256", "--crop-size", "64"]
+    assert load_script().main(argv) == 0
+    assert f"with whole_field -> {out}" in capsys.readouterr().out
+    with CellCache(out) as cache:
+        assert cache.num_images == 3 and cache.has_labels.all()
+        table = cache.cell_table()
+        assert table["cell_id"].tolist() == [1, 1, 1]
+        assert (table["area"] == 256 * 256).all()
+        assert (table["qc_flags"] == 1).all()  # touches the border, nothing else
+        for image_id in cache.image_ids:
+            cells, nuclei = cache.full_masks(image_id)
+            assert (cells == 1).all() and (nuclei == 1).all()
+            crops, masks = cache.cells_of(image_id)
+            assert crops.shape == (1, 4, 64, 64) and masks.mean() > 0.95  # the field fills the crop (1 px margin)
