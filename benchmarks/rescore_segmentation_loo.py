@@ -57,9 +57,8 @@ def _scores(truth, pred) -> dict[str, float]:
             "n_pred": int(len(np.unique(pred)) - 1)}
 
 
-def naive_eval(spec, image_chw, kind: str, diameter: float, use_er: bool = True):
-    """Cellpose's own `CellposeModel.eval` at its defaults with the weights of `spec` (one field, `H,W` labels)."""
-    import numpy as np
+def naive_cellpose_model(spec):
+    """Cellpose's own `CellposeModel` carrying the weights of `spec` (as benchmarks/bench_segmentation.py builds it)."""
     from cellpose import models
 
     from segmentation.cellpose_models import build_network
@@ -68,6 +67,13 @@ def naive_eval(spec, image_chw, kind: str, diameter: float, use_er: bool = True)
     model.net = build_network(spec, "cpu")
     model.diam_mean = model.diam_labels = spec.diam_mean
     model.nbase = list(spec.nbase)
+    return model
+
+
+def naive_eval(model, image_chw, kind: str, diameter: float, use_er: bool = True):
+    """`model.eval` at Cellpose's default settings on one `4,H,W` field; `H,W` int32 labels."""
+    import numpy as np
+
     if kind == "cells":  # as benchmarks/bench_segmentation.py: cyto = mean(microtubules, ER), nucleus second
         cyto = image_chw[0].astype(np.float32)
         if use_er:
@@ -80,7 +86,11 @@ def naive_eval(spec, image_chw, kind: str, diameter: float, use_er: bool = True)
 
 
 def rescore_fold(weights: Path, field, kind: str, size: int, watershed) -> dict[str, dict]:
-    """All `METHODS` for one held-out field; each entry has ap50, ap75, n_true, n_pred, seconds."""
+    """All `METHODS` for one held-out field; each entry has ap50, ap75, n_true, n_pred, seconds.
+
+    Seconds are one field, cells network only, models already loaded (the first field's also include numba's
+    compilation); the watershed's include its nuclei and QC.
+    """
     from cellpose.utils import diameters
 
     from segmentation.cellpose_models import resolve_model
@@ -97,11 +107,12 @@ def rescore_fold(weights: Path, field, kind: str, size: int, watershed) -> dict[
     true_d = float(diameters(field.mask.astype("int32"))[0])
     x = cellpose_input(field.image, kind)
     runner = CellposeNetRunner(spec, default_d)
+    naive = naive_cellpose_model(spec)
     runs = {
         "deployed": lambda: runner.segment([x], CellposeSettings().diameter_tolerance)[0],
         "one_pass": lambda: runner.segment([x], None)[0],
         "true_diameter": lambda: CellposeNetRunner(spec, true_d, net=runner.net).segment([x], None)[0],
-        "naive": lambda: naive_eval(spec, field.image, kind, default_d),
+        "naive": lambda: naive_eval(naive, field.image, kind, default_d),
         "watershed": lambda: getattr(watershed.segment_batch([field.image])[0], kind),
     }
     out = {}
