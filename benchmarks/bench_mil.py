@@ -72,7 +72,10 @@ def build_caches(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     from segmentation.whole_field import WholeFieldSegmenter
 
     folder = args.out / "synthetic"
-    write_dataset(folder, args.images, SyntheticConfig(seed=args.seed, size=512, balanced=True), show_progress=True)
+    done = folder / "train.csv"
+    if not done.is_file() or len(done.read_text().splitlines()) - 1 < args.images:  # resuming re-derives every image
+        write_dataset(folder, args.images, SyntheticConfig(seed=args.seed, size=512, balanced=True),
+                      show_progress=True)
     cells = args.out / "cells_truth.h5"
     fields = args.out / f"fields_{args.image_size}.h5"
     for path, segmenter, crop in ((cells, MaskFolderSegmenter(folder), CropConfig()),
