@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelNotFoundError, ModelFormatError, MaskFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # a new folder for the cache is fine
     job = SegmentJob(images_dir=args.images, out_path=args.out, labels_path=args.labels, working_size=args.size,
                      crop=CropConfig(crop_size=args.crop_size, zero_other_cells=not args.keep_neighbours,
                                      # the whole field needs no context margin around it
