@@ -118,9 +118,10 @@ def score(row: str, predictions, val_ids: list[str], cells_cache: Path, truth: P
     import numpy as np
 
     from hpa_cells.cell_cache import CellCache
-    from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
+    from hpa_cells.classes import CLASS_NAMES
     from hpa_cells.labels import read_labels, to_multi_hot
     from hpa_cells.metrics import cell_level_map, macro_f1, read_cell_truth
+    from mil.evaluation import probs_by_cell
 
     labels = read_labels(truth / "train.csv")
     position = {image_id: i for i, image_id in enumerate(predictions.image_ids)}
@@ -137,11 +138,8 @@ def score(row: str, predictions, val_ids: list[str], cells_cache: Path, truth: P
             image_probs = predictions.image_probs[position[image_id]]
             probs[image_id] = {int(c): image_probs for c in np.unique(masks[image_id]) if c}
     else:
-        table = predictions.cells
-        columns = list(CLASS_NAMES[:NUM_CLASSES])
-        for image_id, group in table[table["image_id"].isin(set(val_ids))].groupby("image_id"):
-            values = group[columns].to_numpy(dtype=float)
-            probs[image_id] = {int(c): values[k] for k, c in enumerate(group["cell_id"])}
+        cells = predictions.cells
+        probs = probs_by_cell(cells[cells["image_id"].isin(set(val_ids))])
     result = cell_level_map(masks, {i: cell_truth[i] for i in val_ids}, masks, probs)
     return {"image_macro_f1": macro_f1(y_true, y_pred), "cell_map": result.mean_ap,
             "per_class_cell_ap": {CLASS_NAMES[k]: (None if np.isnan(v) else float(v))

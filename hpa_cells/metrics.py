@@ -77,19 +77,35 @@ class TruthFolderError(ValueError):
     """A per-cell truth folder (synthetic output) that lacks cells.csv, a column or a mask; names the file."""
 
 
+def parse_cell_label_csv(path: Path, error: type[ValueError] = TruthFolderError
+                         ) -> dict[str, dict[int, tuple[int, ...]]]:
+    """image id -> {cell id: class ids} from a per-cell label CSV (columns image_id, cell_id, labels:
+    space-separated 2018 class ids, empty = none), e.g. a synthetic folder's cells.csv. Errors are `error`
+    instances naming the file, and the line for a bad label field or class id."""
+    frame = pd.read_csv(path, dtype={"image_id": str, "labels": str}, keep_default_na=False)
+    missing = [c for c in ("image_id", "cell_id", "labels") if c not in frame.columns]
+    if missing:
+        raise error(f"{path}: missing columns {missing} (need image_id, cell_id, labels)")
+    out: dict[str, dict[int, tuple[int, ...]]] = {}
+    for line, (image_id, cell_id, labels) in enumerate(
+            zip(frame["image_id"], frame["cell_id"], frame["labels"], strict=True), start=2):
+        try:
+            classes = tuple(int(x) for x in str(labels).split())
+        except ValueError:
+            raise error(f"{path}, line {line}: labels {labels!r} are not space-separated class ids") from None
+        bad = [c for c in classes if not 0 <= c < NUM_CLASSES]
+        if bad:
+            raise error(f"{path}, line {line}: class ids {bad} are outside 0..{NUM_CLASSES - 1}")
+        out.setdefault(str(image_id), {})[int(cell_id)] = classes
+    return out
+
+
 def read_cell_truth(truth_dir: Path) -> dict[str, dict[int, tuple[int, ...]]]:
     """A synthetic folder's cells.csv -> image id -> {cell id: class ids}."""
     path = truth_dir / "cells.csv"
     if not path.is_file():
         raise TruthFolderError(f"{truth_dir} has no cells.csv with per-cell truth")
-    frame = pd.read_csv(path, dtype={"image_id": str, "labels": str}, keep_default_na=False)
-    missing = [c for c in ("image_id", "cell_id", "labels") if c not in frame.columns]
-    if missing:
-        raise TruthFolderError(f"{path}: missing columns {missing}")
-    truth: dict[str, dict[int, tuple[int, ...]]] = {}
-    for image_id, cell_id, labels in zip(frame["image_id"], frame["cell_id"], frame["labels"], strict=True):
-        truth.setdefault(str(image_id), {})[int(cell_id)] = tuple(int(x) for x in str(labels).split())
-    return truth
+    return parse_cell_label_csv(path, TruthFolderError)
 
 
 def read_true_cell_mask(truth_dir: Path, image_id: str, shape_hw: tuple[int, int]) -> np.ndarray:

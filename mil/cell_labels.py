@@ -10,40 +10,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from hpa_cells.cell_cache import CellCache
 from hpa_cells.classes import NUM_CLASSES
+from hpa_cells.metrics import parse_cell_label_csv
 
 
 class CellLabelError(ValueError):
     """A per-cell label file that is malformed or does not cover the cache's cells."""
 
 
-def read_cell_labels(path: Path) -> dict[tuple[str, int], tuple[int, ...]]:
-    """(image id, cell id) -> class ids, from a per-cell label CSV; errors name the file and line."""
+def read_cell_labels(path: Path) -> dict[str, dict[int, tuple[int, ...]]]:
+    """image id -> {cell id: class ids}, from a per-cell label CSV; errors name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise CellLabelError(f"per-cell label file not found: {path}")
-    frame = pd.read_csv(path, dtype={"image_id": str, "labels": str}, keep_default_na=False)
-    missing = [c for c in ("image_id", "cell_id", "labels") if c not in frame.columns]
-    if missing:
-        raise CellLabelError(f"{path}: missing columns {missing} (need image_id, cell_id, labels)")
-    out: dict[tuple[str, int], tuple[int, ...]] = {}
-    for line, (image_id, cell_id, labels) in enumerate(
-            zip(frame["image_id"], frame["cell_id"], frame["labels"], strict=True), start=2):
-        try:
-            classes = tuple(int(x) for x in str(labels).split())
-        except ValueError:
-            raise CellLabelError(f"{path}, line {line}: labels {labels!r} are not space-separated class ids") from None
-        bad = [c for c in classes if not 0 <= c < NUM_CLASSES]
-        if bad:
-            raise CellLabelError(f"{path}, line {line}: class ids {bad} are outside 0..{NUM_CLASSES - 1}")
-        out[(str(image_id), int(cell_id))] = classes
-    return out
+    return parse_cell_label_csv(path, CellLabelError)
 
 
-def cell_label_matrix(cache: CellCache, labels: dict[tuple[str, int], tuple[int, ...]], source: str,
+def cell_label_matrix(cache: CellCache, labels: dict[str, dict[int, tuple[int, ...]]], source: str,
                       image_indices: np.ndarray | None = None) -> np.ndarray:
     """`num_cells,K` float32 multi-hot labels in the cache's cell order. Every cell of `image_indices` (default:
     all images) must have an entry; other cells get zeros."""
@@ -54,7 +39,7 @@ def cell_label_matrix(cache: CellCache, labels: dict[tuple[str, int], tuple[int,
             zip(table["image_id"], table["image_index"], table["cell_id"], strict=True)):
         if wanted is not None and int(image_index) not in wanted:
             continue
-        classes = labels.get((str(image_id), int(cell_id)))
+        classes = labels.get(str(image_id), {}).get(int(cell_id))
         if classes is None:
             raise CellLabelError(f"{source} has no labels for cell {int(cell_id)} of image {image_id!r} in "
                                  f"{cache.path}; cell ids must be the cache's (segment with --segmenter masks)")

@@ -75,7 +75,8 @@ def _named(values: np.ndarray) -> dict[str, float | None]:
     return {CLASS_NAMES[k]: (None if np.isnan(v) else float(v)) for k, v in enumerate(values)}
 
 
-def _probs_by_cell(cells: pd.DataFrame) -> dict[str, dict[int, np.ndarray]]:
+def probs_by_cell(cells: pd.DataFrame) -> dict[str, dict[int, np.ndarray]]:
+    """image id -> {cell id: `K` probabilities} from a cells.csv table (class-name columns)."""
     probs = cells[list(CLASS_NAMES)].to_numpy(dtype=np.float64)
     out: dict[str, dict[int, np.ndarray]] = {}
     for image_id, cell_id, row in zip(cells["image_id"], cells["cell_id"], probs, strict=True):
@@ -123,7 +124,7 @@ def _add_cell_scores(report: EvaluationReport, pred_dir: Path, truth_dir: Path, 
         for image_id in image_ids:
             pred_masks[image_id], _ = cache.full_masks(image_id)
             true_masks[image_id] = read_true_cell_mask(truth_dir, image_id, pred_masks[image_id].shape)
-    result = cell_level_map(true_masks, truth, pred_masks, _probs_by_cell(cells))
+    result = cell_level_map(true_masks, truth, pred_masks, probs_by_cell(cells))
     report.cell_map = result.mean_ap
     report.per_class_cell_ap = _named(result.per_class_ap)
     report.cells_true, report.cells_matched, report.cells_predicted = (
@@ -149,6 +150,6 @@ def _add_cell_scores(report: EvaluationReport, pred_dir: Path, truth_dir: Path, 
         content = FAMILY_INPUTS[loaded.config.family]
         members.append(predict_bags(loaded, bags_from_masks(fields(), crop, content), device=device))
     on_truth = average_predictions(members) if len(members) > 1 else members[0]
-    result_true = cell_level_map(true_masks, truth, true_masks, _probs_by_cell(on_truth.cells), NUM_CLASSES)
+    result_true = cell_level_map(true_masks, truth, true_masks, probs_by_cell(on_truth.cells), NUM_CLASSES)
     report.cell_map_true_masks = result_true.mean_ap
     report.per_class_cell_ap_true_masks = _named(result_true.per_class_ap)
