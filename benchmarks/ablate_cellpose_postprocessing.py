@@ -19,12 +19,13 @@ from segmentation.instance_metrics import average_precision
 from segmentation.training_data import real_reference_fields, synthetic_fields
 
 REPO = Path(__file__).resolve().parents[1]
+FLOWS = CellposeSettings(cell_assembly="flows")  # the flow settings below act on the flows cell assembly
 CONFIGS = [
-    ("default", CellposeSettings(), FlowSettings()),
-    ("no flow check", CellposeSettings(), FlowSettings(flow_threshold=0.0)),
-    ("no refine", CellposeSettings(diameter_tolerance=None), FlowSettings()),
-    ("flow 0.8", CellposeSettings(), FlowSettings(flow_threshold=0.8)),
-    ("cellprob -1", CellposeSettings(), FlowSettings(cellprob_threshold=-1.0)),
+    ("default", FLOWS, FlowSettings()),
+    ("no flow check", FLOWS, FlowSettings(flow_threshold=0.0)),
+    ("no refine", CellposeSettings(cell_assembly="flows", diameter_tolerance=None), FlowSettings()),
+    ("flow 0.8", FLOWS, FlowSettings(flow_threshold=0.8)),
+    ("cellprob -1", FLOWS, FlowSettings(cellprob_threshold=-1.0)),
 ]
 
 

@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dense-epochs", type=int, default=6, help="epochs of the dense row (default: %(default)s)")
     p.add_argument("--dense-input-size", type=int, default=160,
                    help="field size the dense model sees (default: %(default)s; 256 costs 2.6x more on CPU)")
+    p.add_argument("--dense-decoder-channels", type=int, default=64,
+                   help="decoder width of the dense row (default: %(default)s; 0 = smp's default)")
+    p.add_argument("--dense-cell-pool", choices=("mean", "lse"), default="mean", help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="(default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
@@ -101,7 +104,8 @@ def train_row(row: str, args: argparse.Namespace, cells: Path, fields: Path, tru
         "image": (fields, replace(crop, head="mean", input_size=args.image_size, use_mask_channel=False),
                   replace(base, max_cells=1, exclude_flags=())),
         "supervised": (cells, replace(crop, head="instance"), replace(base, cell_labels=str(truth / "cells.csv"))),
-        "dense": (cells, DenseConfig(input_size=args.dense_input_size),
+        "dense": (cells, DenseConfig(input_size=args.dense_input_size, cell_pool=args.dense_cell_pool,
+                                     decoder_channels=args.dense_decoder_channels or None),
                   replace(base, epochs=args.dense_epochs, batch_size=4)),
     }
     cache, model_config, train_config = settings[row]

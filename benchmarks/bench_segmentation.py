@@ -1,4 +1,5 @@
-"""Segmentation quality and speed: bundled Cellpose (batched) vs a naive CellposeModel.eval loop vs watershed.
+"""Segmentation quality and speed: bundled Cellpose (batched; nuclei and flows cell assembly) vs a naive
+CellposeModel.eval loop vs the watershed.
 
 Quality: AP@0.5 / AP@0.75 against the real reference masks (the five 2021 fields at 512 px) and against the
 exact masks of synthetic fields. Speed: the whole `segment` job (read PNGs, segment, QC, crops, HDF5 cache) in
@@ -141,25 +142,27 @@ def quality_and_speed(args: argparse.Namespace, cellpose, watershed) -> None:
 
     naive = naive_cellpose_models(cellpose)
     cell_d, nucleus_d = default_diameters(512)
+    flows = CellposeSegmenter(replace(cellpose.settings, cell_assembly="flows"))
     sets = {}
     if (args.data / "hpa2021_subset").is_dir():
         sets["real"] = real_reference_fields(args.data, 512, "cells")
     sets["synthetic"] = synthetic_fields(args.synthetic, args.seed, 512, "cells")
-    print("| data | field | cellpose (batched) AP@0.5 | AP@0.75 | naive eval AP@0.5 | AP@0.75 | watershed AP@0.5 | AP@0.75 |")
-    print("|---|---|---|---|---|---|---|---|")
+    methods = ("cellpose, nuclei assembly (default)", "cellpose, flows", "naive eval", "watershed")
+    print("| data | field | " + " | ".join(f"{m} AP@0.5 | AP@0.75" for m in methods) + " |")
+    print("|---|---|" + "---|---|" * len(methods))
     for name, fields in sets.items():
         images = [f.image for f in fields]
         truth = [f.mask for f in fields]
-        ours = [r.cells for r in cellpose.segment_batch(images)]
-        naive_masks = [naive_segment(naive, im, cell_d, nucleus_d)[0] for im in images]
-        ws = [r.cells for r in watershed.segment_batch(images)]
-        scores = {k: average_precision(truth, v, thresholds=(0.5, 0.75))[0]
-                  for k, v in (("ours", ours), ("naive", naive_masks), ("ws", ws))}
+        masks = {methods[0]: [r.cells for r in cellpose.segment_batch(images)],
+                 methods[1]: [r.cells for r in flows.segment_batch(images)],
+                 methods[2]: [naive_segment(naive, im, cell_d, nucleus_d)[0] for im in images],
+                 methods[3]: [r.cells for r in watershed.segment_batch(images)]}
+        scores = {k: average_precision(truth, v, thresholds=(0.5, 0.75))[0] for k, v in masks.items()}
         rows = [(f.name[:8], i) for i, f in enumerate(fields)] if name == "real" else []
         rows.append(("mean", None))
         for label, i in rows:
             cells = []
-            for k in ("ours", "naive", "ws"):
+            for k in methods:
                 a = scores[k] if i is None else scores[k][i:i + 1]
                 cells += [f"{np.nanmean(a[:, 0]):.3f}", f"{np.nanmean(a[:, 1]):.3f}"]
             print(f"| {name} | {label} | " + " | ".join(cells) + " |")
@@ -173,9 +176,15 @@ def quality_and_speed(args: argparse.Namespace, cellpose, watershed) -> None:
             naive_segment(naive, im, cell_d, nucleus_d)
         naive_s = time.perf_counter() - t
         timings = {}
-        one_pass = CellposeSegmenter(replace(cellpose.settings, diameter_tolerance=None))
-        for label, seg in (("cellpose", cellpose), ("cellpose without diameter refinement", one_pass),
-                           ("watershed", watershed)):
+        without_refinement = {"diameter_tolerance": None}
+        for label, seg in (
+                ("cellpose, nuclei assembly (default)", cellpose),
+                ("cellpose, nuclei assembly, without diameter refinement",
+                 CellposeSegmenter(replace(cellpose.settings, **without_refinement))),
+                ("cellpose, flows", flows),
+                ("cellpose, flows, without diameter refinement",
+                 CellposeSegmenter(replace(flows.settings, **without_refinement))),
+                ("watershed", watershed)):
             t = time.perf_counter()
             summary = segment_folder(SegmentJob(folder, Path(tmp) / f"{label}.h5"), seg)
             timings[label] = (time.perf_counter() - t, summary.cells_kept)

@@ -2,10 +2,14 @@
 
 Each fold model (`WORK/{kind}/loo-{id8}/model.safetensors`, written by `scripts/train_segmenter.py --stages loo`)
 was fine-tuned without its held-out real field; this script segments that field at 512 px and scores AP@0.5 /
-AP@0.75 against its reference mask (`segmentation.instance_metrics.average_precision`), four ways:
+AP@0.75 against its reference mask (`segmentation.instance_metrics.average_precision`), these ways:
 
-  deployed     `CellposeSegmenter`'s cells path at its defaults: default diameter, per-image refinement
-               (`CellposeSettings().diameter_tolerance`)
+  nuclei       the default `CellposeSegmenter` (cell_assembly "nuclei"): cells grown from the nuclei network's
+               nuclei over the cell network's outputs (`segmentation.seeded_cells`). The nuclei come from the
+               nuclei fold model `WORK/nuclei/loo-{id8}` when it exists (also trained without the field), else
+               from the bundled nuclei model, which saw the field's derived nuclei (recorded as "nuclei_model")
+  deployed     the cells path with cell_assembly "flows" (Cellpose's flow following): default diameter, per-image
+               refinement (`CellposeSettings().diameter_tolerance`); the default before "nuclei"
   one_pass     the same without refinement (`diameter_tolerance=None`): one pass at the default diameter
   true_diameter  one pass at the field's true median cell diameter (the network's quality without the size guess)
   naive        Cellpose's own `CellposeModel.eval` with the same fold weights at the default diameter
@@ -31,7 +35,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("deployed", "one_pass", "true_diameter", "naive", "watershed")
+METHODS = ("nuclei", "deployed", "one_pass", "true_diameter", "naive", "watershed")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -85,7 +89,8 @@ def naive_eval(model, image_chw, kind: str, diameter: float, use_er: bool = True
     return masks.astype(np.int32)
 
 
-def rescore_fold(weights: Path, field, kind: str, size: int, watershed) -> dict[str, dict]:
+def rescore_fold(weights: Path, field, kind: str, size: int, watershed, nucleus_weights: Path | None = None,
+                 ) -> dict[str, dict]:
     """All `METHODS` for one held-out field; each entry has ap50, ap75, n_true, n_pred, seconds.
 
     Seconds are one field, cells network only, models already loaded (the first field's also include numba's
@@ -96,6 +101,7 @@ def rescore_fold(weights: Path, field, kind: str, size: int, watershed) -> dict[
     from segmentation.cellpose_models import resolve_model
     from segmentation.cellpose_segmenter import (
         CellposeNetRunner,
+        CellposeSegmenter,
         CellposeSettings,
         cellpose_input,
         default_diameters,
@@ -108,7 +114,10 @@ def rescore_fold(weights: Path, field, kind: str, size: int, watershed) -> dict[
     x = cellpose_input(field.image, kind)
     runner = CellposeNetRunner(spec, default_d)
     naive = naive_cellpose_model(spec)
+    nucleus_model = str(nucleus_weights) if nucleus_weights is not None and nucleus_weights.is_file() else "bundled"
+    seeded = CellposeSegmenter(CellposeSettings(cell_model=str(weights), nucleus_model=nucleus_model))
     runs = {
+        "nuclei": lambda: seeded.segment_batch([field.image])[0].cells if kind == "cells" else None,
         "deployed": lambda: runner.segment([x], CellposeSettings().diameter_tolerance)[0],
         "one_pass": lambda: runner.segment([x], None)[0],
         "true_diameter": lambda: CellposeNetRunner(spec, true_d, net=runner.net).segment([x], None)[0],
@@ -117,10 +126,13 @@ def rescore_fold(weights: Path, field, kind: str, size: int, watershed) -> dict[
     }
     out = {}
     for name in METHODS:
+        if name == "nuclei" and kind != "cells":
+            continue
         started = time.perf_counter()
         pred = runs[name]()
         out[name] = _scores(field.mask, pred) | {"seconds": round(time.perf_counter() - started, 2)}
     out["true_median_diameter"] = round(true_d, 1)
+    out["nuclei_model"] = nucleus_model
     return out
 
 
@@ -144,11 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     watershed = WatershedSegmenter()
     per_field = {}
     for field, weights in folds:
-        per_field[field.name] = rescore_fold(weights, field, args.kind, args.size, watershed)
+        nucleus_weights = args.work_dir / "nuclei" / f"loo-{field.name[:8]}" / "model.safetensors"
+        per_field[field.name] = rescore_fold(weights, field, args.kind, args.size, watershed, nucleus_weights)
         print(field.name[:8], {k: v["ap50"] for k, v in per_field[field.name].items() if isinstance(v, dict)},
               flush=True)
+    methods = [m for m in METHODS if all(m in row for row in per_field.values())]
     mean = {m: {k: float(np.mean([per_field[f][m][k] for f in per_field])) for k in ("ap50", "ap75")}
-            for m in METHODS}
+            for m in methods}
     previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
     record = {
         "first_version": previous.get("first_version", previous) or None,
@@ -159,18 +173,25 @@ def main(argv: list[str] | None = None) -> int:
                        "threads": torch.get_num_threads(), "torch": torch.__version__,
                        "command": "python benchmarks/rescore_segmentation_loo.py " + " ".join(
                            sys.argv[1:] if argv is None else argv),
-                       "fold_models": {f.name: {"path": str(w), "sha256": sha256_of_file(w)} for f, w in folds}},
+                       "fold_models": {f.name: {"path": str(w), "sha256": sha256_of_file(w)} for f, w in folds},
+                       "nuclei_fold_models": {f.name: {"path": row["nuclei_model"],
+                                                       "sha256": sha256_of_file(Path(row["nuclei_model"]))}
+                                              for f, row in ((f, per_field[f.name]) for f, _ in folds)
+                                              if row["nuclei_model"] != "bundled"}},
     }
     out_path.write_text(json.dumps(record, indent=2) + "\n")
 
-    print(f"\n| held-out field | {' | '.join(f'{m} AP@0.5 | AP@0.75' for m in METHODS)} | true / predicted cells "
-          "(deployed) |")
-    print("|---|" + "---|---|" * len(METHODS) + "---|")
+    first = methods[0]
+    print(f"\n| held-out field | {' | '.join(f'{m} AP@0.5 | AP@0.75' for m in methods)} | true / predicted cells "
+          f"({first}) | nuclei model |")
+    print("|---|" + "---|---|" * len(methods) + "---|---|")
     for name, row in per_field.items():
-        cells = [f"{row[m][k]:.3f}" for m in METHODS for k in ("ap50", "ap75")]
-        print(f"| {name[:8]} | {' | '.join(cells)} | {row['deployed']['n_true']} / {row['deployed']['n_pred']} |")
-    cells = [f"{mean[m][k]:.3f}" for m in METHODS for k in ("ap50", "ap75")]
-    print(f"| **mean** | {' | '.join(cells)} | |")
+        cells = [f"{row[m][k]:.3f}" for m in methods for k in ("ap50", "ap75")]
+        nuclei_model = "held out" if row["nuclei_model"] != "bundled" else "bundled (saw the field)"
+        print(f"| {name[:8]} | {' | '.join(cells)} | {row[first]['n_true']} / {row[first]['n_pred']} | "
+              f"{nuclei_model} |")
+    cells = [f"{mean[m][k]:.3f}" for m in methods for k in ("ap50", "ap75")]
+    print(f"| **mean** | {' | '.join(cells)} | | |")
     print(f"\nwritten {out_path}")
     return 0
 

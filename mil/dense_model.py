@@ -53,7 +53,16 @@ class DenseBatch:
                           self.valid.to(device), labels)
 
 
-def create_dense_network(arch: str, encoder: str, num_classes: int) -> nn.Module:
+def decoder_arguments(arch: str, decoder_channels: int | None) -> dict:
+    """smp keyword arguments that set the decoder width (`DenseConfig.decoder_channels`); {} keeps smp's."""
+    if decoder_channels is None:
+        return {}
+    if arch == "fpn":
+        return {"decoder_pyramid_channels": decoder_channels, "decoder_segmentation_channels": decoder_channels // 2}
+    return {"decoder_channels": tuple(max(16, decoder_channels >> i) for i in range(5))}
+
+
+def create_dense_network(arch: str, encoder: str, num_classes: int, decoder_channels: int | None = None) -> nn.Module:
     """An untrained smp U-Net or FPN with 4 input channels and `num_classes` output maps (no download)."""
     import segmentation_models_pytorch as smp
 
@@ -62,7 +71,7 @@ def create_dense_network(arch: str, encoder: str, num_classes: int) -> nn.Module
         raise ValueError(f"unknown dense arch {arch!r}; choose one of {', '.join(builders)}")
     try:
         return builders[arch](encoder_name=encoder, encoder_weights=None, in_channels=IN_CHANNELS,
-                              classes=num_classes)
+                              classes=num_classes, **decoder_arguments(arch, decoder_channels))
     except (KeyError, RuntimeError) as err:  # smp: KeyError for its own names, timm: RuntimeError for tu- names
         raise ValueError(f"encoder {encoder!r} cannot be built for {arch}: {err}; use an smp encoder name or "
                          "'tu-' + a timm model name (e.g. tu-resnet10t)") from err
@@ -81,7 +90,7 @@ class DenseMILModel(nn.Module):
     def __init__(self, config: DenseConfig, encoder_weights: str | None = None) -> None:
         super().__init__()
         self.config = config
-        self.network = create_dense_network(config.arch, config.encoder, config.num_classes)
+        self.network = create_dense_network(config.arch, config.encoder, config.num_classes, config.decoder_channels)
         if encoder_weights is not None:
             load_dense_encoder_weights(self.network, config.encoder, encoder_weights)
         head = create_head(config.head, in_features=config.num_classes, num_classes=config.num_classes,

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = out / "cells.h5"
     step(f"3. segment ({args.segmenter}) and cache cells -> {cache}")
     run_script("segment.py", ["--images", str(synthetic), "--labels", str(synthetic / "train.csv"), "--out", str(cache),
-                              "--segmenter", args.segmenter, "--diameter-tolerance", "0"])  # one pass: the fast path
+                              "--segmenter", args.segmenter, "--diameter-tolerance", "0",  # one pass: the fast path
+                              "--cell-assembly", "flows"])  # synthetic cells: flows fit them best (BENCHMARKS.md)
     model = out / "model"
     step(f"4. train attention MIL ({args.epochs} epochs) -> {model}")
     run_script("train.py", ["--cache", str(cache), "--out", str(model), "--epochs", str(args.epochs),

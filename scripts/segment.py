@@ -37,10 +37,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "weights file (default: %(default)s)")
     parser.add_argument("--nucleus-model", default="bundled",
                         help="Cellpose nucleus model: 'bundled', 'nuclei' or a weights file (default: %(default)s)")
+    parser.add_argument("--cell-assembly", choices=("nuclei", "flows"), default="nuclei",
+                        help="cellpose: how cells are made from the cell network's outputs: 'nuclei' grows one cell "
+                             "from each nucleus (HPA's convention; closer to the real reference masks), 'flows' follows "
+                             "Cellpose's flows (closer on synthetic fields; cells need no nucleus); see BENCHMARKS.md "
+                             "(default: %(default)s)")
     parser.add_argument("--diameter-tolerance", type=float, default=1.25, metavar="F",
-                        help="cellpose: re-segment an image at its own measured cell/nucleus diameter when it is more "
-                             "than F times off the default one; 0 = never (one pass, about 2x faster, AP about 0.01 "
-                             "lower; see BENCHMARKS.md) (default: %(default)s)")
+                        help="cellpose: re-segment an image at its own measured nucleus (and, with --cell-assembly "
+                             "flows, cell) diameter when it is more than F times off the default one; 0 = never (one "
+                             "pass, faster, AP slightly lower; see BENCHMARKS.md) (default: %(default)s)")
     parser.add_argument("--size", type=int, default=512,
                         help="working size: images are resized so the longer side has this many px (default: %(default)s)")
     parser.add_argument("--crop-size", type=int, default=128, help="side of the per-cell crops in px (default: %(default)s)")
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             segmenter = CellposeSegmenter(CellposeSettings(
                 cell_model=args.model, nucleus_model=args.nucleus_model, device=args.device,
-                diameter_tolerance=args.diameter_tolerance or None))
+                diameter_tolerance=args.diameter_tolerance or None, cell_assembly=args.cell_assembly))
         elif args.segmenter == "whole-field":
             from segmentation.whole_field import WholeFieldSegmenter
 

@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="dense family: pooling of pixel logits inside each cell (default: %(default)s)")
     p.add_argument("--dense-input-size", type=int, default=256,
                    help="dense family: the field's longer side is resized to this, a multiple of 32 (default: %(default)s)")
+    p.add_argument("--dense-decoder-channels", type=int, default=64,
+                   help="dense family: decoder width (FPN pyramid channels; 0 = smp's default, 256) (default: %(default)s)")
     p.add_argument("--head", default="class_gated_attention", help="pooling head (default: %(default)s)")
     p.add_argument("--input-size", type=int, default=64, help="crops are resized to this before the encoder (default: %(default)s)")
     p.add_argument("--no-mask-channel", action="store_true", help="do not feed the cell mask as a 5th channel")
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.family == "dense":
             model_config = DenseConfig(arch=args.dense_arch, encoder=args.dense_encoder, head=args.head,
-                                       cell_pool=args.cell_pool, input_size=args.dense_input_size)
+                                       cell_pool=args.cell_pool, input_size=args.dense_input_size,
+                                       decoder_channels=args.dense_decoder_channels or None)
         else:
             model_config = MILConfig(encoder=args.encoder, head=args.head, input_size=args.input_size,
                                      use_mask_channel=not args.no_mask_channel)

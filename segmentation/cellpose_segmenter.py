@@ -13,6 +13,12 @@ flows back and runs the flow dynamics at full resolution), this segmenter
 
 which is several times faster on a CPU at the same accuracy (see BENCHMARKS.md).
 
+How cells are made from the cell network's outputs is `CellposeSettings.cell_assembly`:
+- "nuclei" (the default): each cell is grown from one nucleus of the nuclei network over the pixels the cell
+  network calls cell (`segmentation.seeded_cells`), the convention of HPA's own segmentation; the cell network
+  runs once, without flow dynamics. Closer to the real reference masks on held-out fields, and faster.
+- "flows": Cellpose's own flow following (`CellposeNetRunner.segment`); cells need not contain a nucleus.
+
 Diameters are in pixels of the image as given (the working size, 512 px by default). The defaults were
 measured on the real HPA fields with reference masks in ../shared/data: cells at 512 px have a median
 equivalent diameter of about 80 px (61-111 px across fields), nuclei about 40 px. Other working sizes scale
@@ -33,6 +39,7 @@ from segmentation.cellpose_models import CellposeNetSpec, build_network, resolve
 from segmentation.preprocessing import ER, MICROTUBULE, NUCLEUS, check_field_image
 from segmentation.quality_control import QCConfig
 from segmentation.result import SegmentationResult, build_result
+from segmentation.seeded_cells import SeededCellSettings, grow_cells_from_nuclei
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +48,7 @@ CELL_DIAMETER_AT_512 = 80.0
 NUCLEUS_DIAMETER_AT_512 = 40.0
 EDGE_MARGIN = 8
 """Zeros (px at network scale) around every network input, as Cellpose's `run_net` pads."""
+CELL_ASSEMBLIES = ("nuclei", "flows")
 SIZE_ESTIMATE_SCALE = 2 / 3
 """Object size (fraction of the network's `diam_mean`) in the cheap pass that measures diameters for refinement:
 within about 10% of the full-scale measurement on the synthetic and real fields, at under half the cost."""
@@ -147,6 +155,20 @@ class CellposeNetRunner:
         return [(out[i, :2, oy:oy + s.shape[1], ox:ox + s.shape[2]], out[i, 2, oy:oy + s.shape[1], ox:ox + s.shape[2]])
                 for i, ((oy, ox), s) in enumerate(zip(offsets, scaled, strict=True))]
 
+    def cell_evidence(self, inputs: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For a batch of `2,H,W` inputs (one network pass): the cell-probability logits and the divergence of
+        the predicted flows, each resized to its input's `H,W` (bilinear). Flows point from a cell's edge to its
+        centre, so their divergence is positive on the borders between cells and negative at the centres; it is
+        divided by its 99th percentile of magnitude, so about 1 on clear borders whatever the flows' scale."""
+        evidence = []
+        for (flows, prob), x in zip(self.network_outputs(inputs), inputs, strict=True):
+            divergence = np.gradient(flows[0], axis=0) + np.gradient(flows[1], axis=1)
+            divergence = divergence / (float(np.percentile(np.abs(divergence), 99)) + 1e-6)
+            size = (x.shape[2], x.shape[1])
+            evidence.append((cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR),
+                             cv2.resize(divergence.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)))
+        return evidence
+
     def masks_from_outputs(self, flows: np.ndarray, cellprob: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
         """Follow the flows at network scale, then resize the label mask to `shape_hw` (nearest)."""
         from cellpose.dynamics import compute_masks
@@ -210,6 +232,13 @@ class CellposeSettings:
     one (`CellposeNetRunner.segment`; None: always at the assumed diameter, one pass)."""
     use_er: bool = True
     device: str = "cpu"
+    cell_assembly: str = "nuclei"
+    """"nuclei": grow one cell from each nucleus over the cell network's foreground (`segmentation.seeded_cells`);
+    "flows": Cellpose's flow following. See the module docstring."""
+
+    def __post_init__(self) -> None:
+        if self.cell_assembly not in CELL_ASSEMBLIES:
+            raise ValueError(f"cell_assembly must be one of {', '.join(CELL_ASSEMBLIES)}, got {self.cell_assembly!r}")
 
 
 class CellposeSegmenter:
@@ -218,10 +247,11 @@ class CellposeSegmenter:
     name = "cellpose"
 
     def __init__(self, settings: CellposeSettings | None = None, qc: QCConfig | None = None,
-                 flow: FlowSettings | None = None) -> None:
+                 flow: FlowSettings | None = None, seeded: SeededCellSettings | None = None) -> None:
         self.settings = settings or CellposeSettings()
         self.qc = qc or QCConfig()
         self.flow = flow or FlowSettings()
+        self.seeded = seeded or SeededCellSettings()
         self._cell_spec = resolve_model(self.settings.cell_model, "cells")
         self._nucleus_spec = resolve_model(self.settings.nucleus_model, "nuclei")
         self._runners: dict[tuple[str, int], CellposeNetRunner] = {}
@@ -256,10 +286,16 @@ class CellposeSegmenter:
             working_size = max(shape_hw)
             batch = [images[i] for i in indices]
             tolerance = self.settings.diameter_tolerance
-            cells = self._runner("cells", working_size).segment(
-                [cellpose_input(im, "cells", self.settings.use_er) for im in batch], tolerance)
+            cell_inputs = [cellpose_input(im, "cells", self.settings.use_er) for im in batch]
             nuclei = self._runner("nuclei", working_size).segment(
                 [cellpose_input(im, "nuclei") for im in batch], tolerance)
+            if self.settings.cell_assembly == "nuclei":
+                evidence = self._runner("cells", working_size).cell_evidence(cell_inputs)
+                nucleus_d = self._runner("nuclei", working_size).diameter
+                cells = [grow_cells_from_nuclei(im, n, logits, self.seeded, nucleus_d, divergence)
+                         for im, n, (logits, divergence) in zip(batch, nuclei, evidence, strict=True)]
+            else:
+                cells = self._runner("cells", working_size).segment(cell_inputs, tolerance)
             for i, c, n in zip(indices, cells, nuclei, strict=True):
                 results[i] = build_result(c, n, self.qc)
         return [r for r in results if r is not None]
@@ -269,6 +305,7 @@ class CellposeSegmenter:
             "segmenter": self.name,
             "settings": asdict(self.settings),
             "flow": asdict(self.flow),
+            "seeded": asdict(self.seeded),
             "qc": self.qc.to_dict(),
             "cell_model": self._cell_spec.provenance(),
             "nucleus_model": self._nucleus_spec.provenance(),

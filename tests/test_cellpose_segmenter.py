@@ -255,8 +255,9 @@ def test_provenance_is_json_and_names_the_weights(bundled_dir: Path) -> None:
     assert record["segmenter"] == "cellpose"
     assert record["settings"] == {"cell_model": "bundled", "nucleus_model": "bundled", "cell_diameter": 70.0,
                                   "nucleus_diameter": None, "diameter_tolerance": 1.25, "use_er": True,
-                                  "device": "cpu"}
+                                  "device": "cpu", "cell_assembly": "nuclei"}
     assert record["flow"]["flow_threshold"] == 0.4
+    assert record["seeded"]["cellprob_threshold"] == 0.0 and record["seeded"]["flow_divergence_weight"] == 1.0
     assert record["cell_model"]["sha256"] == sha256_of_file(bundled_dir / "hpa_cells_cells.safetensors")
     assert record["nucleus_model"]["sha256"] == sha256_of_file(bundled_dir / "hpa_cells_nuclei.safetensors")
     assert record["cell_model"]["nbase"] == list(TINY_NBASE)

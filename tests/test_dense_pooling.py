@@ -142,3 +142,18 @@ def test_dense_config_validation_and_round_trip() -> None:
         model_config_from_dict({"family": "graph"})
     with pytest.raises(ValueError, match="encoder 'tu-no_such_net' cannot be built for fpn"):
         DenseMILModel(DenseConfig(encoder="tu-no_such_net"))
+    with pytest.raises(ConfigError, match=r"decoder_channels must be an even number >= 16 \(or None\), got 15"):
+        DenseConfig(decoder_channels=15)
+
+
+def test_decoder_width_and_configs_written_before_it() -> None:
+    """decoder_channels sets smp's decoder widths; a config.json without the key loads with smp's defaults."""
+    from mil.dense_model import create_dense_network
+
+    fpn = create_dense_network("fpn", "tu-test_resnet", 28, 64)
+    assert fpn.segmentation_head[0].in_channels == 32  # the segmentation branch gets half the pyramid width
+    assert create_dense_network("fpn", "tu-test_resnet", 28, None).segmentation_head[0].in_channels == 128
+    unet = create_dense_network("unet", "tu-test_resnet", 28, 64)
+    assert [block.conv2[0].out_channels for block in unet.decoder.blocks] == [64, 32, 16, 16, 16]
+    old = {k: v for k, v in DenseConfig().to_dict().items() if k != "decoder_channels"}
+    assert DenseConfig().decoder_channels == 64 and model_config_from_dict(old).decoder_channels is None
