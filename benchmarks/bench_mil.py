@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="field size the dense model sees (default: %(default)s; 256 costs 2.6x more on CPU)")
     p.add_argument("--dense-decoder-channels", type=int, default=64,
                    help="decoder width of the dense row (default: %(default)s; 0 = smp's default)")
+    p.add_argument("--dense-init", choices=("none", "attention"), default="none",
+                   help="start the dense row's encoder from the attention row's trained crop encoder (and take its "
+                        "input standardisation) (default: %(default)s)")
     p.add_argument("--dense-cell-pool", choices=("mean", "lse"), default="mean", help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="(default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
@@ -109,6 +112,12 @@ def train_row(row: str, args: argparse.Namespace, cells: Path, fields: Path, tru
                   replace(base, epochs=args.dense_epochs, batch_size=4)),
     }
     cache, model_config, train_config = settings[row]
+    if row == "dense" and args.dense_init == "attention":
+        from mil.dense_model import with_crop_model_statistics
+
+        start = args.out / "models" / "attention"
+        model_config = with_crop_model_statistics(replace(model_config, encoder=f"tu-{args.encoder}"), start)
+        train_config = replace(train_config, encoder_weights=str(start))
     folder = args.out / "models" / row
     if (folder / "metrics.json").is_file() and (folder / "weights.safetensors").is_file():
         print(f"{row}: reusing the trained model in {folder}")

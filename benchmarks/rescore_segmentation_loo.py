@@ -9,7 +9,7 @@ AP@0.75 against its reference mask (`segmentation.instance_metrics.average_preci
                nuclei fold model `WORK/nuclei/loo-{id8}` when it exists (also trained without the field), else
                from the bundled nuclei model, which saw the field's derived nuclei (recorded as "nuclei_model")
   deployed     the cells path with cell_assembly "flows" (Cellpose's flow following): default diameter, per-image
-               refinement (`CellposeSettings().diameter_tolerance`); the default before "nuclei"
+               refinement (diameter_tolerance 1.25); the default before "nuclei" (the name is kept for the records)
   one_pass     the same without refinement (`diameter_tolerance=None`): one pass at the default diameter
   true_diameter  one pass at the field's true median cell diameter (the network's quality without the size guess)
   naive        Cellpose's own `CellposeModel.eval` with the same fold weights at the default diameter
@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+FLOWS_REFINEMENT = 1.25
+"""The diameter tolerance of the former default (flows with refinement), kept for comparison."""
 METHODS = ("nuclei", "deployed", "one_pass", "true_diameter", "naive", "watershed")
 
 
@@ -118,7 +120,7 @@ def rescore_fold(weights: Path, field, kind: str, size: int, watershed, nucleus_
     seeded = CellposeSegmenter(CellposeSettings(cell_model=str(weights), nucleus_model=nucleus_model))
     runs = {
         "nuclei": lambda: seeded.segment_batch([field.image])[0].cells if kind == "cells" else None,
-        "deployed": lambda: runner.segment([x], CellposeSettings().diameter_tolerance)[0],
+        "deployed": lambda: runner.segment([x], FLOWS_REFINEMENT)[0],
         "one_pass": lambda: runner.segment([x], None)[0],
         "true_diameter": lambda: CellposeNetRunner(spec, true_d, net=runner.net).segment([x], None)[0],
         "naive": lambda: naive_eval(naive, field.image, kind, default_d),

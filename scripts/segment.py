@@ -42,10 +42,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "from each nucleus (HPA's convention; closer to the real reference masks), 'flows' follows "
                              "Cellpose's flows (closer on synthetic fields; cells need no nucleus); see BENCHMARKS.md "
                              "(default: %(default)s)")
-    parser.add_argument("--diameter-tolerance", type=float, default=1.25, metavar="F",
+    parser.add_argument("--diameter-tolerance", type=float, default=0, metavar="F",
                         help="cellpose: re-segment an image at its own measured nucleus (and, with --cell-assembly "
-                             "flows, cell) diameter when it is more than F times off the default one; 0 = never (one "
-                             "pass, faster, AP slightly lower; see BENCHMARKS.md) (default: %(default)s)")
+                             "flows, cell) diameter when it is more than F times off the default one, e.g. 1.25; 0 = "
+                             "never, one pass (with --cell-assembly flows, 1.25 gains about 0.02 AP at twice the time; "
+                             "see BENCHMARKS.md) (default: %(default)s)")
     parser.add_argument("--size", type=int, default=512,
                         help="working size: images are resized so the longer side has this many px (default: %(default)s)")
     parser.add_argument("--crop-size", type=int, default=128, help="side of the per-cell crops in px (default: %(default)s)")

@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--family", choices=("crop", "dense"), default="crop", help="model family (default: %(default)s)")
     p.add_argument("--encoder", default="resnet10t", help="crop family: timm encoder name (default: %(default)s)")
     p.add_argument("--encoder-weights", type=Path,
-                   help="local timm checkpoint to start the encoder from (dense family: a tu- encoder's timm model)")
+                   help="local timm checkpoint to start the encoder from (dense family: a tu- encoder's timm model, or "
+                        "a trained crop-MIL model folder with the same encoder, whose input standardisation it takes)")
     p.add_argument("--dense-arch", choices=("unet", "fpn"), default="fpn",
                    help="dense family: segmentation network (default: %(default)s)")
     p.add_argument("--dense-encoder", default="tu-resnet10t",
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from hpa_cells.cell_cache import CellCacheSchemaError
     from mil.cell_labels import CellLabelError
     from mil.config import ConfigError, DenseConfig, MILConfig
+    from mil.encoders import EncoderWeightsError
     from mil.training import TrainConfig, train_model
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -80,10 +82,14 @@ def main(argv: list[str] | None = None) -> int:
             model_config = DenseConfig(arch=args.dense_arch, encoder=args.dense_encoder, head=args.head,
                                        cell_pool=args.cell_pool, input_size=args.dense_input_size,
                                        decoder_channels=args.dense_decoder_channels or None)
+            if args.encoder_weights is not None and args.encoder_weights.is_dir():
+                from mil.dense_model import with_crop_model_statistics
+
+                model_config = with_crop_model_statistics(model_config, args.encoder_weights)
         else:
             model_config = MILConfig(encoder=args.encoder, head=args.head, input_size=args.input_size,
                                      use_mask_channel=not args.no_mask_channel)
-    except ConfigError as err:
+    except (ConfigError, EncoderWeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_cells=args.max_cells,
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                                cell_labels=str(args.cell_labels) if args.cell_labels else None)
     try:
         metrics = train_model(args.cache, args.out, model_config, train_config)
-    except (CellCacheSchemaError, CellLabelError) as err:
+    except (CellCacheSchemaError, CellLabelError, EncoderWeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"\nModel folder: {args.out} ({args.family} family)")

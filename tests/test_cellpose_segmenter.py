@@ -254,7 +254,7 @@ def test_provenance_is_json_and_names_the_weights(bundled_dir: Path) -> None:
     record = json.loads(json.dumps(segmenter.provenance()))
     assert record["segmenter"] == "cellpose"
     assert record["settings"] == {"cell_model": "bundled", "nucleus_model": "bundled", "cell_diameter": 70.0,
-                                  "nucleus_diameter": None, "diameter_tolerance": 1.25, "use_er": True,
+                                  "nucleus_diameter": None, "diameter_tolerance": None, "use_er": True,
                                   "device": "cpu", "cell_assembly": "nuclei"}
     assert record["flow"]["flow_threshold"] == 0.4
     assert record["seeded"]["cellprob_threshold"] == 0.0 and record["seeded"]["flow_divergence_weight"] == 1.0

@@ -161,3 +161,44 @@ def test_maps_of_a_dense_model_add_pixel_panels_and_a_pixel_ome_tiff(run: dict[s
     assert _script("make_maps").main(["--pred", str(run["root"] / "pred_crop"), "--maps", str(crop_maps),
                                       "--limit", "1", "--no-tiff"]) == 0
     assert "pixel_panel" not in set(pd.read_csv(crop_maps / "maps_index.csv")["kind"])
+
+
+def test_a_dense_model_can_start_from_a_crop_models_encoder(run: dict[str, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """--encoder-weights CROP_FOLDER: the dense encoder gets the crop encoder's weights (its first conv without the
+    mask channel) and the crop model's input standardisation; a folder that does not fit is a one-line error."""
+    import torch
+
+    from mil.config import DenseConfig
+    from mil.dense_model import DenseMILModel, with_crop_model_statistics
+    from mil.encoders import EncoderWeightsError
+
+    crop = load_model(run["crop"])
+    config = with_crop_model_statistics(DenseConfig(encoder="tu-test_resnet", input_size=64), run["crop"])
+    assert config.channel_mean == tuple(crop.config.channel_mean[:4])
+    assert config.channel_std == tuple(crop.config.channel_std[:4])
+    dense = DenseMILModel(config, encoder_weights=str(run["crop"]))
+    crop_state = crop.model.encoder.backbone.state_dict()
+    dense_state = dense.network.encoder.model.state_dict()
+    first_conv = crop.model.encoder.backbone.pretrained_cfg["first_conv"] + ".weight"
+    assert crop_state[first_conv].shape[1] == 5 and dense_state[first_conv].shape[1] == 4
+    torch.testing.assert_close(dense_state[first_conv], crop_state[first_conv][:, :4])
+    shared = [k for k in dense_state if k != first_conv]
+    assert len(shared) > 10 and all(torch.equal(dense_state[k], crop_state[k]) for k in shared)
+
+    with pytest.raises(EncoderWeightsError, match="a dense model folder; only a crop MIL model's encoder"):
+        DenseMILModel(DenseConfig(encoder="tu-test_resnet", input_size=64), encoder_weights=str(run["dense"]))
+    out = tmp_path / "dense_from_crop"
+    argv = ["--cache", str(run["cache"]), "--out", str(out), *DENSE_ARGS, "--encoder-weights", str(run["crop"])]
+    argv[argv.index("tu-test_resnet")] = "tu-resnet10t"
+    assert _script("train").main(argv) == 2
+    assert capsys.readouterr().err == (f"error: encoder weights {run['crop']}: its encoder is 'test_resnet', which "
+                                       "does not fit the dense encoder 'tu-resnet10t' (use --dense-encoder "
+                                       "tu-test_resnet)\n")
+    assert not out.exists()
+    good = tmp_path / "dense_from_crop_ok"
+    assert _script("train").main(["--cache", str(run["cache"]), "--out", str(good), *DENSE_ARGS,
+                                  "--encoder-weights", str(run["crop"])]) == 0
+    record = json.loads((good / "config.json").read_text())
+    assert record["model"]["channel_mean"] == list(crop.config.channel_mean[:4])
+    assert record["training"]["encoder_weights"] == str(run["crop"])
