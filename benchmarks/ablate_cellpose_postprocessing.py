@@ -19,7 +19,7 @@ from segmentation.instance_metrics import average_precision
 from segmentation.training_data import real_reference_fields, synthetic_fields
 
 REPO = Path(__file__).resolve().parents[1]
-FLOWS = CellposeSettings(cell_assembly="flows")  # the flow settings below act on the flows cell assembly
+FLOWS = CellposeSettings(cell_assembly="flows", diameter_tolerance=1.25)  # the flows assembly, with refinement
 CONFIGS = [
     ("default", FLOWS, FlowSettings()),
     ("no flow check", FLOWS, FlowSettings(flow_threshold=0.0)),

@@ -96,7 +96,8 @@ def rescore_fold(weights: Path, field, kind: str, size: int, watershed, nucleus_
     """All `METHODS` for one held-out field; each entry has ap50, ap75, n_true, n_pred, seconds.
 
     Seconds are one field, cells network only, models already loaded (the first field's also include numba's
-    compilation); the watershed's include its nuclei and QC.
+    compilation), except "nuclei", which also builds its two networks and runs the nuclei network and QC; the
+    watershed's include its nuclei and QC.
     """
     from cellpose.utils import diameters
 

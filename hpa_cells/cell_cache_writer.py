@@ -264,6 +264,12 @@ class CellCacheWriter:
                 "use another cache file or the same crop size"
             )
         for key, existing in provenance_attrs(f).items():
+            if existing != self._provenance[key] and key.endswith("_json"):
+                changes = "; ".join(_json_differences(existing, self._provenance[key])[:4])
+                raise CellCacheMismatchError(
+                    f"{file_path} was written with other {key.removesuffix('_json')}: {changes}; use another cache "
+                    "file or the same segmentation settings"
+                )
             if existing != self._provenance[key]:
                 raise CellCacheMismatchError(
                     f"{file_path} was written with {key}={existing!r} but this writer has {key}={self._provenance[key]!r}; "
@@ -624,3 +630,27 @@ def _checked_rows(
         original_hw=(int(original_hw[0]), int(original_hw[1])),
         labels=labels_u8,
     )
+
+
+def _json_differences(stored: str, current: str) -> list[str]:
+    """The settings that differ between two JSON documents, as 'dotted.key: X in the file, Y now' ('missing' for
+    a key one side lacks); the whole documents when either is not JSON."""
+    try:
+        old, new = json.loads(stored), json.loads(current)
+    except ValueError:
+        return [f"{stored!r} in the file, {current!r} now"]
+    out: list[str] = []
+
+    def walk(a: object, b: object, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key, _MISSING), b.get(key, _MISSING), f"{path}.{key}" if path else str(key))
+        elif a != b:
+            out.append(f"{path or 'value'}: {'missing' if a is _MISSING else json.dumps(a)} in the file, "
+                       f"{'missing' if b is _MISSING else json.dumps(b)} now")
+
+    walk(old, new, "")
+    return out or [f"{stored!r} in the file, {current!r} now"]
+
+
+_MISSING = object()

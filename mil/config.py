@@ -105,8 +105,8 @@ class DenseConfig:
     arch: "unet" or "fpn". encoder: smp encoder name; timm encoders through smp's "tu-" prefix (e.g.
     "tu-resnet10t"). input_size: the field's longer side is resized to this (a multiple of 32) and the rest padded.
     cell_pool: "mean" or "lse" (log-sum-exp, `(1/r) log(mean exp(r x))` with r = `lse_sharpness`).
-    decoder_channels: width of the decoder: FPN pyramid channels (its segmentation branch gets half), U-Net's
-    first decoder block (halved at each following block, at least 16). 64 trains about 2x faster on a CPU than
+    decoder_channels: width of the decoder: FPN pyramid channels (its segmentation branch gets half; a multiple
+    of 64), U-Net's first decoder block (halved at each following block, at least 16). 64 trains about 2x faster on a CPU than
     smp's defaults (FPN 256/128, U-Net 256..16); None keeps smp's defaults, and is what a config.json written
     before this option loads as.
     head_kwargs: extra head arguments. channel_mean / channel_std: input standardisation as in `MILConfig`
@@ -138,8 +138,12 @@ class DenseConfig:
             raise ConfigError(f"lse_sharpness must be positive, got {self.lse_sharpness}")
         if self.input_size < 32 or self.input_size % 32:
             raise ConfigError(f"input_size must be a multiple of 32 and >= 32, got {self.input_size}")
-        if self.decoder_channels is not None and (self.decoder_channels < 16 or self.decoder_channels % 2):
-            raise ConfigError(f"decoder_channels must be an even number >= 16 (or None), got {self.decoder_channels}")
+        if self.decoder_channels is not None:
+            # smp's FPN normalises its segmentation branch (half the width) with GroupNorm(32 groups)
+            step = 64 if self.arch == "fpn" else 2
+            if self.decoder_channels < max(16, step) or self.decoder_channels % step:
+                raise ConfigError(f"decoder_channels for {self.arch} must be a multiple of {step} and >= "
+                                  f"{max(16, step)} (or None), got {self.decoder_channels}")
         _check_channel_statistics(self)
 
     def to_dict(self) -> dict:

@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dense-input-size", type=int, default=256,
                    help="dense family: the field's longer side is resized to this, a multiple of 32 (default: %(default)s)")
     p.add_argument("--dense-decoder-channels", type=int, default=64,
-                   help="dense family: decoder width (FPN pyramid channels; 0 = smp's default, 256) (default: %(default)s)")
+                   help="dense family: decoder width: FPN pyramid channels (a multiple of 64) or U-Net's first "
+                        "block (halved per block); 0 = smp's defaults (FPN 256, U-Net 256..16) (default: %(default)s)")
     p.add_argument("--head", default="class_gated_attention", help="pooling head (default: %(default)s)")
     p.add_argument("--input-size", type=int, default=64, help="crops are resized to this before the encoder (default: %(default)s)")
     p.add_argument("--no-mask-channel", action="store_true", help="do not feed the cell mask as a 5th channel")

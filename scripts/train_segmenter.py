@@ -5,7 +5,10 @@ checkpoint):
 
   pretrain   synthetic fields only                                  -> WORK/{kind}/pretrain
   loo        per real field: fine-tune from pretrain on the other real fields + synthetic, score the held-out
-             field (leave-one-out AP@0.5/0.75)                       -> WORK/{kind}/loo-{id}
+             field (leave-one-out AP@0.5/0.75 of this network alone: at the true diameter, and at the default
+             diameter with refinement 1.25, "as_deployed", the name kept from when that was the default; the
+             default cells-from-nuclei segmenter needs both networks: benchmarks/rescore_segmentation_loo.py)
+                                                                     -> WORK/{kind}/loo-{id}
   final      fine-tune from pretrain on all real fields + synthetic  -> segmentation/models/hpa_cells_{kind}
 
 Example:  python scripts/train_segmenter.py --kind cells --stages pretrain loo final
@@ -20,6 +23,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+LOO_REFINEMENT = 1.25
+"""Diameter tolerance of the loo stage's "as_deployed" score (one network's flows, as the former default)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         resolve_model,
         sha256_of_file,
     )
-    from segmentation.cellpose_segmenter import CellposeSettings, default_diameters
+    from segmentation.cellpose_segmenter import default_diameters
     from segmentation.cellpose_training import SegmenterTrainConfig, evaluate_network, train_segmenter
     from segmentation.training_data import real_reference_fields, synthetic_fields
 
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             record = train_segmenter(train, [held_out], fine, folder, folder / "model.safetensors")
             net = build_network(resolve_model(folder / "model.safetensors", args.kind))
             deployed = evaluate_network(net, fine, [held_out], diameter=deployed_diameter,
-                                        refine_tolerance=CellposeSettings().diameter_tolerance)
+                                        refine_tolerance=LOO_REFINEMENT)
             loo[held_out.name] = {"at_true_diameter": record["validation"][held_out.name],
                                   "as_deployed": deployed[held_out.name]}
             print(f"held out {held_out.name}: {loo[held_out.name]}", flush=True)

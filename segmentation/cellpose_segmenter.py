@@ -294,8 +294,7 @@ class CellposeSegmenter:
                 [cellpose_input(im, "nuclei") for im in batch], tolerance)
             if self.settings.cell_assembly == "nuclei":
                 evidence = self._runner("cells", working_size).cell_evidence(cell_inputs)
-                nucleus_d = self._runner("nuclei", working_size).diameter
-                cells = [grow_cells_from_nuclei(im, n, logits, self.seeded, nucleus_d, divergence)
+                cells = [grow_cells_from_nuclei(im, n, logits, self.seeded, divergence)
                          for im, n, (logits, divergence) in zip(batch, nuclei, evidence, strict=True)]
             else:
                 cells = self._runner("cells", working_size).segment(cell_inputs, tolerance)

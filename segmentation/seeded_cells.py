@@ -52,20 +52,21 @@ class SeededCellSettings:
                 raise ValueError(f"SeededCellSettings.{name} must be >= 0, got {getattr(self, name)}")
 
 
-def median_nucleus_diameter(nuclei: np.ndarray, fallback: float) -> float:
-    """Median equivalent diameter of the nucleus instances of an `H,W` label mask; `fallback` when there are none."""
+def median_nucleus_diameter(nuclei: np.ndarray) -> float:
+    """Median equivalent diameter of the nucleus instances of an `H,W` label mask (ValueError when it has none)."""
     areas = np.bincount(nuclei.ravel())[1:]
     areas = areas[areas > 0]
-    return float(2.0 * np.sqrt(np.median(areas) / np.pi)) if areas.size else float(fallback)
+    if not areas.size:
+        raise ValueError("the nucleus mask has no nuclei")
+    return float(2.0 * np.sqrt(np.median(areas) / np.pi))
 
 
 def grow_cells_from_nuclei(image_chw: np.ndarray, nuclei: np.ndarray, cell_logits: np.ndarray,
-                           settings: SeededCellSettings, nucleus_diameter: float,
-                           flow_divergence: np.ndarray | None = None) -> np.ndarray:
+                           settings: SeededCellSettings, flow_divergence: np.ndarray | None = None) -> np.ndarray:
     """`H,W` int32 cells of a `4,H,W` field: cell k is grown from nucleus k of `nuclei` (`H,W` instance labels)
     over the pixels whose `cell_logits` (`H,W`, Cellpose's cell-probability logits at the image's size) exceed
-    the threshold. `flow_divergence` (`H,W`, `CellposeNetRunner.cell_evidence`) is optional.
-    `nucleus_diameter` (px) is used when the field has no nuclei to measure. No nuclei, no cells.
+    the threshold. `flow_divergence` (`H,W`, `CellposeNetRunner.cell_evidence`) is optional. Distances are in
+    units of the field's median nucleus diameter. No nuclei, no cells.
     """
     maps = {"nuclei": nuclei, "cell logits": cell_logits, "flow divergence": flow_divergence}
     for name, array in maps.items():
@@ -81,5 +82,5 @@ def grow_cells_from_nuclei(image_chw: np.ndarray, nuclei: np.ndarray, cell_logit
         extra = extra + settings.flow_divergence_weight * flow_divergence
     return flood_cells_from_nuclei(
         nuclei.astype(np.int32), cell_logits > settings.cellprob_threshold, signal,
-        median_nucleus_diameter(nuclei, nucleus_diameter), settings.closing_radius_px * scale,
+        median_nucleus_diameter(nuclei), settings.closing_radius_px * scale,
         settings.nucleus_distance_weight, extra_elevation=extra)

@@ -757,3 +757,20 @@ def test_many_random_sigkills_then_rerun_matches_uninterrupted_run(
     _kill_at_random_moments(writer_script, cache, seed=100 + seed, max_kills=8)
     _run_to_end(writer_script, cache, capsys)
     _assert_same_cache(cache, uninterrupted_cache)
+
+
+def test_a_settings_mismatch_names_the_settings_that_differ() -> None:
+    """A cache written before a segmenter option existed: the message names the new keys, not two JSON blobs."""
+    import json
+
+    from hpa_cells.cell_cache_writer import _json_differences
+
+    old = json.dumps({"settings": {"diameter_tolerance": 1.25, "use_er": True}, "working_size": 512})
+    new = json.dumps({"settings": {"diameter_tolerance": None, "use_er": True, "cell_assembly": "nuclei"},
+                      "seeded": {"cellprob_threshold": 0.0}, "working_size": 512})
+    assert _json_differences(old, new) == [
+        'seeded: missing in the file, {"cellprob_threshold": 0.0} now',
+        'settings.cell_assembly: missing in the file, "nuclei" now',
+        "settings.diameter_tolerance: 1.25 in the file, null now",
+    ]
+    assert _json_differences("not json", "{}") == ["'not json' in the file, '{}' now"]

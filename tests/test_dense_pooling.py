@@ -142,8 +142,12 @@ def test_dense_config_validation_and_round_trip() -> None:
         model_config_from_dict({"family": "graph"})
     with pytest.raises(ValueError, match="encoder 'tu-no_such_net' cannot be built for fpn"):
         DenseMILModel(DenseConfig(encoder="tu-no_such_net"))
-    with pytest.raises(ConfigError, match=r"decoder_channels must be an even number >= 16 \(or None\), got 15"):
-        DenseConfig(decoder_channels=15)
+    with pytest.raises(ConfigError, match=r"decoder_channels for fpn must be a multiple of 64 and >= 64 \(or None\), "
+                                          "got 32"):
+        DenseConfig(decoder_channels=32)
+    with pytest.raises(ConfigError, match=r"decoder_channels for unet must be a multiple of 2 and >= 16"):
+        DenseConfig(arch="unet", decoder_channels=15)
+    assert DenseConfig(arch="unet", decoder_channels=32).decoder_channels == 32
 
 
 def test_decoder_width_and_configs_written_before_it() -> None:

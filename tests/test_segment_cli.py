@@ -162,8 +162,8 @@ def test_bad_paths_and_a_mismatched_cache_are_one_line_errors(
     capsys.readouterr()
     assert script.main(["--images", str(synthetic_images), "--out", str(out), "--segmenter", "watershed",
                         "--size", "200"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {out} was written with parameters_json=") and err.count("\n") == 1
+    assert capsys.readouterr().err == (f"error: {out} was written with other parameters: working_size: 256 in the "
+                                       "file, 200 now; use another cache file or the same segmentation settings\n")
 
 
 def test_bad_choice_exits_2_via_argparse(capsys: pytest.CaptureFixture[str]) -> None:
