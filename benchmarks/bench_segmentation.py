@@ -104,32 +104,19 @@ def memory_run(segmenter, n_images: int, seed: int, folder: Path | None = None) 
     return rows
 
 
-def naive_cellpose_models(segmenter):
+def naive_cellpose_models(segmenter) -> dict:
     """Cellpose's own CellposeModel objects carrying the same weights as `segmenter`'s networks."""
-    from cellpose import models
+    from naive_cellpose import naive_cellpose_model
 
-    from segmentation.cellpose_models import build_network
-
-    out = {}
-    for kind, spec in (("cells", segmenter._cell_spec), ("nuclei", segmenter._nucleus_spec)):
-        model = models.CellposeModel(gpu=False, pretrained_model=False)
-        model.net = build_network(spec, "cpu")
-        model.diam_mean = spec.diam_mean
-        model.diam_labels = spec.diam_mean
-        model.nbase = list(spec.nbase)
-        out[kind] = model
-    return out
+    return {"cells": naive_cellpose_model(segmenter._cell_spec), "nuclei": naive_cellpose_model(segmenter._nucleus_spec)}
 
 
 def naive_segment(naive, image_chw, cell_d, nucleus_d, use_er=True):
     """One image, two CellposeModel.eval calls at default settings (tiling, resample, flow threshold 0.4)."""
-    cyto = image_chw[0].astype(np.float32)
-    if use_er:
-        cyto = 0.5 * (cyto + image_chw[3].astype(np.float32))
-    rgb = np.stack([cyto, image_chw[2].astype(np.float32), np.zeros_like(cyto)], axis=-1)
-    cells = naive["cells"].eval(rgb, channels=[1, 2], diameter=cell_d)[0]
-    nuclei = naive["nuclei"].eval(image_chw[2], channels=[0, 0], diameter=nucleus_d)[0]
-    return cells.astype(np.int32), nuclei.astype(np.int32)
+    from naive_cellpose import naive_eval
+
+    return (naive_eval(naive["cells"], image_chw, "cells", cell_d, use_er),
+            naive_eval(naive["nuclei"], image_chw, "nuclei", nucleus_d))
 
 
 def quality_and_speed(args: argparse.Namespace, cellpose, watershed) -> None:

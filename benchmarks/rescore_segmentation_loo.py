@@ -63,34 +63,6 @@ def _scores(truth, pred) -> dict[str, float]:
             "n_pred": int(len(np.unique(pred)) - 1)}
 
 
-def naive_cellpose_model(spec):
-    """Cellpose's own `CellposeModel` carrying the weights of `spec` (as benchmarks/bench_segmentation.py builds it)."""
-    from cellpose import models
-
-    from segmentation.cellpose_models import build_network
-
-    model = models.CellposeModel(gpu=False, pretrained_model=False)
-    model.net = build_network(spec, "cpu")
-    model.diam_mean = model.diam_labels = spec.diam_mean
-    model.nbase = list(spec.nbase)
-    return model
-
-
-def naive_eval(model, image_chw, kind: str, diameter: float, use_er: bool = True):
-    """`model.eval` at Cellpose's default settings on one `4,H,W` field; `H,W` int32 labels."""
-    import numpy as np
-
-    if kind == "cells":  # as benchmarks/bench_segmentation.py: cyto = mean(microtubules, ER), nucleus second
-        cyto = image_chw[0].astype(np.float32)
-        if use_er:
-            cyto = 0.5 * (cyto + image_chw[3].astype(np.float32))
-        rgb = np.stack([cyto, image_chw[2].astype(np.float32), np.zeros_like(cyto)], axis=-1)
-        masks = model.eval(rgb, channels=[1, 2], diameter=diameter)[0]
-    else:
-        masks = model.eval(image_chw[2], channels=[0, 0], diameter=diameter)[0]
-    return masks.astype(np.int32)
-
-
 def rescore_fold(weights: Path, field, kind: str, size: int, watershed, nucleus_weights: Path | None = None,
                  ) -> dict[str, dict]:
     """All `METHODS` for one held-out field; each entry has ap50, ap75, n_true, n_pred, seconds.
@@ -100,6 +72,7 @@ def rescore_fold(weights: Path, field, kind: str, size: int, watershed, nucleus_
     watershed's include its nuclei and QC.
     """
     from cellpose.utils import diameters
+    from naive_cellpose import naive_cellpose_model, naive_eval
 
     from segmentation.cellpose_models import resolve_model
     from segmentation.cellpose_segmenter import (

@@ -264,17 +264,18 @@ class CellCacheWriter:
                 "use another cache file or the same crop size"
             )
         for key, existing in provenance_attrs(f).items():
-            if existing != self._provenance[key] and key.endswith("_json"):
+            if existing == self._provenance[key]:
+                continue
+            if key.endswith("_json"):
                 changes = "; ".join(_json_differences(existing, self._provenance[key])[:4])
                 raise CellCacheMismatchError(
                     f"{file_path} was written with other {key.removesuffix('_json')}: {changes}; use another cache "
                     "file or the same segmentation settings"
                 )
-            if existing != self._provenance[key]:
-                raise CellCacheMismatchError(
-                    f"{file_path} was written with {key}={existing!r} but this writer has {key}={self._provenance[key]!r}; "
-                    "use another cache file or the same segmentation settings"
-                )
+            raise CellCacheMismatchError(
+                f"{file_path} was written with {key}={existing!r} but this writer has {key}={self._provenance[key]!r}; "
+                "use another cache file or the same segmentation settings"
+            )
 
     def _recover(self) -> None:
         """Remove leftovers of a killed run and collect the ids already done (main file + journal)."""
