@@ -4,8 +4,10 @@ A field item is the working-size image (schema-2 cache, `CellCache.full_image`) 
 (`fit_field`: longer side resized to `input_size`, the rest zero-padded; the label map resized by nearest
 neighbour, a cell that would vanish kept as one pixel at its centroid) plus the ids of the cells to pool. Cells whose
 QC flags are excluded are not pooled: their pixels count as background. Training augments the whole field (flips,
-90-degree rotations, the same for image and labels; per-channel gain jitter). The collate pads the cell lists and
-returns a validity mask; it never concatenates fields.
+90-degree rotations, the same for image and labels; per-channel gain jitter) and, with a training `window`, shows a
+random square window of the fitted field instead of all of it (`random_window`): the network then trains at the
+input size's resolution for the cost of the window, and predicts whole fields, being fully convolutional. The
+collate pads the cell lists and returns a validity mask; it never concatenates fields.
 """
 
 from __future__ import annotations
@@ -97,17 +99,52 @@ def augment_field(image_chw: np.ndarray, cells_hw: np.ndarray, rng: np.random.Ge
     return image, np.ascontiguousarray(labels)
 
 
+def random_window(fitted: FittedField, cell_ids: np.ndarray, window: int,
+                  rng: np.random.Generator) -> tuple[FittedField, np.ndarray]:
+    """A random `window` x `window` part of a fitted field that holds at least one of `cell_ids`, and the mask of
+    the cells (over `cell_ids`) with pixels in it; they pool only their pixels inside the window.
+
+    The window is placed uniformly among the positions that hold one pixel of one cell, both drawn at random, so
+    every cell can be seen and no window is empty. Raises ValueError when no cell of `cell_ids` is in the field.
+    """
+    size = fitted.cell_labels.shape[0]
+    if not 0 < window <= size:
+        raise ValueError(f"window {window} must be in 1..{size} (the input size)")
+    if window == size:
+        return fitted, np.isin(cell_ids, fitted.cell_labels)
+    anchor_cell = cell_ids[int(rng.integers(len(cell_ids)))] if len(cell_ids) else None
+    ys, xs = np.nonzero(fitted.cell_labels == anchor_cell) if anchor_cell is not None else ((), ())
+    if len(ys) == 0:
+        raise ValueError(f"no pixel of cell {anchor_cell} in the field; cannot place a training window")
+    pick = int(rng.integers(len(ys)))
+    y0 = int(rng.integers(max(0, ys[pick] - window + 1), min(ys[pick], size - window) + 1))
+    x0 = int(rng.integers(max(0, xs[pick] - window + 1), min(xs[pick], size - window) + 1))
+    labels = fitted.cell_labels[y0:y0 + window, x0:x0 + window]
+    inside = np.isin(cell_ids, labels)
+    content = (max(0, min(window, fitted.content_hw[0] - y0)), max(0, min(window, fitted.content_hw[1] - x0)))
+    part = FittedField(np.ascontiguousarray(fitted.image[:, y0:y0 + window, x0:x0 + window]),
+                       np.ascontiguousarray(labels), content)
+    return part, inside
+
+
 class DenseFieldDataset(CacheImageDataset):
-    """Fields of the images `image_indices` of a schema-2 cell cache, with their usable cells."""
+    """Fields of the images `image_indices` of a schema-2 cell cache, with their usable cells. `window` (training
+    only, a multiple of 32 <= `input_size`): show a random window of each fitted field (`random_window`) with the
+    cells that have pixels in it; None or `input_size` shows the whole field."""
 
     def __init__(self, cache_path: str | os.PathLike[str], image_indices: Sequence[int] | None = None,
                  input_size: int = 256, train: bool = False, seed: int = 0,
-                 exclude_flags: Sequence[str] = DEFAULT_EXCLUDE_FLAGS, intensity_jitter: float = 0.2) -> None:
+                 exclude_flags: Sequence[str] = DEFAULT_EXCLUDE_FLAGS, intensity_jitter: float = 0.2,
+                 window: int | None = None) -> None:
+        if window is not None and (window < 32 or window % 32 or window > input_size):
+            raise ValueError(f"training window must be a multiple of 32 between 32 and the input size {input_size}, "
+                             f"got {window}")
         with CellCache(cache_path) as cache:
             cache.require_full_images("the dense model (--family dense)")
         super().__init__(cache_path, image_indices, train, seed, exclude_flags, intensity_jitter)
         self._cell_ids = self.cache.cell_table()["cell_id"].to_numpy(dtype=np.int64)
         self.input_size = input_size
+        self.window = window
 
     def __getitem__(self, item: int) -> FieldItem:
         index = self.image_indices[item]
@@ -115,10 +152,13 @@ class DenseFieldDataset(CacheImageDataset):
         cell_ids = self._cell_ids[rows]
         image = self.cache.full_image(index)
         cells_hw, _ = self.cache.full_masks(index)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.train:
-            image, cells_hw = augment_field(image, cells_hw, np.random.default_rng([self.seed, self.epoch, index]),
-                                            self.intensity_jitter)
+            image, cells_hw = augment_field(image, cells_hw, rng, self.intensity_jitter)
         fitted = fit_field(image, cells_hw, self.input_size, keep_cells=cell_ids)
+        if self.train and self.window is not None and self.window < self.input_size:
+            fitted, inside = random_window(fitted, cell_ids, self.window, rng)
+            cell_ids, rows = cell_ids[inside], rows[inside]
         return FieldItem(index, torch.from_numpy(fitted.image), torch.from_numpy(fitted.cell_labels),
                          torch.from_numpy(cell_ids), torch.ones(len(cell_ids), dtype=torch.bool),
                          torch.from_numpy(self.cache.labels[index].astype(np.float32)), torch.from_numpy(rows))

@@ -67,6 +67,10 @@ class TrainConfig:
     cell_labels: str | None = None
     """Per-cell label CSV (image_id, cell_id, labels): train the cells directly (the fully supervised upper
     bound) instead of from image labels; see `mil.cell_labels`."""
+    dense_window: int | None = None
+    """Dense family: train on random square windows of this many pixels of each field at the model's input size
+    (a multiple of 32; cells pool their pixels inside the window); validation and prediction see whole fields.
+    None trains on whole fields."""
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,6 +84,8 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.folds and not 0 <= self.fold < self.folds:
             raise ValueError(f"fold must be in 0..{self.folds - 1}, got {self.fold}")
+        if self.dense_window is not None and (self.dense_window < 32 or self.dense_window % 32):
+            raise ValueError(f"dense_window must be a multiple of 32 and >= 32 (or None), got {self.dense_window}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -255,7 +261,7 @@ def dense_family(model_config: DenseConfig, config: TrainConfig) -> ModelFamily:
 
     def make_dataset(cache_path: Path, image_indices: Sequence[int], train: bool) -> Dataset:
         return DenseFieldDataset(cache_path, image_indices, model_config.input_size, train=train, seed=config.seed,
-                                 exclude_flags=config.exclude_flags)
+                                 exclude_flags=config.exclude_flags, window=config.dense_window)
 
     return ModelFamily(make_dataset, collate_fields,
                        lambda completed: DenseMILModel(completed, encoder_weights=config.encoder_weights), "fields")

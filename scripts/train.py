@@ -38,6 +38,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="dense family: pooling of pixel logits inside each cell (default: %(default)s)")
     p.add_argument("--dense-input-size", type=int, default=256,
                    help="dense family: the field's longer side is resized to this, a multiple of 32 (default: %(default)s)")
+    p.add_argument("--dense-window", type=int, default=None,
+                   help="dense family: train on random windows of this many pixels of the field at the input size "
+                        "(a multiple of 32), e.g. --dense-input-size 512 --dense-window 256 trains at full resolution "
+                        "for the cost of 256 px; prediction sees whole fields (default: whole fields)")
     p.add_argument("--dense-decoder-channels", type=int, default=64,
                    help="dense family: decoder width: FPN pyramid channels (a multiple of 64) or U-Net's first "
                         "block (halved per block); 0 = smp's defaults (FPN 256, U-Net 256..16) (default: %(default)s)")
@@ -93,12 +97,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, EncoderWeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_cells=args.max_cells,
-                               learning_rate=args.lr, loss=args.loss, class_weighting=args.class_weighting,
-                               val_fraction=args.val_fraction, folds=args.folds, fold=args.fold,
-                               patience=args.patience, seed=args.seed, num_workers=args.workers, device=args.device,
-                               encoder_weights=str(args.encoder_weights) if args.encoder_weights else None,
-                               cell_labels=str(args.cell_labels) if args.cell_labels else None)
+    if args.dense_window is not None and args.family == "dense" and args.dense_window > args.dense_input_size:
+        print(f"error: --dense-window {args.dense_window} is larger than --dense-input-size {args.dense_input_size}",
+              file=sys.stderr)
+        return 2
+    try:
+        train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_cells=args.max_cells,
+                                   learning_rate=args.lr, loss=args.loss, class_weighting=args.class_weighting,
+                                   val_fraction=args.val_fraction, folds=args.folds, fold=args.fold,
+                                   patience=args.patience, seed=args.seed, num_workers=args.workers,
+                                   device=args.device,
+                                   encoder_weights=str(args.encoder_weights) if args.encoder_weights else None,
+                                   cell_labels=str(args.cell_labels) if args.cell_labels else None,
+                                   dense_window=args.dense_window if args.family == "dense" else None)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         metrics = train_model(args.cache, args.out, model_config, train_config)
     except (CellCacheSchemaError, CellLabelError, EncoderWeightsError) as err:
