@@ -13,7 +13,9 @@ split (checked), and scored on the validation images only:
 - dense: the smp FPN family, image labels only; ensemble: mean of the dense and attention cell probabilities.
 The crop rows read a cache cut from the TRUE cell masks (`segment.py --segmenter masks`), so segmentation errors
 are out of this comparison (they are measured in the segmentation benchmark) and cell ids are the true ids.
-Cell mAP: the 2018-class cell AP over the validation images' true cells, averaged over classes present.
+Cell mAP: the 2018-class cell AP over the validation images' true cells, averaged over classes present, for both
+cell scores of `predict.py --cell-score`: `gated` (sqrt(cell x image probability), the default) and `cell` (the
+cell's own probability); an ensemble averages its members' cells scored the same way.
 
 Resumable: finished models and caches are reused. Results: `benchmarks/results/mil_benchmark.json` and a
 markdown table on stdout.
@@ -61,9 +63,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dense-init", choices=("none", "attention"), default="none",
                    help="start the dense row's encoder from the attention row's trained crop encoder (and take its "
                         "input standardisation) (default: %(default)s)")
+    p.add_argument("--dense-window", type=int, default=None,
+                   help="train the dense row on random windows of this size at --dense-input-size (default: whole fields)")
     p.add_argument("--dense-cell-pool", choices=("mean", "lse"), default="mean", help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="(default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    p.add_argument("--cell-score", choices=("gated", "cell"), default="gated",
+                   help="the cell score of the cell mAP column and the ensemble combinations (both are recorded)")
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "mil_benchmark.json")
     return p.parse_args(argv)
@@ -109,7 +115,7 @@ def train_row(row: str, args: argparse.Namespace, cells: Path, fields: Path, tru
         "supervised": (cells, replace(crop, head="instance"), replace(base, cell_labels=str(truth / "cells.csv"))),
         "dense": (cells, DenseConfig(input_size=args.dense_input_size, cell_pool=args.dense_cell_pool,
                                      decoder_channels=args.dense_decoder_channels or None),
-                  replace(base, epochs=args.dense_epochs, batch_size=4)),
+                  replace(base, epochs=args.dense_epochs, batch_size=4, dense_window=args.dense_window)),
     }
     cache, model_config, train_config = settings[row]
     if row == "dense" and args.dense_init == "attention":
@@ -158,6 +164,25 @@ def score(row: str, predictions, val_ids: list[str], cells_cache: Path, truth: P
             "per_class_cell_ap": {CLASS_NAMES[k]: (None if np.isnan(v) else float(v))
                                   for k, v in enumerate(result.per_class_ap)},
             "val_images": len(val_ids), "val_true_cells": result.n_true_cells}
+
+
+def with_cell_score(own, cell_score: str):
+    """Predictions `own` (the cells' own probabilities) with the cells scored by `cell_score` (mil.inference)."""
+    from dataclasses import replace as replace_field
+
+    import numpy as np
+
+    from hpa_cells.classes import CLASS_NAMES
+    from mil.inference import score_cells
+
+    classes = list(CLASS_NAMES)
+    cells = own.cells.copy()
+    probs = cells[classes].to_numpy(np.float64)
+    for image_index, rows in cells.groupby("image_id", sort=False).indices.items():
+        image_probs = own.image_probs[own.image_ids.index(image_index)].astype(np.float64)
+        probs[rows] = score_cells(probs[rows], image_probs, cell_score)
+    cells[classes] = probs
+    return replace_field(own, cells=cells)
 
 
 def combination_scores(attention, dense, val_ids: list[str], cells_cache: Path, truth: Path) -> dict[str, float]:
@@ -212,10 +237,12 @@ def main(argv: list[str] | None = None) -> int:
             if missing:
                 print(f"ensemble: needs the rows {missing} in this run; skipped")
                 continue
-            preds = average_predictions([predictions["attention"], predictions["dense"]], ["attention", "dense"])
+            by_score = {rule: average_predictions([predictions["attention"][rule], predictions["dense"][rule]],
+                                                  ["attention", "dense"]) for rule in ("cell", "gated")}
             entry = {"train_seconds": results["rows"]["attention"]["train_seconds"]
                      + results["rows"]["dense"]["train_seconds"],
-                     "other_combinations_cell_map": combination_scores(predictions["attention"], predictions["dense"],
+                     "other_combinations_cell_map": combination_scores(predictions["attention"][args.cell_score],
+                                                                       predictions["dense"][args.cell_score],
                                                                        val_ids, cells, truth)}
         else:
             folder, metrics = train_row(row, args, cells, fields, truth)
@@ -226,20 +253,25 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"row {row} was validated on other images than the first row")
             loaded = load_model(folder)
             started = time.time()
-            preds = predict_cache(loaded, fields if row == "image" else cells, show_progress=False)
+            own = predict_cache(loaded, fields if row == "image" else cells, show_progress=False, cell_score="cell")
             seconds = time.time() - started
-            predictions[row] = preds
+            by_score = {"cell": own, "gated": with_cell_score(own, "gated")}
+            predictions[row] = by_score
             train_images = metrics["n_train_images"] * metrics["epochs_run"]
             entry = {"train_seconds": metrics["train_seconds_this_run"] if metrics["epochs_run"] else None,
                      "epochs": metrics["epochs_run"], "best_epoch": metrics["best_epoch"],
                      "train_bags_per_second": round(train_images / metrics["train_seconds_this_run"], 2)
                      if metrics["train_seconds_this_run"] else None,
                      "train_cells_per_second": metrics["train_cells_per_second"],
-                     "inference_images_per_second": round(len(preds.image_ids) / seconds, 2),
+                     "inference_images_per_second": round(len(own.image_ids) / seconds, 2),
                      "config": json.loads((folder / "config.json").read_text())["model"]}
-        entry.update(score(row, preds, val_ids, cells, truth))
+        scores = {rule: score(row, by_score[rule], val_ids, cells, truth) for rule in ("cell", "gated")}
+        entry.update(scores[args.cell_score])
+        entry.update({"cell_score": args.cell_score, "cell_map_gated": scores["gated"]["cell_map"],
+                      "cell_map_own_probability": scores["cell"]["cell_map"]})
         results["rows"][row] = {**results["rows"].get(row, {}), **entry}
-        print(f"{row}: image macro F1 {entry['image_macro_f1']:.3f}, cell mAP {entry['cell_map']:.3f}")
+        print(f"{row}: image macro F1 {entry['image_macro_f1']:.3f}, cell mAP gated {entry['cell_map_gated']:.3f}, "
+              f"own {entry['cell_map_own_probability']:.3f}")
     results["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     results["machine"] = f"{platform.node()} {platform.processor() or platform.machine()}, torch threads {args.threads}"
     results["date"] = time.strftime("%Y-%m-%d")
@@ -255,15 +287,17 @@ def _format(row: dict, key: str, digits: int = 1) -> str:
 
 
 def print_table(results: dict) -> None:
-    print("\n| row | train s | epochs | bags/s | cells/s | inference images/s | image macro F1 | cell mAP |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| row | train s | epochs | bags/s | cells/s | inference images/s | image macro F1 | cell mAP, gated "
+          "| cell mAP, cell's own p |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in ROWS:
         if row not in results["rows"]:
             continue
         r = results["rows"][row]
         print(f"| {ROW_TITLES[row]} | {_format(r, 'train_seconds', 0)} | {_format(r, 'epochs')} "
               f"| {_format(r, 'train_bags_per_second')} | {_format(r, 'train_cells_per_second')} "
-              f"| {_format(r, 'inference_images_per_second')} | {r['image_macro_f1']:.3f} | {r['cell_map']:.3f} |")
+              f"| {_format(r, 'inference_images_per_second')} | {r['image_macro_f1']:.3f} "
+              f"| {_format(r, 'cell_map_gated', 3)} | {_format(r, 'cell_map_own_probability', 3)} |")
 
 
 if __name__ == "__main__":

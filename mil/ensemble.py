@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from hpa_cells.classes import CLASS_NAMES
-from mil.inference import Predictions, predict_cache
+from mil.inference import CELL_SCORES, Predictions, predict_cache
 from mil.model_folder import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -56,9 +56,13 @@ def average_predictions(members: Sequence[Predictions], names: Sequence[str] | N
 
 
 def predict_members(members: Sequence[LoadedModel], cache_path: Path, out_dir: Path, batch_size: int = 8,
-                    device: str = "cpu", show_progress: bool = True) -> tuple[Predictions, dict]:
+                    device: str = "cpu", show_progress: bool = True,
+                    cell_score: str = "gated") -> tuple[Predictions, dict]:
     """Predict a cache with one model or an ensemble; returns the predictions and the manifest entries naming
-    every member. Dense members' pixel maps go to `out_dir/pixel_probabilities.h5` (their mean for several)."""
+    every member and the cell score (`mil.inference.CELL_SCORES`; each member's cells are scored by it before
+    averaging). Dense members' pixel maps go to `out_dir/pixel_probabilities.h5` (their mean for several)."""
+    if cell_score not in CELL_SCORES:
+        raise ValueError(f"unknown cell score {cell_score!r}; choose one of {', '.join(CELL_SCORES)}")
     from hpa_cells.pixel_maps import PIXEL_MAPS_FILE, average_pixel_map_files
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -70,14 +74,16 @@ def predict_members(members: Sequence[LoadedModel], cache_path: Path, out_dir: P
     for index, loaded in enumerate(members):
         if len(members) > 1:
             logger.info("ensemble member %d/%d: %s (%s)", index + 1, len(members), loaded.folder, loaded.config.family)
-        predictions.append(predict_cache(loaded, cache_path, batch_size, device, show_progress, member_maps.get(index)))
+        predictions.append(predict_cache(loaded, cache_path, batch_size, device, show_progress, member_maps.get(index),
+                                         cell_score=cell_score))
     if len(dense) > 1:
         average_pixel_map_files([member_maps[i] for i in dense], final_maps)
         for i in dense:
             member_maps[i].unlink()
     folders = [str(Path(m.folder).resolve()) for m in members]
     manifest = {"model": folders[0], "models": folders, "families": [m.config.family for m in members],
-                "cache": str(Path(cache_path).resolve()), "pixel_maps": PIXEL_MAPS_FILE if dense else None}
+                "cache": str(Path(cache_path).resolve()), "pixel_maps": PIXEL_MAPS_FILE if dense else None,
+                "cell_score": cell_score, "cell_score_rule": CELL_SCORES[cell_score]}
     if len(members) == 1:
         return predictions[0], manifest
     manifest["ensemble_rule"] = ENSEMBLE_RULE

@@ -148,7 +148,9 @@ def _add_cell_scores(report: EvaluationReport, pred_dir: Path, truth_dir: Path, 
     for folder in manifest.get("models") or [manifest["model"]]:
         loaded = load_model(folder, device=device)
         content = FAMILY_INPUTS[loaded.config.family]
-        members.append(predict_bags(loaded, bags_from_masks(fields(), crop, content), device=device))
+        # folders written before cell scores were selectable hold the cells' own probabilities
+        members.append(predict_bags(loaded, bags_from_masks(fields(), crop, content), device=device,
+                                    cell_score=manifest.get("cell_score", "cell")))
     on_truth = average_predictions(members) if len(members) > 1 else members[0]
     result_true = cell_level_map(true_masks, truth, true_masks, probs_by_cell(on_truth.cells), NUM_CLASSES)
     report.cell_map_true_masks = result_true.mean_ap

@@ -4,11 +4,11 @@
 |---|---|
 | `submission.csv` | Kaggle 2018 format `Id,Predicted`: class ids at or above each class's fitted threshold |
 | `images.csv` | `image_id`, `n_cells`, `n_cells_pooled`, `predicted` (ids, space-separated), 28 probability columns named by class |
-| `cells.csv` | one row per cell: `image_id`, `cell_id`, bbox, `centroid_y`, `centroid_x` (working-size px), `area`, `nucleus_area`, `qc_flags`, `qc_flag_names`, `used_for_image`, 28 class-probability columns, `top_label_id`, `top_label`, `top_probability`, `attention` |
+| `cells.csv` | one row per cell: `image_id`, `cell_id`, bbox, `centroid_y`, `centroid_x` (working-size px), `area`, `nucleus_area`, `qc_flags`, `qc_flag_names`, `used_for_image`, 28 class-probability columns (by the manifest's `cell_score`), `top_label_id`, `top_label`, `top_probability`, `attention` |
 | `cells.parquet` | the same table (when pyarrow is installed) |
 | `attention.h5` | `attention` `C,A` float32: each cell's raw attention (A = 1, or 28 for per-class heads), rows as in cells.csv |
 | `pixel_probabilities.h5` | dense models only: per-pixel class probabilities of each image (see `hpa_cells.pixel_maps`) |
-| `manifest.json` | `model` (the first model folder), `models` (every member; several = an ensemble), `families`, `cache`, `pixel_maps`, `ensemble_rule` (ensembles), thresholds, counts, package version |
+| `manifest.json` | `model` (the first model folder), `models` (every member; several = an ensemble), `families`, `cache`, `pixel_maps`, `cell_score` and `cell_score_rule` (what the cells' class probabilities are: `gated` = sqrt(cell x image probability), or `cell`), `ensemble_rule` (ensembles), thresholds, counts, package version |
 """
 
 from __future__ import annotations

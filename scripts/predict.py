@@ -5,7 +5,8 @@
 
 Writes submission.csv (Kaggle Id,Predicted), images.csv, cells.csv (+ cells.parquet), attention.h5 and
 manifest.json into --out, plus pixel_probabilities.h5 when a model is dense (see mil/prediction_files.py and
-data/README.md). With several --model folders the predictions are an ensemble: the mean of the members' image and
+data/README.md). A cell's class probability is, by default, sqrt(its own probability x its image's) (--cell-score
+gated; --cell-score cell keeps the cell's own). With several --model folders the predictions are an ensemble: the mean of the members' image and
 per-cell probabilities, thresholds = the mean of the members' thresholds (mil/ensemble.py).
 """
 
@@ -25,6 +26,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="(default: %(default)s)")
+    p.add_argument("--cell-score", choices=("gated", "cell"), default="gated",
+                   help="what cells.csv's class probabilities are: gated = sqrt(cell probability x image probability), "
+                        "which ranks cells across images better; cell = the cell's own probability (default: %(default)s)")
     p.add_argument("--maps", type=Path, help="also draw per-cell localization maps here (see scripts/make_maps.py)")
     p.add_argument("--report", type=Path, help="also write a static HTML report here")
     p.add_argument("--map-classes", nargs="+", default=[], metavar="CLASS",
@@ -57,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cell cache not found: {args.cache}", file=sys.stderr)
         return 2
     try:
-        predictions, manifest = predict_members(members, args.cache, args.out, args.batch_size, args.device)
+        predictions, manifest = predict_members(members, args.cache, args.out, args.batch_size, args.device,
+                                                cell_score=args.cell_score)
     except CellCacheSchemaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from hpa_cells.classes import CLASS_NAMES
 from hpa_cells.pixel_maps import PIXEL_MAPS_FILE, PixelMaps
 from hpa_cells.synthetic.dataset import SyntheticConfig, write_dataset
 from mil.config import MILConfig
+from mil.inference import CELL_SCORES, score_cells
 from mil.model_folder import REQUIRED_FILES, load_model
 from mil.training import TrainConfig, train_mil
 from segmentation.segment_to_cache import SegmentJob, segment_folder
@@ -50,8 +51,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     train_mil(cache, crop, MILConfig(encoder="test_resnet", input_size=16, dropout=0.0),
               TrainConfig(epochs=1, batch_size=4, max_cells=4, val_fraction=0.34, device="cpu"))
     predict = _script("predict")
-    for name, models in (("pred_dense", [dense]), ("pred_crop", [crop]), ("pred_ensemble", [crop, dense])):
-        argv = ["--cache", str(cache), "--out", str(root / name)]
+    for name, models, extra in (("pred_dense", [dense], []), ("pred_crop", [crop], []),
+                                ("pred_ensemble", [crop, dense], []), ("pred_crop_own", [crop], ["--cell-score", "cell"]),
+                                ("pred_ensemble_own", [crop, dense], ["--cell-score", "cell"])):
+        argv = ["--cache", str(cache), "--out", str(root / name), *extra]
         for model in models:
             argv += ["--model", str(model)]
         assert predict.main(argv) == 0
@@ -111,7 +114,41 @@ def test_ensemble_averages_members_and_their_thresholds(run: dict[str, Path]) ->
     assert (root / "pred_ensemble" / PIXEL_MAPS_FILE).is_file()  # from its dense member
 
 
-@pytest.mark.parametrize("pred", ["pred_dense", "pred_ensemble"])
+@pytest.mark.parametrize("pred", ["pred_crop", "pred_ensemble"])
+def test_gated_cell_scores_are_the_geometric_mean_of_cell_and_image(run: dict[str, Path], pred: str) -> None:
+    """Default cells.csv probabilities = sqrt(the cell's own x its image's); --cell-score cell keeps the cell's own
+    (for an ensemble: each member gated, then averaged); the manifest says which."""
+    root, classes = run["root"], list(CLASS_NAMES)
+    gated = pd.read_csv(root / pred / "cells.csv")
+    own = pd.read_csv(root / f"{pred}_own" / "cells.csv")
+    assert gated[["image_id", "cell_id"]].equals(own[["image_id", "cell_id"]])
+    if pred == "pred_crop":
+        images = pd.read_csv(root / pred / "images.csv").set_index("image_id")
+        image_probs = images.loc[gated["image_id"], classes].to_numpy()
+        np.testing.assert_allclose(gated[classes].to_numpy(), np.sqrt(own[classes].to_numpy() * image_probs),
+                                   atol=2e-5)
+        assert not np.allclose(gated[classes].to_numpy(), own[classes].to_numpy(), atol=1e-3)
+    else:
+        members = [pd.read_csv(root / name / "cells.csv")[classes].to_numpy() for name in ("pred_crop", "pred_dense")]
+        np.testing.assert_allclose(gated[classes].to_numpy(), (members[0] + members[1]) / 2, atol=2e-5)
+    for name, rule in ((pred, "gated"), (f"{pred}_own", "cell")):
+        manifest = json.loads((root / name / "manifest.json").read_text())
+        assert manifest["cell_score"] == rule and manifest["cell_score_rule"] == CELL_SCORES[rule]
+
+
+def test_score_cells_rules_and_errors() -> None:
+    cells = np.array([[0.64, 0.01], [0.04, 1.0]], dtype=np.float32)
+    image = np.array([0.25, 0.81], dtype=np.float32)
+    np.testing.assert_allclose(score_cells(cells, image, "gated"), [[0.4, 0.09], [0.1, 0.9]], rtol=1e-6)
+    assert score_cells(cells, image, "gated").dtype == np.float32
+    assert score_cells(cells, image, "cell") is cells
+    with pytest.raises(ValueError, match="^unknown cell score 'max'; choose one of gated, cell$"):
+        score_cells(cells, image, "max")
+    with pytest.raises(ValueError, match=r"must be C,K and K"):
+        score_cells(cells, image[:1], "gated")
+
+
+@pytest.mark.parametrize("pred", ["pred_dense", "pred_ensemble", "pred_crop_own"])
 def test_evaluate_scores_dense_and_ensemble_predictions(run: dict[str, Path], pred: str,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     synthetic = run["synthetic"]
@@ -202,3 +239,20 @@ def test_a_dense_model_can_start_from_a_crop_models_encoder(run: dict[str, Path]
     record = json.loads((good / "config.json").read_text())
     assert record["model"]["channel_mean"] == list(crop.config.channel_mean[:4])
     assert record["training"]["encoder_weights"] == str(run["crop"])
+
+
+def test_dense_training_on_windows_and_its_errors(run: dict[str, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "windows"
+    train = _script("train")
+    assert train.main(["--cache", str(run["cache"]), "--out", str(out), *DENSE_ARGS, "--dense-window", "32"]) == 0
+    record = json.loads((out / "config.json").read_text())
+    assert record["training"]["dense_window"] == 32 and record["model"]["input_size"] == 64
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 1
+    capsys.readouterr()
+    for window, error in (("96", "error: --dense-window 96 is larger than --dense-input-size 64\n"),
+                          ("40", "error: dense_window must be a multiple of 32 and >= 32 (or None), got 40\n")):
+        bad = tmp_path / f"bad{window}"
+        assert train.main(["--cache", str(run["cache"]), "--out", str(bad), *DENSE_ARGS, "--dense-window", window]) == 2
+        assert capsys.readouterr().err == error
+        assert not bad.exists()
