@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3, help="(default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     p.add_argument("--cell-score", choices=("gated", "cell"), default="gated",
-                   help="the cell score of the cell mAP column and the ensemble combinations (both are recorded)")
+                   help="the cell score of the cell_map entry and the ensemble combinations; both scores are recorded "
+                        "(default: %(default)s)")
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "mil_benchmark.json")
     return p.parse_args(argv)
@@ -182,11 +183,13 @@ def with_cell_score(own, cell_score: str):
         image_probs = own.image_probs[own.image_ids.index(image_index)].astype(np.float64)
         probs[rows] = score_cells(probs[rows], image_probs, cell_score)
     cells[classes] = probs
-    return replace_field(own, cells=cells)
+    return replace_field(own, cells=cells, cell_score=cell_score)
 
 
-def combination_scores(attention, dense, val_ids: list[str], cells_cache: Path, truth: Path) -> dict[str, float]:
-    """Cell mAP of other ways to combine the two members' per-cell probabilities (the ensemble row is the mean)."""
+def combination_scores(attention, dense, val_ids: list[str], cells_cache: Path, truth: Path,
+                       own: tuple | None = None) -> dict[str, float]:
+    """Cell mAP of other ways to combine the two members' per-cell probabilities (the ensemble row is the mean).
+    `own`: the two members' predictions with the cells' own probabilities, for gating after averaging."""
     import numpy as np
     import pandas as pd
 
@@ -204,6 +207,12 @@ def combination_scores(attention, dense, val_ids: list[str], cells_cache: Path, 
              "mean of per-class ranks": (pd.DataFrame(a).rank(pct=True).to_numpy()
                                          + pd.DataFrame(d).rank(pct=True).to_numpy()) / 2,
              "mean of logits": 1 / (1 + np.exp(-(logit(a) + logit(d)) / 2)), "geometric mean": np.sqrt(a * d)}
+    if own is not None:  # gate after averaging: sqrt(mean of the cells' own p x mean of the image p)
+        averaged = with_cell_score(average_predictions(list(own), ["attention", "dense"]), "gated")
+        rules["gated after averaging (own cell p and image p averaged, then gated)"] = (
+            averaged.cells[classes].to_numpy(float))
+        attention_cells = with_cell_score(replace(own[0], image_probs=averaged.image_probs), "gated")
+        rules["attention's own cell p gated by the mean image p of both"] = attention_cells.cells[classes].to_numpy(float)
     out = {}
     for name, probs in rules.items():
         combined = average_predictions([attention, dense], ["attention", "dense"])
@@ -243,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                      + results["rows"]["dense"]["train_seconds"],
                      "other_combinations_cell_map": combination_scores(predictions["attention"][args.cell_score],
                                                                        predictions["dense"][args.cell_score],
-                                                                       val_ids, cells, truth)}
+                                                                       val_ids, cells, truth,
+                                                                       own=(predictions["attention"]["cell"],
+                                                                            predictions["dense"]["cell"]))}
         else:
             folder, metrics = train_row(row, args, cells, fields, truth)
             ids = metrics["val_image_ids"]

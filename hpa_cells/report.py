@@ -440,8 +440,9 @@ def _image_page(run: PredictionRun, ids: Sequence[str], index: int, files: _Repo
         "<h2>Per-class and attention maps</h2>",
         f'<div class="panels">{panel_html}</div>',
         f"<h2>Cells ({len(cell_rows)})</h2>",
-        '<p class="small muted">Probabilities are the cell\'s own; "other labels" lists every other class whose cell '
-        "probability reaches that class's image-level threshold. Grey rows are QC-flagged cells.</p>",
+        '<p class="small muted">Probabilities are cells.csv\'s cell scores (by default sqrt(the cell\'s own probability '
+        "x its image's); manifest.json's cell_score says which); \"other labels\" lists every other class whose cell "
+        "score reaches that class's image-level threshold. Grey rows are QC-flagged cells.</p>",
         _table(["cell id", "top label", "probability", "attention", "QC flags", "pooled", "other labels ≥ threshold"],
                cell_rows, [0, 2, 3], row_classes),
     ]

@@ -104,16 +104,19 @@ def random_window(fitted: FittedField, cell_ids: np.ndarray, window: int,
     """A random `window` x `window` part of a fitted field that holds at least one of `cell_ids`, and the mask of
     the cells (over `cell_ids`) with pixels in it; they pool only their pixels inside the window.
 
-    The window is placed uniformly among the positions that hold one pixel of one cell, both drawn at random, so
-    every cell can be seen and no window is empty. Raises ValueError when no cell of `cell_ids` is in the field.
+    Placement: a random cell of `cell_ids`, a random pixel of it, then a uniformly random window position that
+    holds that pixel; so every cell can be seen and no window is empty. Raises ValueError when `cell_ids` is empty
+    or the drawn cell has no pixel in the field (every id must be in the label map, as `fit_field` ensures).
     """
     size = fitted.cell_labels.shape[0]
     if not 0 < window <= size:
         raise ValueError(f"window {window} must be in 1..{size} (the input size)")
     if window == size:
         return fitted, np.isin(cell_ids, fitted.cell_labels)
-    anchor_cell = cell_ids[int(rng.integers(len(cell_ids)))] if len(cell_ids) else None
-    ys, xs = np.nonzero(fitted.cell_labels == anchor_cell) if anchor_cell is not None else ((), ())
+    if len(cell_ids) == 0:
+        raise ValueError("a training window needs at least one cell to hold; this field has none")
+    anchor_cell = int(cell_ids[int(rng.integers(len(cell_ids)))])
+    ys, xs = np.nonzero(fitted.cell_labels == anchor_cell)
     if len(ys) == 0:
         raise ValueError(f"no pixel of cell {anchor_cell} in the field; cannot place a training window")
     pick = int(rng.integers(len(ys)))

@@ -39,6 +39,9 @@ def average_predictions(members: Sequence[Predictions], names: Sequence[str] | N
                              f"{len(first.image_ids)}); ensemble members must predict the same cache")
         if not member.cells[["image_id", "cell_id"]].reset_index(drop=True).equals(keys):
             raise ValueError(f"{name} predicted other cells than {names[0]}; ensemble members must use the same cache")
+        if member.cell_score != first.cell_score:
+            raise ValueError(f"{name} scored its cells by {member.cell_score!r}, {names[0]} by {first.cell_score!r}; "
+                             "ensemble members must use the same cell score")
     classes = list(CLASS_NAMES[: first.image_probs.shape[1]])
     cells = first.cells.copy()
     probs = np.mean([m.cells[classes].to_numpy(dtype=np.float64) for m in members], axis=0)
@@ -52,15 +55,15 @@ def average_predictions(members: Sequence[Predictions], names: Sequence[str] | N
     cells["used_for_image"] = np.any([m.cells["used_for_image"].to_numpy(dtype=bool) for m in members], axis=0)
     return Predictions(list(first.image_ids), np.mean([m.image_probs for m in members], axis=0),
                        pd.DataFrame(cells), attention.astype(np.float32),
-                       np.mean([m.thresholds for m in members], axis=0))
+                       np.mean([m.thresholds for m in members], axis=0), first.cell_score)
 
 
 def predict_members(members: Sequence[LoadedModel], cache_path: Path, out_dir: Path, batch_size: int = 8,
                     device: str = "cpu", show_progress: bool = True,
                     cell_score: str = "gated") -> tuple[Predictions, dict]:
     """Predict a cache with one model or an ensemble; returns the predictions and the manifest entries naming
-    every member and the cell score (`mil.inference.CELL_SCORES`; each member's cells are scored by it before
-    averaging). Dense members' pixel maps go to `out_dir/pixel_probabilities.h5` (their mean for several)."""
+    every member; `cell_score` (`mil.inference.CELL_SCORES`) scores each member's cells before averaging. Dense
+    members' pixel maps go to `out_dir/pixel_probabilities.h5` (their mean for several)."""
     if cell_score not in CELL_SCORES:
         raise ValueError(f"unknown cell score {cell_score!r}; choose one of {', '.join(CELL_SCORES)}")
     from hpa_cells.pixel_maps import PIXEL_MAPS_FILE, average_pixel_map_files
@@ -82,8 +85,7 @@ def predict_members(members: Sequence[LoadedModel], cache_path: Path, out_dir: P
             member_maps[i].unlink()
     folders = [str(Path(m.folder).resolve()) for m in members]
     manifest = {"model": folders[0], "models": folders, "families": [m.config.family for m in members],
-                "cache": str(Path(cache_path).resolve()), "pixel_maps": PIXEL_MAPS_FILE if dense else None,
-                "cell_score": cell_score, "cell_score_rule": CELL_SCORES[cell_score]}
+                "cache": str(Path(cache_path).resolve()), "pixel_maps": PIXEL_MAPS_FILE if dense else None}
     if len(members) == 1:
         return predictions[0], manifest
     manifest["ensemble_rule"] = ENSEMBLE_RULE

@@ -28,7 +28,12 @@ from hpa_cells.metrics import (  # noqa: F401  (TruthFolderError is part of this
     read_cell_truth,
     read_true_cell_mask,
 )
-from mil.prediction_files import read_cell_predictions, read_image_predictions, read_manifest
+from mil.prediction_files import (
+    PredictionFilesError,
+    read_cell_predictions,
+    read_image_predictions,
+    read_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +51,8 @@ class EvaluationReport:
     cells_true: int | None = None
     cells_matched: int | None = None
     cells_predicted: int | None = None
+    cell_score: str | None = None
+    """The prediction folder's cell score (`mil.inference.CELL_SCORES`) that the cell mAPs rank by."""
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -54,6 +61,7 @@ class EvaluationReport:
         out = [f"images scored: {self.n_images} (predicted images without labels: {self.images_without_labels})",
                f"image-level macro F1: {self.image_macro_f1:.4f}"]
         if self.cell_map is not None:
+            out.append(f"cell scores: {self.cell_score}")
             out.append(f"cell-level mAP, project segmentation: {self.cell_map:.4f} "
                        f"({self.cells_matched}/{self.cells_true} true cells matched at IoU>=0.6, "
                        f"{self.cells_predicted} predicted)")
@@ -111,11 +119,17 @@ def _add_cell_scores(report: EvaluationReport, pred_dir: Path, truth_dir: Path, 
     from hpa_cells.cell_cache import CellCache
     from hpa_cells.crops import CropConfig
     from mil.ensemble import average_predictions
-    from mil.inference import FAMILY_INPUTS, bags_from_masks, predict_bags
+    from mil.inference import CELL_SCORES, FAMILY_INPUTS, bags_from_masks, predict_bags
     from mil.model_folder import load_model
 
     truth = read_cell_truth(truth_dir)
     manifest = read_manifest(pred_dir)
+    # folders written before cell scores were selectable hold the cells' own probabilities
+    cell_score = manifest.get("cell_score", "cell")
+    if cell_score not in CELL_SCORES:
+        raise PredictionFilesError(f"{pred_dir / 'manifest.json'}: unknown cell_score {cell_score!r}; expected one of "
+                                   f"{', '.join(CELL_SCORES)}")
+    report.cell_score = cell_score
     cells = read_cell_predictions(pred_dir)
     image_ids = [i for i in read_image_predictions(pred_dir)["image_id"] if i in truth and i in scored_ids]
     true_masks, pred_masks = {}, {}
@@ -148,9 +162,8 @@ def _add_cell_scores(report: EvaluationReport, pred_dir: Path, truth_dir: Path, 
     for folder in manifest.get("models") or [manifest["model"]]:
         loaded = load_model(folder, device=device)
         content = FAMILY_INPUTS[loaded.config.family]
-        # folders written before cell scores were selectable hold the cells' own probabilities
         members.append(predict_bags(loaded, bags_from_masks(fields(), crop, content), device=device,
-                                    cell_score=manifest.get("cell_score", "cell")))
+                                    cell_score=cell_score))
     on_truth = average_predictions(members) if len(members) > 1 else members[0]
     result_true = cell_level_map(true_masks, truth, true_masks, probs_by_cell(on_truth.cells), NUM_CLASSES)
     report.cell_map_true_masks = result_true.mean_ap

@@ -10,8 +10,10 @@ What a cell's class probability in that table is (`CELL_SCORES`, chosen by `cell
 - `gated` (the default): `sqrt(p_cell * p_image)`, the geometric mean of the cell's own probability and its image's.
   A cell can only show a class its image shows, and the image prediction (pooled over every cell) is the surer of
   the two, so gating by it ranks cells across images better: on the MIL benchmark's validation cells it raised the
-  attention MIL's cell mAP from 0.337 to 0.402 (BENCHMARKS.md). Within one image the order of the cells is the
-  cells' own, so maps keep their contrast pattern. The cell's own probability is `gated ** 2 / p_image`.
+  attention MIL's cell mAP from 0.337 to 0.402 (BENCHMARKS.md). Within one image and class the order of the
+  cells is the cells' own, so a class panel keeps its pattern; a cell's top label is the argmax of the gated
+  scores, so it can differ from the argmax of its own probabilities. The cell's own probability is
+  `gated ** 2 / p_image`. A dense model's per-pixel maps are never gated.
 - `cell`: the cell's own probability only (what the head's per-cell logits say).
 """
 
@@ -89,6 +91,8 @@ class Predictions:
     cells: pd.DataFrame
     cell_attention: np.ndarray
     thresholds: np.ndarray
+    cell_score: str = "gated"
+    """What the cell table's class probabilities are (a key of `CELL_SCORES`)."""
 
     def predicted_labels(self) -> dict[str, tuple[int, ...]]:
         """Image id -> class ids whose probability reaches the class threshold."""
@@ -276,7 +280,7 @@ def predict_bags(loaded: LoadedModel, bags: Iterable[BagInput], batch_size: int 
     if not image_ids:
         raise ValueError("no image with cells to predict")
     return Predictions(image_ids, np.vstack(image_probs), pd.concat(cell_frames, ignore_index=True),
-                       np.vstack(attention_rows), loaded.thresholds)
+                       np.vstack(attention_rows), loaded.thresholds, cell_score)
 
 
 def model_exclude_flags(loaded: LoadedModel) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ import pandas as pd
 from hpa_cells import __version__
 from hpa_cells.classes import CLASS_NAMES
 from hpa_cells.labels import write_submission
-from mil.inference import Predictions
+from mil.inference import CELL_SCORES, Predictions
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ def write_prediction_files(predictions: Predictions, out_dir: Path, manifest: di
     with h5py.File(paths["attention"], "w") as f:
         f.create_dataset("attention", data=predictions.cell_attention.astype(np.float32), compression="gzip")
         f.attrs["rows"] = "rows of cells.csv"
-    record = {**manifest, "thresholds": [float(t) for t in predictions.thresholds], "n_images": len(images),
+    record = {**manifest, "cell_score": predictions.cell_score, "cell_score_rule": CELL_SCORES[predictions.cell_score],
+              "thresholds": [float(t) for t in predictions.thresholds], "n_images": len(images),
               "n_cells": len(cells), "package_version": __version__}
     from hpa_cells.pixel_maps import PIXEL_MAPS_FILE
 

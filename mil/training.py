@@ -39,6 +39,9 @@ from mil.thresholds import fit_thresholds
 
 logger = logging.getLogger(__name__)
 
+SETTINGS_ADDED_LATER = {"dense_window": None}
+"""TrainConfig fields added after checkpoints were first written, with the value older runs had in effect."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -341,7 +344,10 @@ def _train_family(cache_path: Path, out_dir: Path, model_config: ModelConfig, co
     best_weights: dict[str, torch.Tensor] = {}
     if (checkpoint_dir / "checkpoint.json").is_file():
         state, best_weights = _load_checkpoint(checkpoint_dir, model, optimizer)
-        if state.get("settings") != settings:
+        stored = state.get("settings") or {}
+        # training settings added later read as their defaults in checkpoints written before them
+        stored = {**stored, "training": {**SETTINGS_ADDED_LATER, **stored.get("training", {})}}
+        if stored != settings:
             raise ValueError(
                 f"{checkpoint_dir} was written by a run with other settings; resume with the same settings "
                 f"(only --epochs may change) or choose a new --out folder"

@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, EncoderWeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.dense_window is not None and args.family == "dense" and args.dense_window > args.dense_input_size:
+    if args.dense_window is not None and args.family != "dense":
+        print("error: --dense-window applies to --family dense only", file=sys.stderr)
+        return 2
+    if args.dense_window is not None and args.dense_window > args.dense_input_size:
         print(f"error: --dense-window {args.dense_window} is larger than --dense-input-size {args.dense_input_size}",
               file=sys.stderr)
         return 2
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                                    device=args.device,
                                    encoder_weights=str(args.encoder_weights) if args.encoder_weights else None,
                                    cell_labels=str(args.cell_labels) if args.cell_labels else None,
-                                   dense_window=args.dense_window if args.family == "dense" else None)
+                                   dense_window=args.dense_window)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -256,3 +256,55 @@ def test_dense_training_on_windows_and_its_errors(run: dict[str, Path], tmp_path
         assert train.main(["--cache", str(run["cache"]), "--out", str(bad), *DENSE_ARGS, "--dense-window", window]) == 2
         assert capsys.readouterr().err == error
         assert not bad.exists()
+    crop_argv = ["--cache", str(run["cache"]), "--out", str(tmp_path / "crop"), "--dense-window", "32"]
+    assert train.main(crop_argv) == 2
+    assert capsys.readouterr().err == "error: --dense-window applies to --family dense only\n"
+
+
+def test_evaluate_follows_the_folders_cell_score_and_reads_old_folders_as_own(run: dict[str, Path], tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The true-mask pass scores cells by the folder's rule; a folder without `cell_score` (written before it
+    existed) holds the cells' own probabilities; an unknown rule is an error naming the manifest."""
+    synthetic, evaluate = run["synthetic"], _script("evaluate")
+
+    def scores(folder: Path) -> dict:
+        assert evaluate.main(["--pred", str(folder), "--labels", str(synthetic / "train.csv"), "--truth", str(synthetic),
+                              "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    gated, own = scores(run["root"] / "pred_crop"), scores(run["root"] / "pred_crop_own")
+    assert gated["cell_score"] == "gated" and own["cell_score"] == "cell"
+    old = Path(shutil.copytree(run["root"] / "pred_crop_own", tmp_path / "old"))
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["cell_score"], manifest["cell_score_rule"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    old_scores = scores(old)
+    assert old_scores["cell_score"] == "cell"
+    assert old_scores["cell_map_true_masks"] == own["cell_map_true_masks"]
+    assert old_scores["cell_map"] == own["cell_map"]
+    manifest["cell_score"] = "max"
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert evaluate.main(["--pred", str(old), "--labels", str(synthetic / "train.csv"), "--truth", str(synthetic)]) == 2
+    assert f"{old / 'manifest.json'}: unknown cell_score 'max'; expected one of gated, cell" in capsys.readouterr().err
+
+
+def test_compare_cell_map_bootstraps_two_prediction_folders(run: dict[str, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("compare_cell_map", REPO / "benchmarks" / "compare_cell_map.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    root, synthetic = run["root"], str(run["synthetic"])
+    assert compare.main(["--a", str(root / "pred_crop"), "--b", str(root / "pred_crop"), "--truth", synthetic,
+                         "--resamples", "20"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("6 images; cell mAP A ") and "cell score gated" in out
+    assert "B - A = +0.0000; 95% bootstrap interval [+0.0000, +0.0000] over 20 image resamples; B above A in 0%" in out
+    assert compare.main(["--a", str(root / "pred_crop_own"), "--b", str(root / "pred_dense"), "--truth", synthetic,
+                         "--resamples", "20"]) == 0
+    assert "cell score cell), B" in capsys.readouterr().out
+    other = Path(shutil.copytree(root / "pred_dense", tmp_path / "fewer"))
+    cells = pd.read_csv(other / "cells.csv")
+    cells.iloc[1:].to_csv(other / "cells.csv", index=False)
+    assert compare.main(["--a", str(root / "pred_crop"), "--b", str(other), "--truth", synthetic]) == 2
+    assert capsys.readouterr().err == (f"error: {root / 'pred_crop'} and {other} hold different cells (image_id, "
+                                       "cell_id); compare predictions of the same cache\n")

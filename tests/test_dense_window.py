@@ -49,6 +49,8 @@ def test_a_full_size_window_is_the_field_and_bad_windows_are_errors() -> None:
         random_window(field, np.array([1]), 96, np.random.default_rng(0))
     with pytest.raises(ValueError, match="^no pixel of cell 9 in the field; cannot place a training window$"):
         random_window(field, np.array([9]), 32, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="^a training window needs at least one cell to hold; this field has none$"):
+        random_window(field, np.array([], dtype=np.int64), 32, np.random.default_rng(0))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,7 @@ def test_the_dataset_windows_training_fields_only(cache: Path) -> None:
         assert tuple(windowed.image.shape) == (4, 64, 64) and tuple(full.image.shape) == (4, 128, 128)
         present = set(np.unique(windowed.cell_labels.numpy()).tolist()) - {0}
         ids = windowed.cell_ids.tolist()
-        assert ids and set(ids) <= present and set(ids) <= set(full.cell_ids.tolist())
+        assert ids and set(ids) == present & set(full.cell_ids.tolist())  # every pooled cell in the window, no other
         assert len(windowed.cell_rows) == len(ids) == int(windowed.usable.sum())
         rows_of = dict(zip(full.cell_ids.tolist(), full.cell_rows.tolist(), strict=True))
         assert windowed.cell_rows.tolist() == [rows_of[i] for i in ids]  # rows follow their cells

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score
 
+from hpa_cells.classes import NUM_CLASSES
 from hpa_cells.metrics import (
     CELL_MATCH_IOU,
     average_precision_with_misses,
     cell_level_map,
     macro_f1,
+    paired_bootstrap_cell_map,
     per_class_f1,
 )
 
@@ -163,3 +165,42 @@ def test_errors_name_the_image_and_cell() -> None:
         cell_level_map({"a": truth, "b": truth}, {}, {"a": truth}, {}, num_classes=K)
     with pytest.raises(ValueError, match="image 'a', predicted cell 2: expected 3 probabilities"):
         cell_level_map({"a": truth}, {}, {"a": truth}, {"a": _probs(c1=[0, 0, 0], c2=[0.5])}, num_classes=K)
+
+
+def _bootstrap_fixture() -> tuple[dict, dict, dict, dict, dict]:
+    """6 images, cells 1 and 2 each; cell 1 carries class 0 in every image, cell 2 class 1 in images 0-2.
+    A ranks both classes perfectly; B swaps the class-0 scores of the two cells in images 0 and 1."""
+    mask = np.zeros((8, 8), dtype=np.int32)
+    mask[:4], mask[4:] = 1, 2
+    masks = {f"im{i}": mask for i in range(6)}
+    truth = {f"im{i}": {1: (0,), 2: (1,) if i < 3 else ()} for i in range(6)}
+    a, b = {}, {}
+    for i in range(6):
+        one, two = np.zeros(NUM_CLASSES), np.zeros(NUM_CLASSES)
+        one[0], two[0] = 0.9, 0.1
+        two[1] = 0.8 if i < 3 else 0.2
+        a[f"im{i}"] = {1: one, 2: two}
+        b[f"im{i}"] = {1: two.copy(), 2: one.copy()} if i < 2 else {1: one, 2: two}
+        if i < 2:
+            b[f"im{i}"][1][1], b[f"im{i}"][2][1] = one[1], two[1]
+    return masks, truth, masks, a, b
+
+
+def test_paired_bootstrap_of_identical_predictions_is_exactly_zero() -> None:
+    masks, truth, pred_masks, a, _ = _bootstrap_fixture()
+    result = paired_bootstrap_cell_map(masks, truth, pred_masks, a, a, resamples=50)
+    assert result.map_a == result.map_b == pytest.approx(cell_level_map(masks, truth, pred_masks, a).mean_ap)
+    assert result.map_a == pytest.approx(1.0)
+    assert result.difference == 0.0 and result.interval == (0.0, 0.0) and result.share_b_better == 0.0
+    assert result.resamples == 50 and result.n_images == 6
+
+
+def test_paired_bootstrap_sees_a_worse_ranking_and_is_seeded() -> None:
+    masks, truth, pred_masks, a, b = _bootstrap_fixture()
+    result = paired_bootstrap_cell_map(masks, truth, pred_masks, a, b, resamples=200, seed=1)
+    assert result.map_b == pytest.approx(cell_level_map(masks, truth, pred_masks, b).mean_ap)
+    assert result.difference == pytest.approx(result.map_b - result.map_a) and result.difference < 0
+    assert result.interval[0] < 0 and result.interval[1] <= 0 and result.share_b_better == 0.0
+    assert paired_bootstrap_cell_map(masks, truth, pred_masks, a, b, resamples=200, seed=1) == result
+    with pytest.raises(ValueError, match="^resamples must be positive, got 0$"):
+        paired_bootstrap_cell_map(masks, truth, pred_masks, a, b, resamples=0)

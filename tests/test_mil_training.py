@@ -511,3 +511,17 @@ def test_channel_statistics_config_errors() -> None:
         MILConfig(channel_mean=(0.1, 0.1, 0.1), channel_std=(1, 1, 1, 1))
     with pytest.raises(ConfigError, match=re.escape("channel_std must be positive, got (1.0, 0.0, 1.0, 1.0)")):
         MILConfig(channel_mean=(0, 0, 0, 0), channel_std=(1, 0, 1, 1))
+
+
+def test_a_checkpoint_written_before_dense_window_still_resumes(square_cache: Path, tmp_path: Path) -> None:
+    """Checkpoints from before TrainConfig.dense_window lack the key; it reads as None (what those runs used)."""
+    import json
+
+    out = tmp_path / "run"
+    train_mil(square_cache, out, TINY_MODEL, replace(FAST, epochs=1))
+    state_path = out / "checkpoint" / "checkpoint.json"
+    state = json.loads(state_path.read_text())
+    del state["settings"]["training"]["dense_window"]
+    state_path.write_text(json.dumps(state))
+    metrics = train_mil(square_cache, out, TINY_MODEL, replace(FAST, epochs=2))
+    assert metrics["epochs_run"] == 2

@@ -1,0 +1,86 @@
+"""Is prediction folder B's cell mAP above A's beyond chance? A paired bootstrap over images.
+
+    python benchmarks/compare_cell_map.py --a preds_attention/ --b preds_ensemble/ --truth SYNTHETIC_FOLDER
+                                          [--val-of MODEL_FOLDER] [--resamples 1000] [--seed 0]
+
+Both folders must be `predict.py` outputs of the same cell cache (their cells are matched to the true cells of
+the synthetic folder's masks at IoU >= 0.6, as `evaluate.py` does). `--val-of` scores only the validation images
+of a model folder (its metrics.json `val_image_ids`), as the MIL benchmark does; default: every image of the truth
+folder that A predicted. Prints the two cell mAPs, B - A, its 95% bootstrap interval and the share of resamples
+where B is above A (`hpa_cells.metrics.paired_bootstrap_cell_map`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--a", type=Path, required=True, help="prediction folder A (the reference)")
+    p.add_argument("--b", type=Path, required=True, help="prediction folder B")
+    p.add_argument("--truth", type=Path, required=True, help="synthetic folder with per-cell truth")
+    p.add_argument("--val-of", type=Path, help="score only this model folder's validation images")
+    p.add_argument("--resamples", type=int, default=1000, help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from hpa_cells.cell_cache import CellCache
+    from hpa_cells.metrics import paired_bootstrap_cell_map, read_cell_truth, read_true_cell_mask
+    from mil.evaluation import probs_by_cell
+    from mil.prediction_files import PredictionFilesError, read_cell_predictions, read_manifest
+
+    try:
+        manifests = {name: read_manifest(folder) for name, folder in (("A", args.a), ("B", args.b))}
+        cells = {"A": read_cell_predictions(args.a), "B": read_cell_predictions(args.b)}
+    except PredictionFilesError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if manifests["A"]["cache"] != manifests["B"]["cache"]:
+        print(f"error: {args.a} and {args.b} predicted different caches ({manifests['A']['cache']} vs "
+              f"{manifests['B']['cache']}); compare predictions of the same cache", file=sys.stderr)
+        return 2
+    keys = {name: table[["image_id", "cell_id"]].reset_index(drop=True) for name, table in cells.items()}
+    if not keys["A"].equals(keys["B"]):
+        print(f"error: {args.a} and {args.b} hold different cells (image_id, cell_id); compare predictions of the "
+              "same cache", file=sys.stderr)
+        return 2
+    truth = read_cell_truth(args.truth)
+    image_ids = [i for i in dict.fromkeys(cells["A"]["image_id"]) if i in truth]
+    if not image_ids:
+        print(f"error: no predicted image of {args.a} has per-cell truth in {args.truth}", file=sys.stderr)
+        return 2
+    if args.val_of is not None:
+        wanted = set(json.loads((args.val_of / "metrics.json").read_text())["val_image_ids"])
+        image_ids = [i for i in image_ids if i in wanted]
+        if not image_ids:
+            print(f"error: none of the validation images of {args.val_of} is among the scored images", file=sys.stderr)
+            return 2
+    pred_masks, true_masks = {}, {}
+    with CellCache(manifests["A"]["cache"]) as cache:
+        for image_id in image_ids:
+            pred_masks[image_id], _ = cache.full_masks(image_id)
+            true_masks[image_id] = read_true_cell_mask(args.truth, image_id, pred_masks[image_id].shape)
+    probs = {name: probs_by_cell(table[table["image_id"].isin(set(image_ids))]) for name, table in cells.items()}
+    result = paired_bootstrap_cell_map(true_masks, truth, pred_masks, probs["A"], probs["B"], args.resamples,
+                                       args.seed)
+    rules = {name: manifest.get("cell_score", "cell") for name, manifest in manifests.items()}
+    print(f"{result.n_images} images; cell mAP A {result.map_a:.4f} ({args.a}, cell score {rules['A']}), "
+          f"B {result.map_b:.4f} ({args.b}, cell score {rules['B']})")
+    print(f"B - A = {result.difference:+.4f}; 95% bootstrap interval [{result.interval[0]:+.4f}, "
+          f"{result.interval[1]:+.4f}] over {result.resamples} image resamples; B above A in "
+          f"{100 * result.share_b_better:.0f}% of them")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
