@@ -179,8 +179,9 @@ def with_cell_score(own, cell_score: str):
     classes = list(CLASS_NAMES)
     cells = own.cells.copy()
     probs = cells[classes].to_numpy(np.float64)
-    for image_index, rows in cells.groupby("image_id", sort=False).indices.items():
-        image_probs = own.image_probs[own.image_ids.index(image_index)].astype(np.float64)
+    position = {image_id: i for i, image_id in enumerate(own.image_ids)}
+    for image_id, rows in cells.groupby("image_id", sort=False).indices.items():
+        image_probs = own.image_probs[position[image_id]].astype(np.float64)
         probs[rows] = score_cells(probs[rows], image_probs, cell_score)
     cells[classes] = probs
     return replace_field(own, cells=cells, cell_score=cell_score)

@@ -35,8 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from hpa_cells.cell_cache import CellCache
-    from hpa_cells.metrics import paired_bootstrap_cell_map, read_cell_truth, read_true_cell_mask
-    from mil.evaluation import probs_by_cell
+    from hpa_cells.metrics import paired_bootstrap_cell_map, read_cell_truth
+    from mil.evaluation import probs_by_cell, read_cell_masks
     from mil.prediction_files import PredictionFilesError, read_cell_predictions, read_manifest
 
     try:
@@ -65,11 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         if not image_ids:
             print(f"error: none of the validation images of {args.val_of} is among the scored images", file=sys.stderr)
             return 2
-    pred_masks, true_masks = {}, {}
     with CellCache(manifests["A"]["cache"]) as cache:
-        for image_id in image_ids:
-            pred_masks[image_id], _ = cache.full_masks(image_id)
-            true_masks[image_id] = read_true_cell_mask(args.truth, image_id, pred_masks[image_id].shape)
+        true_masks, pred_masks = read_cell_masks(cache, args.truth, image_ids)
     probs = {name: probs_by_cell(table[table["image_id"].isin(set(image_ids))]) for name, table in cells.items()}
     result = paired_bootstrap_cell_map(true_masks, truth, pred_masks, probs["A"], probs["B"], args.resamples,
                                        args.seed)

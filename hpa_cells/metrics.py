@@ -205,24 +205,22 @@ def cell_level_map(
     """Cell-level mAP over images (see the module docstring and `match_cells_to_truth` for the arguments)."""
     matched = match_cells_to_truth(true_masks, true_cell_labels, pred_masks, pred_cell_probs, num_classes,
                                    iou_threshold)
-    per_class = np.array([
-        average_precision_with_misses(matched.scores[:, c], matched.hits[:, c], int(matched.positives[c]))
-        for c in range(num_classes)
-    ])
-    present = matched.positives > 0
-    mean_ap = float(np.mean(per_class[present])) if present.any() else float("nan")
+    mean_ap, per_class = _mean_ap(matched.scores, matched.hits, matched.positives)
     return CellMAP(mean_ap, per_class, matched.n_true_cells, matched.n_matched_cells, matched.n_pred_cells)
 
 
-def _map_of(parts: Sequence[MatchedCells], num_classes: int) -> float:
-    scores = np.concatenate([p.scores for p in parts])
-    hits = np.concatenate([p.hits for p in parts])
-    positives = np.sum([p.positives for p in parts], axis=0)
+def _mean_ap(scores: np.ndarray, hits: np.ndarray, positives: np.ndarray) -> tuple[float, np.ndarray]:
+    """(mean over the classes with positives, `K` per-class APs with NaN where none) of scored items `N,K`."""
+    per_class = np.array([average_precision_with_misses(scores[:, c], hits[:, c], int(positives[c]))
+                          for c in range(len(positives))])
     present = positives > 0
-    if not present.any():
-        return float("nan")
-    return float(np.mean([average_precision_with_misses(scores[:, c], hits[:, c], int(positives[c]))
-                          for c in np.flatnonzero(present)]))
+    return (float(np.mean(per_class[present])) if present.any() else float("nan")), per_class
+
+
+def _map_of(parts: Sequence[MatchedCells]) -> float:
+    """Cell mAP of several images' matched cells together."""
+    return _mean_ap(np.concatenate([p.scores for p in parts]), np.concatenate([p.hits for p in parts]),
+                    np.sum([p.positives for p in parts], axis=0))[0]
 
 
 @dataclass(frozen=True)
@@ -262,13 +260,12 @@ def paired_bootstrap_cell_map(
     for name, probs in (("a", probs_a), ("b", probs_b)):
         parts[name] = [match_cells_to_truth({i: true_masks[i]}, true_cell_labels, {i: pred_masks[i]}, probs,
                                             num_classes) for i in image_ids]
-    map_a, map_b = _map_of(parts["a"], num_classes), _map_of(parts["b"], num_classes)
+    map_a, map_b = _map_of(parts["a"]), _map_of(parts["b"])
     rng = np.random.default_rng(seed)
     differences = np.empty(resamples)
     for r in range(resamples):
         draw = rng.integers(0, len(image_ids), size=len(image_ids))
-        differences[r] = (_map_of([parts["b"][i] for i in draw], num_classes)
-                          - _map_of([parts["a"][i] for i in draw], num_classes))
+        differences[r] = _map_of([parts["b"][i] for i in draw]) - _map_of([parts["a"][i] for i in draw])
     low, high = np.nanpercentile(differences, [2.5, 97.5])
     return PairedBootstrap(map_a, map_b, map_b - map_a, (float(low), float(high)),
                            float(np.mean(differences > 0)), resamples, len(image_ids))

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from hpa_cells.classes import CLASS_NAMES
-from mil.inference import CELL_SCORES, Predictions, predict_cache
+from mil.inference import Predictions, predict_cache, require_cell_score
 from mil.model_folder import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -64,8 +64,7 @@ def predict_members(members: Sequence[LoadedModel], cache_path: Path, out_dir: P
     """Predict a cache with one model or an ensemble; returns the predictions and the manifest entries naming
     every member; `cell_score` (`mil.inference.CELL_SCORES`) scores each member's cells before averaging. Dense
     members' pixel maps go to `out_dir/pixel_probabilities.h5` (their mean for several)."""
-    if cell_score not in CELL_SCORES:
-        raise ValueError(f"unknown cell score {cell_score!r}; choose one of {', '.join(CELL_SCORES)}")
+    require_cell_score(cell_score)
     from hpa_cells.pixel_maps import PIXEL_MAPS_FILE, average_pixel_map_files
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ the true label map over the whole field.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,6 +114,17 @@ def evaluate_predictions(pred_dir: Path, labels_path: Path, truth_dir: Path | No
     return report
 
 
+def read_cell_masks(cache, truth_dir: Path, image_ids: Sequence[str]) -> tuple[dict[str, np.ndarray],
+                                                                              dict[str, np.ndarray]]:
+    """(true, predicted) cell masks of `image_ids`: the predicted ones from an open `CellCache`, the true ones from
+    the synthetic folder `truth_dir`, resized to the predicted masks' shape."""
+    true_masks, pred_masks = {}, {}
+    for image_id in image_ids:
+        pred_masks[image_id], _ = cache.full_masks(image_id)
+        true_masks[image_id] = read_true_cell_mask(truth_dir, image_id, pred_masks[image_id].shape)
+    return true_masks, pred_masks
+
+
 def _add_cell_scores(report: EvaluationReport, pred_dir: Path, truth_dir: Path, device: str,
                      scored_ids: set[str]) -> None:
     """Cell mAP over the same images as the image-level scores (those in the label file)."""
@@ -132,12 +144,9 @@ def _add_cell_scores(report: EvaluationReport, pred_dir: Path, truth_dir: Path, 
     report.cell_score = cell_score
     cells = read_cell_predictions(pred_dir)
     image_ids = [i for i in read_image_predictions(pred_dir)["image_id"] if i in truth and i in scored_ids]
-    true_masks, pred_masks = {}, {}
     with CellCache(manifest["cache"]) as cache:
         crop_settings = cache.provenance["parameters"].get("crop", {})
-        for image_id in image_ids:
-            pred_masks[image_id], _ = cache.full_masks(image_id)
-            true_masks[image_id] = read_true_cell_mask(truth_dir, image_id, pred_masks[image_id].shape)
+        true_masks, pred_masks = read_cell_masks(cache, truth_dir, image_ids)
     result = cell_level_map(true_masks, truth, pred_masks, probs_by_cell(cells))
     report.cell_map = result.mean_ap
     report.per_class_cell_ap = _named(result.per_class_ap)

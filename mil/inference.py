@@ -46,11 +46,16 @@ CELL_SCORES = {
 """How `cells.csv`'s class probabilities are made from the model's outputs (recorded in manifest.json)."""
 
 
+def require_cell_score(cell_score: str) -> None:
+    """ValueError naming the choices unless `cell_score` is a key of `CELL_SCORES`."""
+    if cell_score not in CELL_SCORES:
+        raise ValueError(f"unknown cell score {cell_score!r}; choose one of {', '.join(CELL_SCORES)}")
+
+
 def score_cells(cell_probs: np.ndarray, image_probs: np.ndarray, cell_score: str) -> np.ndarray:
     """The `C,K` class probabilities of one image's cells by the rule `cell_score` (see `CELL_SCORES`), from their
     own probabilities `C,K` and the image's `K`."""
-    if cell_score not in CELL_SCORES:
-        raise ValueError(f"unknown cell score {cell_score!r}; choose one of {', '.join(CELL_SCORES)}")
+    require_cell_score(cell_score)
     if cell_probs.ndim != 2 or image_probs.shape != (cell_probs.shape[1],):
         raise ValueError(f"cell probabilities {cell_probs.shape} and image probabilities {image_probs.shape} "
                          "must be C,K and K")
@@ -252,8 +257,7 @@ def predict_bags(loaded: LoadedModel, bags: Iterable[BagInput], batch_size: int 
                  cell_score: str = "gated") -> Predictions:
     """Run the model over bags (all cells of each image). `pixel_maps` receives a dense model's per-pixel maps;
     `cell_score` says what the cells' class probabilities are (`CELL_SCORES`)."""
-    if cell_score not in CELL_SCORES:
-        raise ValueError(f"unknown cell score {cell_score!r}; choose one of {', '.join(CELL_SCORES)}")
+    require_cell_score(cell_score)
     from tqdm import tqdm
 
     model = loaded.model.to(device).eval()
