@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 from skimage.filters import threshold_otsu
 
-from hpa_cells.cell_cache import CacheProvenance, CellCache, CellCacheWriter
-from hpa_cells.cell_cache_schema import COMPRESSIONS
+from hpa_cells.cache import CacheProvenance, CellCache, CellCacheWriter
+from hpa_cells.cache.schema import COMPRESSIONS
 from hpa_cells.crops import CropConfig, extract_cell_crops
 
 DEFAULT_COMPRESSIONS = ("gzip1", "gzip4", "lzf", "none")

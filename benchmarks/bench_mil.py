@@ -137,7 +137,7 @@ def score(row: str, predictions, val_ids: list[str], cells_cache: Path, truth: P
     """Image macro F1 (fitted thresholds) and cell mAP on the validation images."""
     import numpy as np
 
-    from hpa_cells.cell_cache import CellCache
+    from hpa_cells.cache import CellCache
     from hpa_cells.classes import CLASS_NAMES
     from hpa_cells.labels import read_labels, to_multi_hot
     from hpa_cells.metrics import cell_level_map, macro_f1, read_cell_truth

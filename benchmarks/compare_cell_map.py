@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from hpa_cells.cell_cache import CellCache
+    from hpa_cells.cache import CellCache
     from hpa_cells.metrics import paired_bootstrap_cell_map, read_cell_truth
     from mil.evaluation import probs_by_cell, read_cell_masks
     from mil.prediction_files import PredictionFilesError, read_cell_predictions, read_manifest

@@ -2,7 +2,7 @@
 
 Each fold model (`WORK/{kind}/loo-{id8}/model.safetensors`, written by `scripts/train_segmenter.py --stages loo`)
 was fine-tuned without its held-out real field; this script segments that field at 512 px and scores AP@0.5 /
-AP@0.75 against its reference mask (`segmentation.instance_metrics.average_precision`), these ways:
+AP@0.75 against its reference mask (`hpa_cells.instance_metrics.average_precision`), these ways:
 
   nuclei       the default `CellposeSegmenter` (cell_assembly "nuclei"): cells grown from the nuclei network's
                nuclei over the cell network's outputs (`segmentation.seeded_cells`). The nuclei come from the
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _scores(truth, pred) -> dict[str, float]:
     import numpy as np
 
-    from segmentation.instance_metrics import average_precision
+    from hpa_cells.instance_metrics import average_precision
 
     ap = average_precision([truth], [pred], thresholds=(0.5, 0.75))[0]
     return {"ap50": float(ap[0, 0]), "ap75": float(ap[0, 1]), "n_true": int(truth.max()),

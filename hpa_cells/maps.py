@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from hpa_cells.cell_cache import CellCache
+from hpa_cells.cache import CellCache
 from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
 from hpa_cells.composite import CHANNEL_LEGEND, CompositeSettings, composite_rgb, grey_channel
 from hpa_cells.images import read_sample, resize_mask

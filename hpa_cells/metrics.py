@@ -158,7 +158,7 @@ def match_cells_to_truth(
     true_cell_labels: image id -> {true cell id: class ids}. pred_cell_probs: image id -> {pred cell id: `K` probs};
     every predicted cell in a mask needs probabilities (a cell left out of the table counts with probability 0).
     """
-    from segmentation.instance_metrics import match_instances
+    from hpa_cells.instance_metrics import match_instances
 
     scores: list[np.ndarray] = []
     hits: list[np.ndarray] = []

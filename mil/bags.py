@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from hpa_cells.cell_cache import CellCache
+from hpa_cells.cache import CellCache
 from mil.model import BagBatch
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpa_cells.cell_cache import CellCache
+from hpa_cells.cache import CellCache
 from hpa_cells.classes import NUM_CLASSES
 from hpa_cells.metrics import parse_cell_label_csv
 

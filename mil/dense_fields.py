@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hpa_cells.cell_cache import CellCache
+from hpa_cells.cache import CellCache
 from hpa_cells.images import resize_image, resize_mask
 from mil.bags import DEFAULT_EXCLUDE_FLAGS, CacheImageDataset
 from mil.dense_model import DenseBatch

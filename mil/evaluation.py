@@ -128,7 +128,7 @@ def read_cell_masks(cache, truth_dir: Path, image_ids: Sequence[str]) -> tuple[d
 def _add_cell_scores(report: EvaluationReport, pred_dir: Path, truth_dir: Path, device: str,
                      scored_ids: set[str]) -> None:
     """Cell mAP over the same images as the image-level scores (those in the label file)."""
-    from hpa_cells.cell_cache import CellCache
+    from hpa_cells.cache import CellCache
     from hpa_cells.crops import CropConfig
     from mil.ensemble import average_predictions
     from mil.inference import CELL_SCORES, FAMILY_INPUTS, bags_from_masks, predict_bags

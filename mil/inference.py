@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hpa_cells.cell_cache import CellCache
+from hpa_cells.cache import CellCache
 from hpa_cells.classes import CLASS_NAMES
 from hpa_cells.crops import CropConfig, extract_cell_crops
 from mil.bags import DEFAULT_EXCLUDE_FLAGS

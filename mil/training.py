@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from hpa_cells.cell_cache import CellCache
+from hpa_cells.cache import CellCache
 from hpa_cells.classes import CLASS_NAMES
 from hpa_cells.metrics import macro_f1, per_class_f1
 from mil.bags import DEFAULT_EXCLUDE_FLAGS, BagDataset, collate_bags, measure_channel_statistics

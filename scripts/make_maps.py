@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from hpa_cells.cell_cache import CellCacheError
+    from hpa_cells.cache import CellCacheError
     from hpa_cells.cell_exports import CellExportError, ExportDependencyError, write_h5ad
     from hpa_cells.images import ImageReadError
     from hpa_cells.labels import LabelFileError

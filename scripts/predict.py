@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from hpa_cells.cell_cache import CellCache, CellCacheSchemaError
+    from hpa_cells.cache import CellCache, CellCacheSchemaError
     from hpa_cells.classes import CLASS_NAMES
     from mil.ensemble import predict_members
     from mil.model_folder import ModelFolderError, load_model

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --out is required with --images", file=sys.stderr)
         return 2
 
-    from hpa_cells.cell_cache import CellCacheError
+    from hpa_cells.cache import CellCacheError
     from hpa_cells.crops import CropConfig
     from hpa_cells.labels import LabelFileError
     from segmentation.cellpose_models import ModelFormatError, ModelNotFoundError

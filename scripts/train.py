@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import logging
 
-    from hpa_cells.cell_cache import CellCacheSchemaError
+    from hpa_cells.cache import CellCacheSchemaError
     from mil.cell_labels import CellLabelError
     from mil.config import ConfigError, DenseConfig, MILConfig
     from mil.encoders import EncoderWeightsError

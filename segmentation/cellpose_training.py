@@ -24,7 +24,7 @@ import torch
 
 from segmentation.cellpose_models import CellposeNetSpec, save_bundled_format, sha256_of_file
 from segmentation.cellpose_segmenter import CellposeNetRunner, cellpose_input
-from segmentation.instance_metrics import average_precision
+from hpa_cells.instance_metrics import average_precision
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpa_cells.cell_cache import CacheProvenance, CellCacheWriter
+from hpa_cells.cache import CacheProvenance, CellCacheWriter
 from hpa_cells.crops import CropConfig, extract_cell_crops
 from hpa_cells.images import (
     ImageReadError,

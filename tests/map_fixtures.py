@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hpa_cells.cell_cache import CacheProvenance, CellCache, CellCacheWriter
+from hpa_cells.cache import CacheProvenance, CellCache, CellCacheWriter
 from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
 from hpa_cells.crops import CELL_RECORD_COLUMNS
 from hpa_cells.images import resize_image, write_label_mask, write_sample

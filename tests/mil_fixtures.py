@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hpa_cells.cell_cache import CacheProvenance, CellCacheWriter
+from hpa_cells.cache import CacheProvenance, CellCacheWriter
 from hpa_cells.classes import NUM_CLASSES
 from hpa_cells.crops import CELL_RECORD_COLUMNS
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpa_cells.cell_cache import (
+from hpa_cells.cache import (
     CacheProvenance,
     CellCache,
     CellCacheError,
@@ -33,7 +33,7 @@ from hpa_cells.cell_cache import (
     CellCacheWriter,
     DuplicateImageError,
 )
-from hpa_cells.cell_cache_schema import MASK_CHUNK_PIXELS, CacheAppender
+from hpa_cells.cache.schema import MASK_CHUNK_PIXELS, CacheAppender
 from hpa_cells.classes import NUM_CLASSES
 from hpa_cells.crops import CropConfig, extract_cell_crops
 
@@ -271,7 +271,7 @@ def test_second_writer_is_locked_out_and_stale_lock_is_taken_over(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
     )
     lock.write_text(f"{dead.stdout.strip()}@{os.uname().nodename}")
-    with caplog.at_level(logging.WARNING, logger="hpa_cells.cell_cache_writer"):
+    with caplog.at_level(logging.WARNING, logger="hpa_cells.cache.writer"):
         with _writer(path) as writer:
             assert writer.done_image_ids() == {"img000"}
     assert f"taking over stale lock {lock} left by dead process {dead.stdout.strip()}" in caplog.text
@@ -461,7 +461,7 @@ def test_reader_warns_about_unmerged_journal(tmp_path: Path, caplog: pytest.LogC
         with _writer(path) as writer:
             writer.add_image("img001", **_field(1))
             raise KeyboardInterrupt
-    with caplog.at_level(logging.WARNING, logger="hpa_cells.cell_cache"):
+    with caplog.at_level(logging.WARNING, logger="hpa_cells.cache"):
         with CellCache(path) as cache:
             assert cache.image_ids == ["img000"]
     assert f"{path} has 1 unmerged journal shards" in caplog.text
@@ -480,8 +480,8 @@ import time
 
 import numpy as np
 
-import hpa_cells.cell_cache_writer as writer_module
-from hpa_cells.cell_cache import CacheProvenance, CellCacheWriter
+import hpa_cells.cache.writer as writer_module
+from hpa_cells.cache import CacheProvenance, CellCacheWriter
 from hpa_cells.classes import NUM_CLASSES
 from hpa_cells.crops import CropConfig, extract_cell_crops
 
@@ -709,7 +709,7 @@ def test_sigkill_at_each_stage_then_rerun_matches_uninterrupted_run(
         landed = cache.exists() and 0 < shards < NUM_KILL_IMAGES
     assert landed, f"expected {evidence}; found {sorted(p.name for p in tmp_path.rglob('*'))}"
     assert (tmp_path / "cells.h5.lock").exists()
-    with caplog.at_level(logging.WARNING, logger="hpa_cells.cell_cache_writer"):
+    with caplog.at_level(logging.WARNING, logger="hpa_cells.cache.writer"):
         _run_to_end(writer_script, cache, capsys)
     assert (
         f"taking over stale lock {tmp_path / 'cells.h5.lock'} left by dead process {writer.process.pid}"
@@ -763,7 +763,7 @@ def test_a_settings_mismatch_names_the_settings_that_differ() -> None:
     """A cache written before a segmenter option existed: the message names the new keys, not two JSON blobs."""
     import json
 
-    from hpa_cells.cell_cache_writer import _json_differences
+    from hpa_cells.cache.writer import _json_differences
 
     old = json.dumps({"settings": {"diameter_tolerance": 1.25, "use_er": True}, "working_size": 512})
     new = json.dumps({"settings": {"diameter_tolerance": None, "use_er": True, "cell_assembly": "nuclei"},

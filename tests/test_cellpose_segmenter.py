@@ -28,7 +28,7 @@ from segmentation.cellpose_segmenter import (
     default_diameters,
     normalize_percentile,
 )
-from segmentation.instance_metrics import average_precision
+from hpa_cells.instance_metrics import average_precision
 from segmentation.preprocessing import FieldImageError
 from segmentation.result import Segmenter
 

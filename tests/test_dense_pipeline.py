@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpa_cells.cell_cache import CellCache
+from hpa_cells.cache import CellCache
 from hpa_cells.classes import CLASS_NAMES
 from hpa_cells.pixel_maps import PIXEL_MAPS_FILE, PixelMaps
 from hpa_cells.synthetic.dataset import SyntheticConfig, write_dataset

@@ -39,7 +39,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     loaded = load_model(model)
     predictions = predict_cache(loaded, cache, show_progress=False)
     pred = root / "pred"
-    from hpa_cells.cell_cache import CellCache
+    from hpa_cells.cache import CellCache
 
     with CellCache(cache) as opened:
         flags = opened.qc_flag_names

@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from segmentation.instance_metrics import (
+from hpa_cells.instance_metrics import (
     MaskMismatchError,
     average_precision,
     iou_matrix,

@@ -17,7 +17,7 @@ from mil_fixtures import green_marker_bags, random_bags, write_bag_cache
 from safetensors.torch import load_file
 from sklearn.metrics import average_precision_score
 
-from hpa_cells.cell_cache import CellCache
+from hpa_cells.cache import CellCache
 from hpa_cells.classes import NUM_CLASSES
 from hpa_cells.metrics import per_class_f1
 from mil import training

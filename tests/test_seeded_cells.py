@@ -13,7 +13,7 @@ import pytest
 
 from segmentation.cellpose_models import CellposeNetSpec
 from segmentation.cellpose_segmenter import CellposeNetRunner, CellposeSegmenter, CellposeSettings
-from segmentation.instance_metrics import average_precision
+from hpa_cells.instance_metrics import average_precision
 from segmentation.seeded_cells import SeededCellSettings, grow_cells_from_nuclei, median_nucleus_diameter
 
 pytestmark = pytest.mark.usefixtures("no_network", "one_torch_thread")

@@ -14,7 +14,7 @@ from types import ModuleType
 import pytest
 
 import segmentation.cellpose_models as cellpose_models
-from hpa_cells.cell_cache import CellCache
+from hpa_cells.cache import CellCache
 from hpa_cells.synthetic.dataset import SyntheticConfig, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]

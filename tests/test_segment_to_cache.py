@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpa_cells.cell_cache import CellCache
+from hpa_cells.cache import CellCache
 from hpa_cells.images import read_label_mask, read_sample, resize_mask, write_sample
 from hpa_cells.labels import read_labels, to_multi_hot
 from hpa_cells.synthetic.dataset import SyntheticConfig, SyntheticGenerator, write_dataset

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from segmentation.instance_metrics import average_precision
+from hpa_cells.instance_metrics import average_precision
 from segmentation.preprocessing import FieldImageError
 from segmentation.quality_control import QCFlag
 from segmentation.result import Segmenter

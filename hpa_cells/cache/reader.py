@@ -1,7 +1,7 @@
 """The HDF5 cell cache: every kept cell of every image as a fixed-size crop, in one file.
 
 Segmentation runs once; training and prediction read only this file. `CellCache` reads it,
-`CellCacheWriter` (from `hpa_cells.cell_cache_writer`, re-exported here) writes it crash-safely.
+`CellCacheWriter` (from `hpa_cells.cache.writer`, re-exported here) writes it crash-safely.
 
 ## Cell cache schema (version 2)
 
@@ -84,7 +84,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from hpa_cells.cell_cache_schema import (
+from hpa_cells.cache.schema import (
     FIRST_VERSION_WITH_FULL_IMAGES,
     FULL_IMAGE_DATASET,
     NUM_CHANNELS,
@@ -98,7 +98,7 @@ from hpa_cells.cell_cache_schema import (
     check_schema,
     read_strings,
 )
-from hpa_cells.cell_cache_writer import CellCacheWriter, journal_dir_of, journal_shards
+from hpa_cells.cache.writer import CellCacheWriter, journal_dir_of, journal_shards
 
 __all__ = [
     "CacheProvenance",

@@ -1,6 +1,6 @@
 """The on-disk layout of the HDF5 cell cache (schema version 2): names, dtypes, creation and appending.
 
-The layout itself is documented in `hpa_cells.cell_cache` (and data/README.md). This module is the
+The layout itself is documented in `hpa_cells.cache` (and data/README.md). This module is the
 single place that knows dataset names and dtypes; the reader (`cell_cache`) and the writer
 (`cell_cache_writer`) both go through it. A journal shard written for one image uses exactly this
 layout too, so merging a shard into the main file is "append one cache to another".

@@ -1,4 +1,4 @@
-"""Crash-safe, resumable writing of the HDF5 cell cache (layout: see `hpa_cells.cell_cache`).
+"""Crash-safe, resumable writing of the HDF5 cell cache (layout: see `hpa_cells.cache`).
 
 An HDF5 file appended in place can be left unopenable when its writer is killed mid-flush, so the
 main file `cells.h5` is never modified in place:
@@ -39,7 +39,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from hpa_cells.cell_cache_schema import (
+from hpa_cells.cache.schema import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
     LIBVER,
