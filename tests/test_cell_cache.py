@@ -271,7 +271,7 @@ def test_second_writer_is_locked_out_and_stale_lock_is_taken_over(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
     )
     lock.write_text(f"{dead.stdout.strip()}@{os.uname().nodename}")
-    with caplog.at_level(logging.WARNING, logger="hpa_cells.cache.writer"):
+    with caplog.at_level(logging.WARNING, logger="hpa_cells.cache.lock"):
         with _writer(path) as writer:
             assert writer.done_image_ids() == {"img000"}
     assert f"taking over stale lock {lock} left by dead process {dead.stdout.strip()}" in caplog.text
@@ -709,7 +709,7 @@ def test_sigkill_at_each_stage_then_rerun_matches_uninterrupted_run(
         landed = cache.exists() and 0 < shards < NUM_KILL_IMAGES
     assert landed, f"expected {evidence}; found {sorted(p.name for p in tmp_path.rglob('*'))}"
     assert (tmp_path / "cells.h5.lock").exists()
-    with caplog.at_level(logging.WARNING, logger="hpa_cells.cache.writer"):
+    with caplog.at_level(logging.WARNING, logger="hpa_cells.cache.lock"):
         _run_to_end(writer_script, cache, capsys)
     assert (
         f"taking over stale lock {tmp_path / 'cells.h5.lock'} left by dead process {writer.process.pid}"

@@ -1,7 +1,14 @@
 """The HDF5 cell cache, the file contract between segmentation and learning.
 
-`schema` names every dataset and its dtype, `reader` (`CellCache`) reads, `writer` (`CellCacheWriter`) writes
-crash-safely. The schema itself is documented in `hpa_cells.cache.reader` and data/README.md.
+- `schema`: every dataset, its dtype and meaning (the schema documentation is its module docstring, reproduced
+  in data/README.md); creating and appending the layout.
+- `reader`: `CellCache`, read-only access (safe in DataLoader workers).
+- `writer`: `CellCacheWriter`, crash-safe and resumable writing; `inputs` checks what it is given.
+- `journal`: the shards of finished images beside the main file, waiting to be merged (the reader lists them
+  to warn, the writer writes and merges them).
+- `lock`: the writer's lock file (one writer per cache, stale locks taken over).
+
+The reader never imports the writer. Import the public names from here (`from hpa_cells.cache import ...`).
 """
 
 from hpa_cells.cache.reader import CellCache
