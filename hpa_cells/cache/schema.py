@@ -1,9 +1,71 @@
 """The on-disk layout of the HDF5 cell cache (schema version 2): names, dtypes, creation and appending.
 
-The layout itself is documented in `hpa_cells.cache` (and data/README.md). This module is the
-single place that knows dataset names and dtypes; the reader (`cell_cache`) and the writer
-(`cell_cache_writer`) both go through it. A journal shard written for one image uses exactly this
-layout too, so merging a shard into the main file is "append one cache to another".
+This module is the single place that knows dataset names and dtypes; the reader (`hpa_cells.cache.reader`)
+and the writer (`hpa_cells.cache.writer`) both go through it. A journal shard written for one image uses
+exactly this layout too, so merging a shard into the main file is "append one cache to another". The
+schema below is also reproduced in data/README.md; change both together.
+
+## Cell cache schema (version 2)
+
+One HDF5 file (HDF5 1.10 format, readable by h5py on HDF5 >= 1.10). N = number of cells,
+M = number of images, K = number of skipped images, S = crop size, 28 = number of classes.
+Cells are stored image by image, each image's cells in increasing cell id order, so the cells of
+image i are rows `offset[i] : offset[i] + count[i]` of every per-cell dataset.
+
+Root attributes:
+
+| attribute | type | meaning |
+|---|---|---|
+| `schema_version` | int | `2`; readers also read version 1 (no `image_pixels`, see below) and refuse others with an error naming both |
+| `crop_size` | int | S |
+| `channel_order` | str | `"red,green,blue,yellow"` (microtubules, protein, nucleus, ER) |
+| `segmenter` | str | name of the segmenter that made the label masks |
+| `model_sha256` | str | sha256 of the segmentation model file, `""` if it has none |
+| `parameters_json` | str | segmenter parameters, JSON with sorted keys |
+| `qc_flag_names` | str | JSON object `{flag name: bit value}` for `cells/qc_flags` |
+| `package_version` | str | `hpa_cells.__version__` of the run that created the file |
+| `created` / `modified` | str | ISO 8601 UTC: first image written / last merge |
+
+Datasets (every 1-D/2-D table is chunked and resizable along its first axis):
+
+| path | shape | dtype | meaning |
+|---|---|---|---|
+| `crops` | N,4,S,S | uint8 | cell crops, channels in `channel_order`; chunk = one cell; gzip level 1 (default) |
+| `masks` | N,S,S | uint8 | the cell's own mask in crop coordinates (0/1); chunk = one cell; same filter as `crops` |
+| `cells/image_index` | N | int32 | row of the cell's image in `images/` |
+| `cells/image_id` | N | utf-8 str | the cell's image id |
+| `cells/cell_id` | N | int32 | the cell's label in the image's full cell mask |
+| `cells/bbox` | N,4 | int32 | y0, x0, y1, x1 (end exclusive) in working-size pixels |
+| `cells/centroid` | N,2 | float32 | y, x in working-size pixels |
+| `cells/area` | N | int32 | cell area in working-size pixels |
+| `cells/nucleus_area` | N | int32 | nucleus pixels inside the cell |
+| `cells/scale` | N | float32 | crop pixels per working pixel: by default each cell's padded box is resized to fill the crop (`CropConfig.upscale`), so > 1 for cells smaller than the crop |
+| `cells/qc_flags` | N | uint16 | QC bitmask, bits named by `qc_flag_names` |
+| `images/id` | M | utf-8 str | image id (unique) |
+| `images/offset` | M | int64 | first row of the image's cells |
+| `images/count` | M | int32 | number of cells (>= 1) |
+| `images/original_hw` | M,2 | int32 | field size before resizing |
+| `images/working_hw` | M,2 | int32 | H, W of the full masks (the working size) |
+| `images/labels` | M,28 | uint8 | image-level multi-hot labels, 2018 class ids; zeros when unlabelled |
+| `images/has_labels` | M | uint8 | 1 if the image came with labels (0 for prediction-only data) |
+| `images/mask_offset` | M | int64 | start of the image's segment in `image_masks/*` |
+| `image_masks/cells` | P | uint16 | full cell label masks, ragged: image i is `[mask_offset[i] : mask_offset[i] + H*W]` reshaped H,W; segments are padded to whole 65536-pixel chunks; always gzip 4 |
+| `image_masks/nuclei` | P | uint16 | full nucleus label masks, same layout |
+| `image_pixels` | P,4 | uint8 | full images at working size (what was segmented), same ragged layout: image i is `[mask_offset[i] : mask_offset[i] + H*W]` reshaped H,W,4 (channels last on disk, `CellCache.full_image()` returns 4,H,W); gzip 1 |
+| `skipped/image_id` | K | utf-8 str | images that yielded no cells |
+| `skipped/reason` | K | utf-8 str | why (no cells, unreadable, missing channel, ...) |
+
+Version 1 files (written before the full images were stored) lack `image_pixels` and are otherwise the same:
+they stay readable for everything built on crops and masks (the crop MIL); `full_image()` on them raises a
+`CellCacheSchemaError` naming the file and saying to re-run `scripts/segment.py`, and writers refuse to append
+to them.
+
+Beside the file, while a writer runs or after it was killed: `cells.h5.lock` (writer's `pid@host`),
+`cells.h5.journal/NNNNNNNN.h5` (finished images, each a one-image cache of this same layout, merged
+on the writer's close) and possibly `cells.h5.tmp` (an interrupted merge, removed by the next writer).
+Readers only see the main file; they warn when a journal is waiting to be merged. The journal
+and its merge are described in `hpa_cells.cache.journal` and `hpa_cells.cache.writer`, the lock in
+`hpa_cells.cache.lock`.
 """
 
 from __future__ import annotations
