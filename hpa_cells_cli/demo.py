@@ -52,6 +52,7 @@ def step(title: str) -> float:
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the demo with `argv` (default: sys.argv[1:]); 0 when every step finished (a failed step exits)."""
     args = build_parser(prog).parse_args(argv)
     started = time.time()
     from hpa_cells.images import read_sample, scan_folder

@@ -29,6 +29,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run `evaluate` with `argv` (default: sys.argv[1:]); 0 on success, 2 for bad input."""
     args = build_parser(prog).parse_args(argv)
     from hpa_cells.labels import LabelFileError
     from mil.evaluation import TruthFolderError, evaluate_predictions

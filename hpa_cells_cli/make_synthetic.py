@@ -46,6 +46,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run `make-synthetic` with `argv` (default: sys.argv[1:]); 0 on success, 1 for an unusable output
+    folder, 2 for bad input."""
     args = build_parser(prog).parse_args(argv)
     if args.n < 1:
         print(f"error: --n must be >= 1, got {args.n}", file=sys.stderr)

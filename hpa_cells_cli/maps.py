@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run `maps` with `argv` (default: sys.argv[1:]); 0 on success, 2 for bad input, 3 for a missing extra."""
     args = parse_args(argv, prog)
     from hpa_cells.cache import CellCacheError
     from hpa_cells.cell_exports import CellExportError, ExportDependencyError, write_h5ad

@@ -39,6 +39,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run `predict` with `argv` (default: sys.argv[1:]); 0 on success, 2 for bad input."""
     args = build_parser(prog).parse_args(argv)
     from hpa_cells.cache import CellCache, CellCacheSchemaError
     from hpa_cells.classes import CLASS_NAMES

@@ -63,7 +63,36 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class OptionError(ValueError):
+    """An option value argparse cannot check by itself (the command prints it and exits with code 2)."""
+
+
+def build_segmenter(args: argparse.Namespace):
+    """The segmenter the options choose (its library imported only now). Raises OptionError for a bad
+    --diameter-tolerance, and the segmenter's own errors for a missing or unreadable model or mask folder."""
+    if args.segmenter == "cellpose":
+        from segmentation.cellpose_segmenter import CellposeSegmenter, CellposeSettings
+
+        if args.diameter_tolerance != 0 and args.diameter_tolerance <= 1:
+            raise OptionError(f"--diameter-tolerance must be 0 (off) or > 1, got {args.diameter_tolerance}")
+        return CellposeSegmenter(CellposeSettings(
+            cell_model=args.model, nucleus_model=args.nucleus_model, device=args.device,
+            diameter_tolerance=args.diameter_tolerance or None, cell_assembly=args.cell_assembly))
+    if args.segmenter == "whole-field":
+        from segmentation.whole_field import WholeFieldSegmenter
+
+        return WholeFieldSegmenter()
+    if args.segmenter == "masks":
+        from segmentation.mask_folder import MaskFolderSegmenter
+
+        return MaskFolderSegmenter(args.masks or args.images)
+    from segmentation.watershed import WatershedSegmenter
+
+    return WatershedSegmenter()
+
+
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run `segment` with `argv` (default: sys.argv[1:]); 0 on success, 1 for a --strict stop, 2 for bad input."""
     args = build_parser(prog).parse_args(argv)
     if args.images is None:
         from hpa_cells.synthetic.dataset import SyntheticConfig, write_dataset
@@ -85,29 +114,8 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     from segmentation.segment_to_cache import SegmentJob, StrictModeError, segment_folder
 
     try:
-        if args.segmenter == "cellpose":
-            from segmentation.cellpose_segmenter import CellposeSegmenter, CellposeSettings
-
-            if args.diameter_tolerance != 0 and args.diameter_tolerance <= 1:
-                print(f"error: --diameter-tolerance must be 0 (off) or > 1, got {args.diameter_tolerance}",
-                      file=sys.stderr)
-                return 2
-            segmenter = CellposeSegmenter(CellposeSettings(
-                cell_model=args.model, nucleus_model=args.nucleus_model, device=args.device,
-                diameter_tolerance=args.diameter_tolerance or None, cell_assembly=args.cell_assembly))
-        elif args.segmenter == "whole-field":
-            from segmentation.whole_field import WholeFieldSegmenter
-
-            segmenter = WholeFieldSegmenter()
-        elif args.segmenter == "masks":
-            from segmentation.mask_folder import MaskFolderSegmenter
-
-            segmenter = MaskFolderSegmenter(args.masks or args.images)
-        else:
-            from segmentation.watershed import WatershedSegmenter
-
-            segmenter = WatershedSegmenter()
-    except (ModelNotFoundError, ModelFormatError, MaskFileError) as err:
+        segmenter = build_segmenter(args)
+    except (ModelNotFoundError, ModelFormatError, MaskFileError, OptionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)  # a new folder for the cache is fine

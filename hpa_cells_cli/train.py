@@ -71,6 +71,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run `train` with `argv` (default: sys.argv[1:]); 0 on success, 2 for bad input. Long because it is
+    the straight sequence of option checks, each with its own one-line error, before the one training call."""
     args = build_parser(prog).parse_args(argv)
     import logging
 

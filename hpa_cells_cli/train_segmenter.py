@@ -55,6 +55,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run `train-segmenter` with `argv` (default: sys.argv[1:]); 0 when the stages ran. Long because it is
+    the three stages in order, sharing their fields and configurations, as one readable recipe."""
     args = build_parser(prog).parse_args(argv)
     import logging
     from dataclasses import replace
