@@ -7,13 +7,16 @@ import importlib.util
 import json
 import shutil
 from pathlib import Path
-from types import ModuleType
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
 
+import hpa_cells_cli.evaluate as evaluate_command
+import hpa_cells_cli.maps as maps_command
+import hpa_cells_cli.predict as predict_command
+import hpa_cells_cli.train as train_command
 from hpa_cells.cache import CellCache
 from hpa_cells.classes import CLASS_NAMES
 from hpa_cells.pixel_maps import PIXEL_MAPS_FILE, PixelMaps
@@ -31,13 +34,6 @@ DENSE_ARGS = ["--family", "dense", "--dense-encoder", "tu-test_resnet", "--dense
               "--batch-size", "4", "--val-fraction", "0.34", "--device", "cpu", "--lr", "3e-3"]
 
 
-def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("dense")
@@ -47,10 +43,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     segment_folder(SegmentJob(synthetic, cache, labels_path=synthetic / "train.csv", working_size=256),
                    WatershedSegmenter())
     dense, crop = root / "dense", root / "crop"
-    assert _script("train").main(["--cache", str(cache), "--out", str(dense), *DENSE_ARGS, "--cell-pool", "lse"]) == 0
+    assert train_command.main(["--cache", str(cache), "--out", str(dense), *DENSE_ARGS, "--cell-pool", "lse"]) == 0
     train_mil(cache, crop, MILConfig(encoder="test_resnet", input_size=16, dropout=0.0),
               TrainConfig(epochs=1, batch_size=4, max_cells=4, val_fraction=0.34, device="cpu"))
-    predict = _script("predict")
+    predict = predict_command
     for name, models, extra in (("pred_dense", [dense], []), ("pred_crop", [crop], []),
                                 ("pred_ensemble", [crop, dense], []), ("pred_crop_own", [crop], ["--cell-score", "cell"]),
                                 ("pred_ensemble_own", [crop, dense], ["--cell-score", "cell"])):
@@ -152,8 +148,8 @@ def test_score_cells_rules_and_errors() -> None:
 def test_evaluate_scores_dense_and_ensemble_predictions(run: dict[str, Path], pred: str,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     synthetic = run["synthetic"]
-    assert _script("evaluate").main(["--pred", str(run["root"] / pred), "--labels", str(synthetic / "train.csv"),
-                                     "--truth", str(synthetic), "--json"]) == 0
+    assert evaluate_command.main(["--pred", str(run["root"] / pred), "--labels", str(synthetic / "train.csv"),
+                                  "--truth", str(synthetic), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["n_images"] == 6
     assert 0.0 <= record["cell_map"] <= 1.0 and 0.0 <= record["cell_map_true_masks"] <= 1.0
@@ -165,11 +161,11 @@ def test_a_schema_1_cache_is_refused_for_dense_but_serves_the_crop_model(run: di
     with h5py.File(old, "r+") as f:
         del f["image_pixels"]
         f.attrs["schema_version"] = 1
-    assert _script("train").main(["--cache", str(old), "--out", str(tmp_path / "m"), *DENSE_ARGS]) == 2
+    assert train_command.main(["--cache", str(old), "--out", str(tmp_path / "m"), *DENSE_ARGS]) == 2
     error = capsys.readouterr().err
     assert f"{old} is a schema_version 1 cell cache without the full images" in error
     assert "re-run scripts/segment.py" in error
-    predict = _script("predict")
+    predict = predict_command
     assert predict.main(["--model", str(run["dense"]), "--cache", str(old), "--out", str(tmp_path / "p")]) == 2
     assert "re-run scripts/segment.py" in capsys.readouterr().err
     assert predict.main(["--model", str(run["crop"]), "--cache", str(old), "--out", str(tmp_path / "c")]) == 0
@@ -179,8 +175,8 @@ def test_maps_of_a_dense_model_add_pixel_panels_and_a_pixel_ome_tiff(run: dict[s
     import tifffile
 
     maps = tmp_path / "maps"
-    assert _script("make_maps").main(["--pred", str(run["root"] / "pred_dense"), "--maps", str(maps),
-                                      "--classes", "0", "--limit", "1"]) == 0
+    assert maps_command.main(["--pred", str(run["root"] / "pred_dense"), "--maps", str(maps),
+                              "--classes", "0", "--limit", "1"]) == 0
     index = pd.read_csv(maps / "maps_index.csv")
     image_id = index["image_id"].iloc[0]
     pixel_panels = index[index["kind"] == "pixel_panel"]
@@ -195,8 +191,8 @@ def test_maps_of_a_dense_model_add_pixel_panels_and_a_pixel_ome_tiff(run: dict[s
     assert planes.shape == (28, *cells_hw.shape) and planes.dtype == np.uint8  # synthetic: original = working size
     assert (planes[:, cells_hw == 0] == 0).all() and planes[:, cells_hw > 0].max() > 0
     crop_maps = tmp_path / "crop_maps"
-    assert _script("make_maps").main(["--pred", str(run["root"] / "pred_crop"), "--maps", str(crop_maps),
-                                      "--limit", "1", "--no-tiff"]) == 0
+    assert maps_command.main(["--pred", str(run["root"] / "pred_crop"), "--maps", str(crop_maps),
+                              "--limit", "1", "--no-tiff"]) == 0
     assert "pixel_panel" not in set(pd.read_csv(crop_maps / "maps_index.csv")["kind"])
 
 
@@ -228,14 +224,14 @@ def test_a_dense_model_can_start_from_a_crop_models_encoder(run: dict[str, Path]
     out = tmp_path / "dense_from_crop"
     argv = ["--cache", str(run["cache"]), "--out", str(out), *DENSE_ARGS, "--encoder-weights", str(run["crop"])]
     argv[argv.index("tu-test_resnet")] = "tu-resnet10t"
-    assert _script("train").main(argv) == 2
+    assert train_command.main(argv) == 2
     assert capsys.readouterr().err == (f"error: encoder weights {run['crop']}: its encoder is 'test_resnet', which "
                                        "does not fit the dense encoder 'tu-resnet10t' (use --dense-encoder "
                                        "tu-test_resnet)\n")
     assert not out.exists()
     good = tmp_path / "dense_from_crop_ok"
-    assert _script("train").main(["--cache", str(run["cache"]), "--out", str(good), *DENSE_ARGS,
-                                  "--encoder-weights", str(run["crop"])]) == 0
+    assert train_command.main(["--cache", str(run["cache"]), "--out", str(good), *DENSE_ARGS,
+                               "--encoder-weights", str(run["crop"])]) == 0
     record = json.loads((good / "config.json").read_text())
     assert record["model"]["channel_mean"] == list(crop.config.channel_mean[:4])
     assert record["training"]["encoder_weights"] == str(run["crop"])
@@ -244,7 +240,7 @@ def test_a_dense_model_can_start_from_a_crop_models_encoder(run: dict[str, Path]
 def test_dense_training_on_windows_and_its_errors(run: dict[str, Path], tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "windows"
-    train = _script("train")
+    train = train_command
     assert train.main(["--cache", str(run["cache"]), "--out", str(out), *DENSE_ARGS, "--dense-window", "32"]) == 0
     record = json.loads((out / "config.json").read_text())
     assert record["training"]["dense_window"] == 32 and record["model"]["input_size"] == 64
@@ -265,7 +261,7 @@ def test_evaluate_follows_the_folders_cell_score_and_reads_old_folders_as_own(ru
                                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """The true-mask pass scores cells by the folder's rule; a folder without `cell_score` (written before it
     existed) holds the cells' own probabilities; an unknown rule is an error naming the manifest."""
-    synthetic, evaluate = run["synthetic"], _script("evaluate")
+    synthetic, evaluate = run["synthetic"], evaluate_command
 
     def scores(folder: Path) -> dict:
         assert evaluate.main(["--pred", str(folder), "--labels", str(synthetic / "train.csv"), "--truth", str(synthetic),

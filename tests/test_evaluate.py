@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import hpa_cells_cli.evaluate as evaluate_command
 from hpa_cells.labels import read_labels, write_labels_2018
 from hpa_cells.synthetic.dataset import SyntheticConfig, write_dataset
 from mil.config import MILConfig
@@ -83,9 +83,7 @@ def test_missing_truth_files_are_named(pipeline: dict[str, Path], tmp_path: Path
 
 
 def test_evaluate_script_prints_json(pipeline: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = evaluate_command
     synthetic = pipeline["synthetic"]
     written = pipeline["root"] / "reports" / "evaluation.json"
     assert module.main(["--pred", str(pipeline["pred"]), "--labels", str(synthetic / "train.csv"),

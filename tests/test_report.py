@@ -3,23 +3,21 @@ numbers match the known fixture, and the CLIs (make_maps.py, predict.py --maps/-
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from html.parser import HTMLParser
 from pathlib import Path
-from types import ModuleType
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
 from map_fixtures import CELL_BOXES, CELL_TRUTH, PredictionFixture, masks_of, write_prediction_fixture
 
+import hpa_cells_cli.maps as maps_command
+import hpa_cells_cli.predict as predict_command
 from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
 from hpa_cells.maps import PredictionRun, write_maps
 from hpa_cells.metrics import cell_level_map
 from hpa_cells.report import TruthFolderError, cell_curves, write_maps_and_report, write_report
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -126,15 +124,8 @@ def test_truth_folder_errors_name_the_file(fixture: PredictionFixture, tmp_path:
             cell_curves(run, tmp_path)
 
 
-def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_make_maps_cli(fixture: PredictionFixture, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    make_maps = _script("make_maps")
+    make_maps = maps_command
     code = make_maps.main(["--pred", str(fixture.pred), "--maps", str(tmp_path / "maps"), "--report",
                            str(tmp_path / "report"), "--classes", "3", "Cytosol", "--limit", "1"])
     assert code == 0
@@ -162,7 +153,7 @@ def test_predict_draws_maps_and_report(fixture: PredictionFixture, tmp_path: Pat
     torch.manual_seed(0)
     model = build_model(MILConfig(encoder="resnet10t", input_size=16, dropout=0.0)).eval()
     save_model_folder(tmp_path / "model", model, np.full(NUM_CLASSES, 0.5), {}, training={})
-    predict = _script("predict")
+    predict = predict_command
     code = predict.main(["--model", str(tmp_path / "model"), "--cache", str(fixture.cache), "--out",
                          str(tmp_path / "pred"), "--maps", str(tmp_path / "maps"), "--report", str(tmp_path / "report"),
                          "--map-classes", "Nucleoli"])

@@ -1,31 +1,25 @@
-"""`scripts/segment.py`: instant --help, a watershed run end to end, Cellpose with model files, and the
-one-line errors (missing or unreadable model, --out missing)."""
+"""`hpa-cells segment` (`scripts/segment.py`, code in hpa_cells_cli/segment.py): instant --help, a watershed
+run end to end, Cellpose with model files, and the one-line errors (missing or unreadable model, --out missing)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+import hpa_cells_cli.segment as segment_command
 import segmentation.cellpose_models as cellpose_models
 from hpa_cells.cache import CellCache
 from hpa_cells.synthetic.dataset import SyntheticConfig, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "segment.py"
-
-
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("segment_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+HEAVY = ("torch", "cellpose", "cv2", "h5py", "numpy", "hpa_cells", "segmentation", "mil")
 
 
 @pytest.fixture(scope="module")
@@ -35,23 +29,28 @@ def synthetic_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def imported_modules(importtime_stderr: str) -> set[str]:
+    """The top-level names of the modules a `python -X importtime` run imported, from its stderr."""
+    names = set()
+    for line in importtime_stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return names
+
+
+def run_python(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -X importtime ARGS` with this checkout first on the path (so its hpa_cells_cli is the one run)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd, env=env)
+
+
 def test_help_is_instant_and_imports_nothing_heavy(tmp_path: Path) -> None:
-    code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('segment_script', {str(SCRIPT)!r})\n"
-        "module = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(module)\n"
-        "try:\n"
-        "    module.main(['--help'])\n"
-        "except SystemExit as stop:\n"
-        "    assert stop.code == 0, stop.code\n"
-        "heavy = sorted(m for m in ('torch', 'cellpose', 'cv2', 'h5py', 'numpy', 'hpa_cells', 'segmentation')\n"
-        "               if m in sys.modules)\n"
-        "print('HEAVY=' + ','.join(heavy))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    done = run_python([str(SCRIPT), "--help"], tmp_path)  # exactly the documented `python scripts/segment.py --help`
     assert done.returncode == 0, done.stderr
-    assert "HEAVY=\n" in done.stdout
+    assert "hpa_cells_cli" in imported_modules(done.stderr)  # the importtime trace is read correctly
+    assert sorted(set(HEAVY) & imported_modules(done.stderr)) == []
+    assert done.stdout.startswith("usage: segment.py ")
     assert "--segmenter {cellpose,watershed,masks,whole-field}" in done.stdout
     assert "(default: cellpose)" in done.stdout and "--masks DIR" in done.stdout
     assert "working size" in done.stdout and "(default: 512)" in done.stdout
@@ -63,7 +62,7 @@ def test_watershed_end_to_end_prints_the_summary(
     out, masks = tmp_path / "cells.h5", tmp_path / "masks"
     argv = ["--images", str(synthetic_images), "--labels", str(synthetic_images / "train.csv"), "--out", str(out),
             "--segmenter", "watershed", "--size", "256", "--crop-size", "64", "--export-masks", str(masks)]
-    assert load_script().main(argv) == 0
+    assert segment_command.main(argv) == 0
     printed = capsys.readouterr().out.splitlines()
     assert f"Segmented {synthetic_images} with watershed -> {out}" in printed
     assert "  images found: 3; already in the cache: 0; segmented now: 3; skipped now: 0" in printed
@@ -73,7 +72,7 @@ def test_watershed_end_to_end_prints_the_summary(
         assert cache.num_images == 3 and cache.crop_size == 64 and cache.has_labels.all()
     assert len(list(masks.glob("*_cells.png"))) == 3
 
-    assert load_script().main(argv) == 0
+    assert segment_command.main(argv) == 0
     assert "  images found: 3; already in the cache: 3; segmented now: 0; skipped now: 0" in capsys.readouterr().out
 
 
@@ -93,9 +92,9 @@ def test_cellpose_with_model_files(synthetic_images: Path, tmp_path: Path, capsy
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        code = load_script().main(["--images", str(images), "--out", str(out), "--size", "128",
-                                   "--model", str(paths["cells"]), "--nucleus-model", str(paths["nuclei"]),
-                                   "--diameter-tolerance", "0"])
+        code = segment_command.main(["--images", str(images), "--out", str(out), "--size", "128",
+                                     "--model", str(paths["cells"]), "--nucleus-model", str(paths["nuclei"]),
+                                     "--diameter-tolerance", "0"])
     finally:
         torch.set_num_threads(threads)
     assert code == 0
@@ -111,7 +110,7 @@ def test_cellpose_with_model_files(synthetic_images: Path, tmp_path: Path, capsy
     assert provenance["parameters"]["working_size"] == 128
     assert provenance["parameters"]["settings"]["diameter_tolerance"] is None  # 0 on the command line = one pass
     json.dumps(provenance["parameters"])
-    assert load_script().main(["--images", str(images), "--out", str(out), "--diameter-tolerance", "0.9"]) == 2
+    assert segment_command.main(["--images", str(images), "--out", str(out), "--diameter-tolerance", "0.9"]) == 2
     assert capsys.readouterr().err == "error: --diameter-tolerance must be 0 (off) or > 1, got 0.9\n"
 
 
@@ -120,7 +119,7 @@ def test_missing_bundled_model_is_one_line_and_exit_2(
 ) -> None:
     monkeypatch.setattr(cellpose_models, "BUNDLED_MODEL_DIR", tmp_path / "no-models")
     out = tmp_path / "cells.h5"
-    assert load_script().main(["--images", str(synthetic_images), "--out", str(out)]) == 2
+    assert segment_command.main(["--images", str(synthetic_images), "--out", str(out)]) == 2
     captured = capsys.readouterr()
     expected = tmp_path / "no-models" / "hpa_cells_cells.safetensors"
     assert captured.err.startswith(f"error: the bundled cells model is missing: looked for {expected}. ")
@@ -133,21 +132,21 @@ def test_unreadable_model_file_is_one_line_and_exit_2(
 ) -> None:
     bad = tmp_path / "model.pth"
     bad.write_bytes(b"\x00" * 64)
-    assert load_script().main(["--images", str(synthetic_images), "--out", str(tmp_path / "c.h5"), "--model", str(bad)]) == 2
+    assert segment_command.main(["--images", str(synthetic_images), "--out", str(tmp_path / "c.h5"), "--model", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {bad} could not be read as a Cellpose model file: ")
     assert err.count("\n") == 1
 
 
 def test_out_is_required_with_images(synthetic_images: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert load_script().main(["--images", str(synthetic_images), "--segmenter", "watershed"]) == 2
+    assert segment_command.main(["--images", str(synthetic_images), "--segmenter", "watershed"]) == 2
     assert capsys.readouterr().err == "error: --out is required with --images\n"
 
 
 def test_bad_paths_and_a_mismatched_cache_are_one_line_errors(
     synthetic_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    script = load_script()
+    script = segment_command
     out = tmp_path / "cells.h5"
     missing = tmp_path / "nowhere"
     assert script.main(["--images", str(missing), "--out", str(out), "--segmenter", "watershed"]) == 2
@@ -168,7 +167,7 @@ def test_bad_paths_and_a_mismatched_cache_are_one_line_errors(
 
 def test_bad_choice_exits_2_via_argparse(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:
-        load_script().main(["--segmenter", "stardist"])
+        segment_command.main(["--segmenter", "stardist"])
     assert stop.value.code == 2
     assert "invalid choice: 'stardist'" in capsys.readouterr().err
 
@@ -177,7 +176,7 @@ def test_bad_choice_exits_2_via_argparse(capsys: pytest.CaptureFixture[str]) -> 
 def test_no_arguments_runs_the_embedded_synthetic_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    script = load_script()
+    script = segment_command
     monkeypatch.setattr(script, "DEFAULT_DIR", tmp_path / "demo_output")
     assert script.main(["--segmenter", "watershed"]) == 0
     printed = capsys.readouterr().out
@@ -201,7 +200,7 @@ def test_masks_segmenter_caches_the_given_cells_and_skips_an_image_without_masks
     out = tmp_path / "cells.h5"
     argv = ["--images", str(images), "--labels", str(images / "train.csv"), "--out", str(out),
             "--segmenter", "masks", "--size", "256", "--crop-size", "64"]
-    assert load_script().main(argv) == 0
+    assert segment_command.main(argv) == 0
     printed = capsys.readouterr().out
     assert f"with mask_folder -> {out}" in printed
     assert "segmented now: 2; skipped now: 1" in printed
@@ -223,7 +222,7 @@ def test_masks_segmenter_needs_an_existing_folder(synthetic_images: Path, tmp_pa
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--images", str(synthetic_images), "--out", str(tmp_path / "c.h5"), "--segmenter", "masks",
             "--masks", str(tmp_path / "nowhere")]
-    assert load_script().main(argv) == 2
+    assert segment_command.main(argv) == 2
     assert capsys.readouterr().err == f"error: mask folder {tmp_path / 'nowhere'} does not exist\n"
 
 
@@ -234,7 +233,7 @@ def test_whole_field_segmenter_caches_one_instance_per_image(
     out = tmp_path / "fields.h5"
     argv = ["--images", str(synthetic_images), "--labels", str(synthetic_images / "train.csv"), "--out", str(out),
             "--segmenter", "whole-field", "--size", "256", "--crop-size", "64"]
-    assert load_script().main(argv) == 0
+    assert segment_command.main(argv) == 0
     assert f"with whole_field -> {out}" in capsys.readouterr().out
     with CellCache(out) as cache:
         assert cache.num_images == 3 and cache.has_labels.all()

@@ -1,0 +1,139 @@
+"""Segment HPA fields into cells and cache every cell's four-channel crop in one HDF5 file.
+
+  python scripts/segment.py --images DIR [--labels CSV] --out cells.h5 [--segmenter cellpose|watershed|masks|whole-field]
+                            [--model NAME|PATH] [--size 512] [--crop-size N] [--export-masks DIR] [--limit N] [--strict]
+
+Rerunning the same command resumes: images already in the cache are skipped. With no arguments it runs on the
+embedded default (a small synthetic set generated into demo_output/) and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DIR = REPO / "demo_output"
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command's options; `prog` names it in the usage line (default: the running file's name)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, help="folder of {id}_{red,green,blue,yellow}.{png,jpg,tif} files "
+                        "(default: the demo's synthetic set, generated if missing)")
+    parser.add_argument("--labels", type=Path, help="label file, 2018 Id,Target or 2021 ID,Label (optional)")
+    parser.add_argument("--out", type=Path, help="the HDF5 cell cache to create or extend "
+                        "(default: demo_output/cells.h5 with the demo data)")
+    parser.add_argument("--segmenter", choices=("cellpose", "watershed", "masks", "whole-field"),
+                        default="cellpose",
+                        help="segmentation method; 'masks' reads {id}_cells.png / {id}_nuclei.png from --masks "
+                             "instead of segmenting; 'whole-field' makes each image one instance (the image-level "
+                             "baseline; use a larger --crop-size) (default: %(default)s)")
+    parser.add_argument("--masks", type=Path, metavar="DIR",
+                        help="with --segmenter masks: folder of {id}_cells / {id}_nuclei instance masks "
+                             "(.png/.tif, any resolution with the image's aspect ratio; default: --images)")
+    parser.add_argument("--model", default="bundled",
+                        help="Cellpose cell model: 'bundled', a Cellpose built-in name (cyto3, cyto2, cyto) or a "
+                             "weights file (default: %(default)s)")
+    parser.add_argument("--nucleus-model", default="bundled",
+                        help="Cellpose nucleus model: 'bundled', 'nuclei' or a weights file (default: %(default)s)")
+    parser.add_argument("--cell-assembly", choices=("nuclei", "flows"), default="nuclei",
+                        help="cellpose: how cells are made from the cell network's outputs: 'nuclei' grows one cell "
+                             "from each nucleus (HPA's convention; closer to the real reference masks), 'flows' follows "
+                             "Cellpose's flows (closer on synthetic fields; cells need no nucleus); see BENCHMARKS.md "
+                             "(default: %(default)s)")
+    parser.add_argument("--diameter-tolerance", type=float, default=0, metavar="F",
+                        help="cellpose: re-segment an image at its own measured nucleus (and, with --cell-assembly "
+                             "flows, cell) diameter when it is more than F times off the default one, e.g. 1.25; 0 = "
+                             "never, one pass (with --cell-assembly flows, 1.25 gains about 0.02 AP at twice the time; "
+                             "see BENCHMARKS.md) (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=512,
+                        help="working size: images are resized so the longer side has this many px (default: %(default)s)")
+    parser.add_argument("--crop-size", type=int, default=128, help="side of the per-cell crops in px (default: %(default)s)")
+    parser.add_argument("--keep-neighbours", action="store_true",
+                        help="keep other cells' pixels inside each crop (default: they are zeroed)")
+    parser.add_argument("--export-masks", type=Path, metavar="DIR",
+                        help="also write {id}_cells.png / {id}_nuclei.png 16-bit masks at the original resolution")
+    parser.add_argument("--limit", type=int, help="segment at most this many new images")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per network pass (default: %(default)s)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first unreadable/empty image")
+    parser.add_argument("--device", default="cpu", help="torch device for Cellpose, e.g. cuda (default: %(default)s)")
+    return parser
+
+
+class OptionError(ValueError):
+    """An option value argparse cannot check by itself (the command prints it and exits with code 2)."""
+
+
+def build_segmenter(args: argparse.Namespace):
+    """The segmenter the options choose (its library imported only now). Raises OptionError for a bad
+    --diameter-tolerance, and the segmenter's own errors for a missing or unreadable model or mask folder."""
+    if args.segmenter == "cellpose":
+        from segmentation.cellpose_segmenter import CellposeSegmenter, CellposeSettings
+
+        if args.diameter_tolerance != 0 and args.diameter_tolerance <= 1:
+            raise OptionError(f"--diameter-tolerance must be 0 (off) or > 1, got {args.diameter_tolerance}")
+        return CellposeSegmenter(CellposeSettings(
+            cell_model=args.model, nucleus_model=args.nucleus_model, device=args.device,
+            diameter_tolerance=args.diameter_tolerance or None, cell_assembly=args.cell_assembly))
+    if args.segmenter == "whole-field":
+        from segmentation.whole_field import WholeFieldSegmenter
+
+        return WholeFieldSegmenter()
+    if args.segmenter == "masks":
+        from segmentation.mask_folder import MaskFolderSegmenter
+
+        return MaskFolderSegmenter(args.masks or args.images)
+    from segmentation.watershed import WatershedSegmenter
+
+    return WatershedSegmenter()
+
+
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run `segment` with `argv` (default: sys.argv[1:]); 0 on success, 1 for a --strict stop, 2 for bad input."""
+    args = build_parser(prog).parse_args(argv)
+    if args.images is None:
+        from hpa_cells.synthetic.dataset import SyntheticConfig, write_dataset
+
+        args.images = DEFAULT_DIR / "synthetic"
+        args.labels = args.labels or args.images / "train.csv"
+        args.out = args.out or DEFAULT_DIR / "cells.h5"
+        print(f"No --images given: using the embedded default, a synthetic set in {args.images}")
+        write_dataset(args.images, 24, SyntheticConfig(seed=0, size=512, balanced=True), show_progress=True)
+    elif args.out is None:
+        print("error: --out is required with --images", file=sys.stderr)
+        return 2
+
+    from hpa_cells.cache import CellCacheError
+    from hpa_cells.crops import CropConfig
+    from hpa_cells.labels import LabelFileError
+    from segmentation.cellpose_models import ModelFormatError, ModelNotFoundError
+    from segmentation.mask_folder import MaskFileError
+    from segmentation.segment_to_cache import SegmentJob, StrictModeError, segment_folder
+
+    try:
+        segmenter = build_segmenter(args)
+    except (ModelNotFoundError, ModelFormatError, MaskFileError, OptionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # a new folder for the cache is fine
+    job = SegmentJob(images_dir=args.images, out_path=args.out, labels_path=args.labels, working_size=args.size,
+                     crop=CropConfig(crop_size=args.crop_size, zero_other_cells=not args.keep_neighbours,
+                                     # the whole field needs no context margin around it
+                                     **({"margin_fraction": 0.0} if args.segmenter == "whole-field" else {})),
+                     export_masks_dir=args.export_masks, limit=args.limit, strict=args.strict,
+                     batch_size=args.batch_size)
+    try:
+        summary = segment_folder(job, segmenter)
+    except StrictModeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, LabelFileError, CellCacheError) as err:  # bad paths, a locked or mismatched cache
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"\nSegmented {args.images} with {segmenter.name} -> {args.out}")
+    for line in summary.lines():
+        print("  " + line)
+    return 0
