@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from hpa_cells.synthetic.cell_lines import length_scale
 from hpa_cells.synthetic.drawing import PolylineSet, gaussian_spots
-from hpa_cells.synthetic.geometry import CellGeometry, FieldLayout, length_scale
+from hpa_cells.synthetic.field_layout import CellGeometry, FieldLayout
 
 UNIFORM_BYTE_STD = float(np.sqrt((256.0**2 - 1) / 12.0))
 """Standard deviation of uniformly random bytes."""

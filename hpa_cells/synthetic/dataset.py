@@ -38,14 +38,9 @@ from hpa_cells.images import write_label_mask, write_sample
 from hpa_cells.labels import write_labels_2018
 from hpa_cells.synthetic.anatomy import build_field_anatomy
 from hpa_cells.synthetic.cell_labels import LabelAssignmentError, assign_cell_labels, plan_mitotic_carriers
-from hpa_cells.synthetic.geometry import (
-    CELL_LINE_NAMES,
-    FieldLayout,
-    LayoutError,
-    cell_line_by_name,
-    plan_field,
-    rasterise_field,
-)
+from hpa_cells.synthetic.cell_lines import CELL_LINE_NAMES, cell_line_by_name
+from hpa_cells.synthetic.field_layout import FieldLayout, LayoutError
+from hpa_cells.synthetic.field_plan import plan_field
 from hpa_cells.synthetic.label_sets import (
     DEFAULT_MIN_PREVALENCE,
     LabelSetSampler,
@@ -54,6 +49,7 @@ from hpa_cells.synthetic.label_sets import (
 )
 from hpa_cells.synthetic.microscope import acquire, draw_acquisition
 from hpa_cells.synthetic.patterns import draw_pattern
+from hpa_cells.synthetic.rasterise import rasterise_field
 from hpa_cells.synthetic.reference_channels import per_cell_map, render_reference_channels
 
 logger = logging.getLogger(__name__)

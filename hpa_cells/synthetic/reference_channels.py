@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from hpa_cells.synthetic.anatomy import FieldAnatomy
+from hpa_cells.synthetic.cell_lines import length_scale
 from hpa_cells.synthetic.drawing import PolylineSet, draw_polylines, gaussian_spots, smooth_noise
-from hpa_cells.synthetic.geometry import length_scale
 
 STAIN_BRIGHTNESS_SPREAD = 0.2
 """Standard deviation of the log brightness of each stain between cells."""
