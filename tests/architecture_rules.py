@@ -272,12 +272,8 @@ def find_cycles(root: Path, packages: Iterable[str] = LIBRARY_PACKAGES) -> list[
         if len(component) < 2:
             continue
         loop = _shortest_cycle(graph, component[0], set(component))
-        steps = [
-            f"{a} -> {b} ({graph[a][b].where(root)})" for a, b in zip(loop, loop[1:], strict=False)
-        ]
-        problems.append(
-            f"cycle among {len(component)} modules {component}: " + "; ".join(steps)
-        )
+        steps = [f"{a} -> {b} ({graph[a][b].where(root)})" for a, b in zip(loop, loop[1:], strict=False)]
+        problems.append(f"cycle among {len(component)} modules {component}: " + "; ".join(steps))
     return problems
 
 

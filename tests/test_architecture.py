@@ -43,7 +43,9 @@ def test_no_import_cycles() -> None:
 
 def test_imports_follow_the_layers() -> None:
     problems = find_layer_violations(REPO_ROOT)
-    rules = "; ".join(f"{package} must not import {sorted(bad)}" for package, bad in FORBIDDEN_IMPORTS.items() if bad)
+    rules = "; ".join(
+        f"{package} must not import {sorted(bad)}" for package, bad in FORBIDDEN_IMPORTS.items() if bad
+    )
     assert not problems, _report(f"import(s) against the layers ({rules})", problems)
 
 
