@@ -25,8 +25,11 @@ test: setup
 test-all: setup
 	$(PY) -m pytest --runslow
 
+# Style (ruff) and the architecture rules (import cycles, layers, file and function length; see
+# tests/architecture_rules.py). `make test` runs the architecture test too, as it lives in tests/.
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_architecture.py
 
 bench: setup
 	$(PY) benchmarks/run_all.py

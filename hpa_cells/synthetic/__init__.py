@@ -6,12 +6,16 @@ Image label sets follow the real 2018 label distribution (optionally balanced), 
 by a random subset of the cells, and per-cell green brightness varies widely so that counting green
 pixels does not reveal the class; the spatial pattern does.
 
-Modules: `geometry` (cell lines, layout, instance masks), `anatomy` (nucleoli, MTOC, fibres, spindle,
+Modules: `cell_lines` (morphology table, length scale), `shapes` (super-ellipse cell and nucleus
+shapes), `cell_plans` (one cell's plan per stage: interphase, metaphase, anaphase, telophase),
+`field_plan` (seeding colonies, which cells divide), `rasterise` (instance masks, distance maps),
+`field_layout` (the rasterised field and per-cell geometry), `anatomy` (nucleoli, MTOC, fibres, spindle,
 bridge, ER network), `reference_channels` (red/blue/yellow), `patterns` (the 28 green generators),
 `cell_labels` (which cells carry which labels), `microscope` (blur, noise, 8-bit), `label_sets` (real
 2018 label-set table, balancing), `dataset` (generator and dataset writer), `contact_sheet`.
 """
 
+from hpa_cells.synthetic.cell_lines import CELL_LINE_NAMES, CELL_LINES, CellLine
 from hpa_cells.synthetic.contact_sheet import make_contact_sheet
 from hpa_cells.synthetic.dataset import (
     CELL_COLUMNS,
@@ -30,7 +34,7 @@ from hpa_cells.synthetic.dataset import (
     write_dataset,
     write_sample_files,
 )
-from hpa_cells.synthetic.geometry import CELL_LINE_NAMES, CELL_LINES, CellLine, LayoutError
+from hpa_cells.synthetic.field_layout import LayoutError
 from hpa_cells.synthetic.label_sets import (
     DEFAULT_MIN_PREVALENCE,
     BalancingError,

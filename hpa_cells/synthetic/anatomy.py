@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from hpa_cells.synthetic.cell_lines import length_scale
 from hpa_cells.synthetic.drawing import PolylineSet, gaussian_spots
-from hpa_cells.synthetic.geometry import CellGeometry, FieldLayout, length_scale
+from hpa_cells.synthetic.field_layout import CellGeometry, FieldLayout
 
 UNIFORM_BYTE_STD = float(np.sqrt((256.0**2 - 1) / 12.0))
 """Standard deviation of uniformly random bytes."""
@@ -270,102 +271,25 @@ def _nucleoli(
 
 
 def build_field_anatomy(rng: np.random.Generator, layout: FieldLayout) -> FieldAnatomy:
-    """Draw the landmarks of every cell of a field (see `FieldAnatomy`)."""
+    """Draw the landmarks of every cell of a field (see `FieldAnatomy`).
+
+    The steps below draw from `rng` in a fixed order (nucleoli, MTOC, interphase fibres, dividing-cell
+    fibres and spindles, fibre growth, ER network); keep it, so a seed keeps its images.
+    """
     size = layout.size
     scale = length_scale(size)
     cells = layout.cells
-    n_cells = len(cells)
     ids = np.array([cell.cell_id for cell in cells], dtype=np.int64)
-    nucleus_centres = np.zeros((n_cells, 2))
-    nucleus_radii = np.zeros(n_cells)
-    cytoplasm_centres = np.zeros((n_cells, 2))
-    for index, cell in enumerate(cells):
-        origin = np.array(cell.origin_yx, dtype=np.float64)
-        moments = cv2.moments(cell.nucleus.view(np.uint8), binaryImage=True)
-        if moments["m00"] > 0:
-            nucleus_centres[index] = origin + [
-                moments["m01"] / moments["m00"],
-                moments["m10"] / moments["m00"],
-            ]
-            nucleus_radii[index] = np.sqrt(moments["m00"] / np.pi / max(cell.n_nuclei, 1))
-        else:  # nucleus outside the frame: use the planned one
-            nucleus_centres[index] = cell.plan.nuclei[0].centre_yx
-            nucleus_radii[index] = cell.plan.nuclei[0].radius
-        moments = cv2.moments(cell.cytoplasm.view(np.uint8), binaryImage=True)
-        if moments["m00"] > 0:
-            cytoplasm_centres[index] = origin + [
-                moments["m01"] / moments["m00"],
-                moments["m10"] / moments["m00"],
-            ]
-        else:
-            cytoplasm_centres[index] = nucleus_centres[index]
+    nucleus_centres, nucleus_radii, cytoplasm_centres = _cell_centres(cells)
     nucleoli, nucleoli_map = _nucleoli(rng, layout, nucleus_centres, nucleus_radii)
-
-    # Interphase MTOC: just outside the nucleus, on the side with more cytoplasm.
-    dividing = np.array([cell.dividing for cell in cells], dtype=bool)
-    radii = np.array([cell.plan.radius for cell in cells])
-    towards = cytoplasm_centres - nucleus_centres
-    base = np.where(
-        np.hypot(towards[:, 0], towards[:, 1]) > 1.0,
-        np.arctan2(towards[:, 0], towards[:, 1]),
-        rng.uniform(-np.pi, np.pi, n_cells),
-    )
-    golgi_angles = base + rng.normal(0.0, 0.6, n_cells)
-    reach = 3.0 * float(radii.max())
-    leave_nucleus = _first_exit(layout.nucleus_mask, ids, nucleus_centres, golgi_angles, reach)
-    leave_cell = _first_exit(layout.cell_mask, ids, nucleus_centres, golgi_angles, reach)
-    distance = np.minimum(leave_nucleus + max(1.6 * scale, 1.0), np.maximum(leave_cell - 1.0, leave_nucleus))
-    mtoc = nucleus_centres + distance[:, None] * np.stack(
-        [np.sin(golgi_angles), np.cos(golgi_angles)], axis=1
-    )
-    pair_angle = rng.uniform(0, 2 * np.pi, n_cells)
+    golgi_angles, mtoc = _mtoc(rng, layout, ids, nucleus_centres, cytoplasm_centres)
+    pair_angle = rng.uniform(0, 2 * np.pi, len(cells))
     half = max(0.7 * scale, 0.5) * np.stack([np.sin(pair_angle), np.cos(pair_angle)], axis=1)
     centrosomes = np.stack([mtoc - half, mtoc + half], axis=1)
-
-    # Interphase fibres: radiating from the MTOC, biased along the axis of elongated cells.
-    interphase = np.flatnonzero(~dividing)
-    counts = np.clip(np.rint(1.1 * radii[interphase] / np.sqrt(scale)), 8, 70).astype(
-        np.intp
-    )  # fewer, not thinner, when small
-    owner = np.repeat(interphase, counts)
-    total = int(counts.sum())
-    axis_angles = np.array([cell.plan.angle for cell in cells])[owner]
-    elongations = np.array([cell.plan.parts[0].elongation for cell in cells])[owner]
-    along_axis = rng.random(total) < np.minimum(0.75, 0.25 * (elongations - 1.0) + 0.1)
-    axial = axis_angles + np.pi * (rng.random(total) < 0.5) + rng.normal(0.0, 0.35, total)
-    angles = [np.where(along_axis, axial, rng.uniform(0, 2 * np.pi, total))]
-    origins = [mtoc[owner] + rng.normal(0.0, 0.6 * scale, (total, 2))]
-    owners = [owner]
-    # Dividing cells: astral fibres from both poles, a spindle between them or a bridge.
-    spindle_lines, spindle_owner = [], []
-    bridges: dict[int, np.ndarray] = {}
-    for index, cell in enumerate(cells):
-        if not dividing[index]:
-            continue
-        plan = cell.plan
-        poles = np.array(plan.poles, dtype=np.float64)
-        centrosomes[index] = poles
-        for side in (0, 1):
-            outward = poles[side] - poles[1 - side]
-            spread = 1.5 if plan.stage != "telophase" else np.pi
-            count = int(rng.integers(9, 15))
-            angles.append(np.arctan2(outward[0], outward[1]) + rng.uniform(-spread, spread, count))
-            origins.append(np.repeat(poles[side][None], count, axis=0))
-            owners.append(np.full(count, index))
-        if plan.stage in ("metaphase", "anaphase"):
-            axis = poles[0] - poles[1]
-            across = np.array([axis[1], -axis[0]]) / (np.hypot(*axis) + 1e-9)
-            half_width = 0.32 * plan.radius
-            for offset in np.linspace(-1.0, 1.0, int(rng.integers(7, 11))):
-                if plan.stage == "metaphase":  # pole -> kinetochores on the plate, from both sides
-                    target = poles.mean(axis=0) + offset * half_width * across
-                    spindle_lines += [_bowed_line(poles[0], target, 0.0), _bowed_line(poles[1], target, 0.0)]
-                    spindle_owner += [index, index]
-                else:  # interpolar fibres bowing outwards between the separating chromatin
-                    spindle_lines.append(_bowed_line(poles[0], poles[1], offset * half_width * 0.9))
-                    spindle_owner.append(index)
-        elif plan.neck is not None:
-            bridges[index] = np.array([plan.neck[0], plan.neck[1]], dtype=np.float64)
+    seeds = _interphase_fibre_seeds(rng, cells, mtoc, scale)
+    spindle_lines, spindle_owner, bridges = _dividing_structures(rng, cells, centrosomes, seeds)
+    angles, origins, owners = seeds
+    radii = np.array([cell.plan.radius for cell in cells])
     step = max(2.0 * scale, 1.0)
     n_steps = int(np.ceil(3.2 * float(radii.max()) / step)) + 2
     if sum(len(a) for a in angles):
@@ -398,3 +322,129 @@ def build_field_anatomy(rng: np.random.Generator, layout: FieldLayout) -> FieldA
         bridges=bridges,
         er_network=er_network_field(rng, size),
     )
+
+
+def _cell_centres(cells: tuple[CellGeometry, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(`N,2` nucleus centres, `N,` nucleus radii, `N,2` cytoplasm centres) in image coordinates.
+
+    A nucleus outside the frame falls back to the planned one; a cell without cytoplasm to its nucleus.
+    """
+    n_cells = len(cells)
+    nucleus_centres = np.zeros((n_cells, 2))
+    nucleus_radii = np.zeros(n_cells)
+    cytoplasm_centres = np.zeros((n_cells, 2))
+    for index, cell in enumerate(cells):
+        origin = np.array(cell.origin_yx, dtype=np.float64)
+        moments = cv2.moments(cell.nucleus.view(np.uint8), binaryImage=True)
+        if moments["m00"] > 0:
+            nucleus_centres[index] = origin + [
+                moments["m01"] / moments["m00"],
+                moments["m10"] / moments["m00"],
+            ]
+            nucleus_radii[index] = np.sqrt(moments["m00"] / np.pi / max(cell.n_nuclei, 1))
+        else:  # nucleus outside the frame: use the planned one
+            nucleus_centres[index] = cell.plan.nuclei[0].centre_yx
+            nucleus_radii[index] = cell.plan.nuclei[0].radius
+        moments = cv2.moments(cell.cytoplasm.view(np.uint8), binaryImage=True)
+        if moments["m00"] > 0:
+            cytoplasm_centres[index] = origin + [
+                moments["m01"] / moments["m00"],
+                moments["m10"] / moments["m00"],
+            ]
+        else:
+            cytoplasm_centres[index] = nucleus_centres[index]
+    return nucleus_centres, nucleus_radii, cytoplasm_centres
+
+
+def _mtoc(
+    rng: np.random.Generator,
+    layout: FieldLayout,
+    ids: np.ndarray,
+    nucleus_centres: np.ndarray,
+    cytoplasm_centres: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(`N,` Golgi angles, `N,2` MTOC positions): interphase MTOC just outside the nucleus, on the side
+    with more cytoplasm."""
+    cells = layout.cells
+    n_cells = len(cells)
+    scale = length_scale(layout.size)
+    radii = np.array([cell.plan.radius for cell in cells])
+    towards = cytoplasm_centres - nucleus_centres
+    base = np.where(
+        np.hypot(towards[:, 0], towards[:, 1]) > 1.0,
+        np.arctan2(towards[:, 0], towards[:, 1]),
+        rng.uniform(-np.pi, np.pi, n_cells),
+    )
+    golgi_angles = base + rng.normal(0.0, 0.6, n_cells)
+    reach = 3.0 * float(radii.max())
+    leave_nucleus = _first_exit(layout.nucleus_mask, ids, nucleus_centres, golgi_angles, reach)
+    leave_cell = _first_exit(layout.cell_mask, ids, nucleus_centres, golgi_angles, reach)
+    distance = np.minimum(leave_nucleus + max(1.6 * scale, 1.0), np.maximum(leave_cell - 1.0, leave_nucleus))
+    mtoc = nucleus_centres + distance[:, None] * np.stack(
+        [np.sin(golgi_angles), np.cos(golgi_angles)], axis=1
+    )
+    return golgi_angles, mtoc
+
+
+FibreSeeds = tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]
+"""(angle arrays, origin arrays, owning cell index arrays) of the fibres to grow, one entry per batch."""
+
+
+def _interphase_fibre_seeds(
+    rng: np.random.Generator, cells: tuple[CellGeometry, ...], mtoc: np.ndarray, scale: float
+) -> FibreSeeds:
+    """Interphase fibres: radiating from the MTOC, biased along the axis of elongated cells."""
+    dividing = np.array([cell.dividing for cell in cells], dtype=bool)
+    radii = np.array([cell.plan.radius for cell in cells])
+    interphase = np.flatnonzero(~dividing)
+    counts = np.clip(np.rint(1.1 * radii[interphase] / np.sqrt(scale)), 8, 70).astype(
+        np.intp
+    )  # fewer, not thinner, when small
+    owner = np.repeat(interphase, counts)
+    total = int(counts.sum())
+    axis_angles = np.array([cell.plan.angle for cell in cells])[owner]
+    elongations = np.array([cell.plan.parts[0].elongation for cell in cells])[owner]
+    along_axis = rng.random(total) < np.minimum(0.75, 0.25 * (elongations - 1.0) + 0.1)
+    axial = axis_angles + np.pi * (rng.random(total) < 0.5) + rng.normal(0.0, 0.35, total)
+    angles = [np.where(along_axis, axial, rng.uniform(0, 2 * np.pi, total))]
+    origins = [mtoc[owner] + rng.normal(0.0, 0.6 * scale, (total, 2))]
+    return angles, origins, [owner]
+
+
+def _dividing_structures(
+    rng: np.random.Generator, cells: tuple[CellGeometry, ...], centrosomes: np.ndarray, seeds: FibreSeeds
+) -> tuple[list[np.ndarray], list[int], dict[int, np.ndarray]]:
+    """Dividing cells: astral fibres from both poles (appended to `seeds`; centrosomes set to the poles,
+    in place), and (spindle lines, their cell indexes, telophase bridges by cell index)."""
+    angles, origins, owners = seeds
+    spindle_lines: list[np.ndarray] = []
+    spindle_owner: list[int] = []
+    bridges: dict[int, np.ndarray] = {}
+    for index, cell in enumerate(cells):
+        if not cell.dividing:
+            continue
+        plan = cell.plan
+        poles = np.array(plan.poles, dtype=np.float64)
+        centrosomes[index] = poles
+        for side in (0, 1):
+            outward = poles[side] - poles[1 - side]
+            spread = 1.5 if plan.stage != "telophase" else np.pi
+            count = int(rng.integers(9, 15))
+            angles.append(np.arctan2(outward[0], outward[1]) + rng.uniform(-spread, spread, count))
+            origins.append(np.repeat(poles[side][None], count, axis=0))
+            owners.append(np.full(count, index))
+        if plan.stage in ("metaphase", "anaphase"):
+            axis = poles[0] - poles[1]
+            across = np.array([axis[1], -axis[0]]) / (np.hypot(*axis) + 1e-9)
+            half_width = 0.32 * plan.radius
+            for offset in np.linspace(-1.0, 1.0, int(rng.integers(7, 11))):
+                if plan.stage == "metaphase":  # pole -> kinetochores on the plate, from both sides
+                    target = poles.mean(axis=0) + offset * half_width * across
+                    spindle_lines += [_bowed_line(poles[0], target, 0.0), _bowed_line(poles[1], target, 0.0)]
+                    spindle_owner += [index, index]
+                else:  # interpolar fibres bowing outwards between the separating chromatin
+                    spindle_lines.append(_bowed_line(poles[0], poles[1], offset * half_width * 0.9))
+                    spindle_owner.append(index)
+        elif plan.neck is not None:
+            bridges[index] = np.array([plan.neck[0], plan.neck[1]], dtype=np.float64)
+    return spindle_lines, spindle_owner, bridges

@@ -7,14 +7,16 @@ label is never carried only by a sliver cut off at the border, and the image lab
 union of the cells' label sets.
 
 The dividing-cell classes are decided before the layout: `plan_mitotic_carriers` says which dividing
-cells (stage + labels) the field needs, and `geometry.plan_field` creates them.
+cells (stage + labels) the field needs, and `field_plan.plan_field` creates them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from hpa_cells.synthetic.geometry import DIVIDING_STAGES, CellGeometry, FieldLayout, Stage, length_scale
+from hpa_cells.synthetic.cell_lines import length_scale
+from hpa_cells.synthetic.cell_plans import DIVIDING_STAGES, Stage
+from hpa_cells.synthetic.field_layout import CellGeometry, FieldLayout
 from hpa_cells.synthetic.patterns import DIVIDING_CLASSES, REQUIRED_STAGES
 
 ALL_CELLS_PROBABILITY = 0.35

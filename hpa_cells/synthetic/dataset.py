@@ -38,14 +38,9 @@ from hpa_cells.images import write_label_mask, write_sample
 from hpa_cells.labels import write_labels_2018
 from hpa_cells.synthetic.anatomy import build_field_anatomy
 from hpa_cells.synthetic.cell_labels import LabelAssignmentError, assign_cell_labels, plan_mitotic_carriers
-from hpa_cells.synthetic.geometry import (
-    CELL_LINE_NAMES,
-    FieldLayout,
-    LayoutError,
-    cell_line_by_name,
-    plan_field,
-    rasterise_field,
-)
+from hpa_cells.synthetic.cell_lines import CELL_LINE_NAMES, cell_line_by_name
+from hpa_cells.synthetic.field_layout import FieldLayout, LayoutError
+from hpa_cells.synthetic.field_plan import plan_field
 from hpa_cells.synthetic.label_sets import (
     DEFAULT_MIN_PREVALENCE,
     LabelSetSampler,
@@ -54,6 +49,7 @@ from hpa_cells.synthetic.label_sets import (
 )
 from hpa_cells.synthetic.microscope import acquire, draw_acquisition
 from hpa_cells.synthetic.patterns import draw_pattern
+from hpa_cells.synthetic.rasterise import rasterise_field
 from hpa_cells.synthetic.reference_channels import per_cell_map, render_reference_channels
 
 logger = logging.getLogger(__name__)
@@ -463,49 +459,15 @@ def write_dataset(
     the layout stream). `workers` > 1 generates in that many processes. Raises `OutputFolderError`
     for a folder that is not a compatible synthetic dataset.
     """
-    from tqdm import tqdm
-
     if n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out_dir)
-    resuming = check_output_folder(out, config)
-    out.mkdir(parents=True, exist_ok=True)
-    settings_path = out / SETTINGS_FILE
-    previous_n = 0
-    if resuming:
-        previous_n = int(json.loads(settings_path.read_text(encoding="utf-8")).get("n_images", 0))
-    if previous_n > n_images:
-        logger.info("%s already holds %d images; keeping all of them in the tables", out, previous_n)
-        n_images = previous_n
-    settings_path.write_text(
-        json.dumps(_settings_document(config, n_images), indent=2) + "\n", encoding="utf-8"
-    )
+    settings_path, n_images = _prepare_folder(out, config, n_images)
     generator = SyntheticGenerator(config)
-    task = partial(_produce, generator, out)
     started = time.perf_counter()
-    records: list[CellRecord] = []
-    labels: dict[str, tuple[int, ...]] = {}
-    n_written = 0
-    with tqdm(total=n_images, desc="synthetic images", unit="img", disable=not show_progress) as progress:
-        if workers == 1:
-            results = map(task, range(n_images))
-            executor = None
-        else:
-            executor = ProcessPoolExecutor(
-                max_workers=workers, mp_context=get_context("spawn"), initializer=_single_threaded_worker
-            )
-            results = executor.map(task, range(n_images), chunksize=2)
-        try:
-            for index, (cells, written) in enumerate(results):
-                records.extend(cells)
-                labels[generator.image_id(index)] = tuple(sorted(set().union(*(c.labels for c in cells))))
-                n_written += int(written)
-                progress.update(1)
-        finally:
-            if executor is not None:
-                executor.shutdown(cancel_futures=True)
+    records, labels, n_written = _generate_all(generator, out, n_images, workers, show_progress)
     seconds = time.perf_counter() - started
     cells_path, labels_path = out / CELLS_FILE, out / LABELS_FILE
     _write_cells_csv(cells_path, records)
@@ -539,3 +501,57 @@ def write_dataset(
         seconds,
     )
     return summary
+
+
+def _prepare_folder(out: Path, config: SyntheticConfig, n_images: int) -> tuple[Path, int]:
+    """Check / create the output folder and write its settings; returns (settings file, images to hold).
+
+    A resumed folder that already holds more images keeps all of them in the tables.
+    """
+    resuming = check_output_folder(out, config)
+    out.mkdir(parents=True, exist_ok=True)
+    settings_path = out / SETTINGS_FILE
+    previous_n = 0
+    if resuming:
+        previous_n = int(json.loads(settings_path.read_text(encoding="utf-8")).get("n_images", 0))
+    if previous_n > n_images:
+        logger.info("%s already holds %d images; keeping all of them in the tables", out, previous_n)
+        n_images = previous_n
+    settings_path.write_text(
+        json.dumps(_settings_document(config, n_images), indent=2) + "\n", encoding="utf-8"
+    )
+    return settings_path, n_images
+
+
+def _generate_all(
+    generator: SyntheticGenerator, out: Path, n_images: int, workers: int, show_progress: bool
+) -> tuple[list[CellRecord], dict[str, tuple[int, ...]], int]:
+    """Make (or skip when complete) images 0..n_images-1 in order, in `workers` processes.
+
+    Returns (every cell record in image order, labels per image id, number of images written).
+    """
+    from tqdm import tqdm
+
+    task = partial(_produce, generator, out)
+    records: list[CellRecord] = []
+    labels: dict[str, tuple[int, ...]] = {}
+    n_written = 0
+    with tqdm(total=n_images, desc="synthetic images", unit="img", disable=not show_progress) as progress:
+        if workers == 1:
+            results = map(task, range(n_images))
+            executor = None
+        else:
+            executor = ProcessPoolExecutor(
+                max_workers=workers, mp_context=get_context("spawn"), initializer=_single_threaded_worker
+            )
+            results = executor.map(task, range(n_images), chunksize=2)
+        try:
+            for index, (cells, written) in enumerate(results):
+                records.extend(cells)
+                labels[generator.image_id(index)] = tuple(sorted(set().union(*(c.labels for c in cells))))
+                n_written += int(written)
+                progress.update(1)
+        finally:
+            if executor is not None:
+                executor.shutdown(cancel_futures=True)
+    return records, labels, n_written

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from hpa_cells.synthetic.geometry import length_scale
+from hpa_cells.synthetic.cell_lines import length_scale
 
 N_CHANNELS = 4
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from hpa_cells.classes import NUM_CLASSES
 from hpa_cells.synthetic.anatomy import CellAnatomy
+from hpa_cells.synthetic.cell_plans import DIVIDING_STAGES, Stage
 from hpa_cells.synthetic.drawing import (
     PolylineSet,
     blur,
@@ -32,7 +33,6 @@ from hpa_cells.synthetic.drawing import (
     sample_points_in_mask,
     smooth_noise,
 )
-from hpa_cells.synthetic.geometry import DIVIDING_STAGES, Stage
 
 PatternGenerator = Callable[[CellAnatomy, np.random.Generator], np.ndarray]
 

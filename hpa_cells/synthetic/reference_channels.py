@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from hpa_cells.synthetic.anatomy import FieldAnatomy
+from hpa_cells.synthetic.cell_lines import length_scale
 from hpa_cells.synthetic.drawing import PolylineSet, draw_polylines, gaussian_spots, smooth_noise
-from hpa_cells.synthetic.geometry import length_scale
 
 STAIN_BRIGHTNESS_SPREAD = 0.2
 """Standard deviation of the log brightness of each stain between cells."""
@@ -43,20 +43,33 @@ def render_reference_channels(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`H,W` float32 red (microtubules), blue (nucleus) and yellow (ER) signal of a whole field."""
     layout = anatomy.layout
-    size = layout.size
-    scale = length_scale(size)
     n_cells = len(layout.cells)
     if n_cells > 255:
         raise ValueError(f"{n_cells} cells: at most 255 fit the 8-bit look-up tables")
     cells = layout.cell_mask.astype(np.uint8)
     nuclei = layout.nucleus_mask.astype(np.uint8)
-    in_nucleus = nuclei > 0
     dividing = np.zeros(n_cells + 1, dtype=bool)
     dividing[1:] = [cell.dividing for cell in layout.cells]
     brightness = np.exp(rng.normal(0.0, STAIN_BRIGHTNESS_SPREAD, (3, n_cells + 1))).astype(np.float32)
     brightness[:, 0] = 0.0
+    # The order blue, red, yellow is the order of their random draws: keep it (same images per seed).
+    blue = _blue_channel(rng, anatomy, nuclei, dividing, brightness[1])
+    red = _red_channel(rng, anatomy, cells, nuclei > 0, dividing, brightness[0])
+    yellow = _yellow_channel(rng, anatomy, cells, nuclei > 0, dividing, brightness[2])
+    return red, blue, yellow
 
-    # Blue: nuclei (in-place arithmetic throughout: these are full-image arrays).
+
+def _blue_channel(
+    rng: np.random.Generator,
+    anatomy: FieldAnatomy,
+    nuclei: np.ndarray,
+    dividing: np.ndarray,
+    brightness: np.ndarray,
+) -> np.ndarray:
+    """Blue: nuclei (in-place arithmetic throughout: these are full-image arrays)."""
+    layout = anatomy.layout
+    size = layout.size
+    scale = length_scale(size)
     depth = layout.nucleus_depth
     blue = smooth_noise(rng, (size, size), max(1.6 * scale, 0.8))
     blue *= np.float32(0.18)
@@ -73,12 +86,23 @@ def render_reference_channels(
     soft_edge *= np.float32(0.65)
     soft_edge += np.float32(0.35)
     blue *= soft_edge
-    blue *= per_cell_map(
-        brightness[1] * np.where(dividing, 1.7, 1.0), nuclei
-    )  # condensed chromatin is brighter
+    blue *= per_cell_map(brightness * np.where(dividing, 1.7, 1.0), nuclei)  # condensed chromatin is brighter
     np.maximum(blue, np.float32(0.0), out=blue)
+    return blue
 
-    # Red: microtubules.
+
+def _red_channel(
+    rng: np.random.Generator,
+    anatomy: FieldAnatomy,
+    cells: np.ndarray,
+    in_nucleus: np.ndarray,
+    dividing: np.ndarray,
+    brightness: np.ndarray,
+) -> np.ndarray:
+    """Red: microtubules (fibres, centrosomes, spindles, bridges) over a diffuse cytoplasmic fill."""
+    layout = anatomy.layout
+    size = layout.size
+    scale = length_scale(size)
     fibres = anatomy.fibres
     red = draw_polylines((size, size), fibres, rng.uniform(0.3, 0.8, len(fibres)))
     diffuse = layout.edge_distance * np.float32(0.5 / max(4.0 * scale, 1.0))
@@ -99,11 +123,23 @@ def render_reference_channels(
         bundle = draw_polylines((size, size), bridges, 1.0, thickness=max(1, round(1.5 * scale)))
         bundle *= np.float32(1.4)
         np.maximum(red, bundle, out=red)
-    red *= per_cell_map(brightness[0], cells)  # zero on background
+    red *= per_cell_map(brightness, cells)  # zero on background
     red[in_nucleus] *= np.float32(0.35)
+    return red
 
-    # Yellow: endoplasmic reticulum.
-    decay = np.ones(n_cells + 1, dtype=np.float32)
+
+def _yellow_channel(
+    rng: np.random.Generator,
+    anatomy: FieldAnatomy,
+    cells: np.ndarray,
+    in_nucleus: np.ndarray,
+    dividing: np.ndarray,
+    brightness: np.ndarray,
+) -> np.ndarray:
+    """Yellow: endoplasmic reticulum, denser near the nucleus, with a nuclear envelope; dispersed in mitosis."""
+    layout = anatomy.layout
+    scale = length_scale(layout.size)
+    decay = np.ones(len(layout.cells) + 1, dtype=np.float32)
     decay[1:] = [rng.uniform(0.3, 0.5) * cell.plan.radius for cell in layout.cells]
     density = layout.nucleus_distance * per_cell_map(-1.0 / decay, cells)
     np.exp(density, out=density)
@@ -125,5 +161,5 @@ def render_reference_channels(
             yellow, np.float32(0.35) + np.float32(0.35) * network, where=per_cell_map(dividing, cells) > 0
         )
     np.copyto(yellow, np.float32(0.06), where=in_nucleus)
-    yellow *= per_cell_map(brightness[2], cells)
-    return red, blue, yellow
+    yellow *= per_cell_map(brightness, cells)
+    return yellow
