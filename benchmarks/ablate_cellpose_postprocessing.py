@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segmentation.cellpose_segmenter import CellposeSegmenter, CellposeSettings, FlowSettings
 from hpa_cells.instance_metrics import average_precision
+from segmentation.cellpose_segmenter import CellposeSegmenter, CellposeSettings, FlowSettings
 from segmentation.training_data import real_reference_fields, synthetic_fields
 
 REPO = Path(__file__).resolve().parents[1]

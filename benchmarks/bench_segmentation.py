@@ -122,9 +122,9 @@ def naive_segment(naive, image_chw, cell_d, nucleus_d, use_er=True):
 def quality_and_speed(args: argparse.Namespace, cellpose, watershed) -> None:
     """AP tables (real and synthetic) and the speed table: naive eval loop vs whole `segment` jobs."""
     from hpa_cells.images import read_sample, scan_folder
+    from hpa_cells.instance_metrics import average_precision
     from hpa_cells.synthetic.dataset import SyntheticConfig, write_dataset
     from segmentation.cellpose_segmenter import CellposeSegmenter, default_diameters
-    from hpa_cells.instance_metrics import average_precision
     from segmentation.segment_to_cache import SegmentJob, segment_folder
     from segmentation.training_data import real_reference_fields, synthetic_fields
 

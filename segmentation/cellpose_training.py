@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hpa_cells.instance_metrics import average_precision
 from segmentation.cellpose_models import CellposeNetSpec, save_bundled_format, sha256_of_file
 from segmentation.cellpose_segmenter import CellposeNetRunner, cellpose_input
-from hpa_cells.instance_metrics import average_precision
 
 logger = logging.getLogger(__name__)
 

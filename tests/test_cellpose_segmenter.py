@@ -18,6 +18,7 @@ from cellpose.resnet_torch import CPnet
 
 import segmentation.cellpose_models as cellpose_models
 import segmentation.cellpose_segmenter as cellpose_segmenter
+from hpa_cells.instance_metrics import average_precision
 from hpa_cells.synthetic.dataset import SyntheticConfig, SyntheticGenerator
 from segmentation.cellpose_models import CellposeNetSpec, resolve_model, save_bundled_format, sha256_of_file
 from segmentation.cellpose_segmenter import (
@@ -28,7 +29,6 @@ from segmentation.cellpose_segmenter import (
     default_diameters,
     normalize_percentile,
 )
-from hpa_cells.instance_metrics import average_precision
 from segmentation.preprocessing import FieldImageError
 from segmentation.result import Segmenter
 

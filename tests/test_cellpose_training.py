@@ -178,8 +178,8 @@ def test_a_trained_model_segments_unseen_fields_through_the_segmenter(
     from cellpose.utils import diameters
 
     import segmentation.cellpose_models as cellpose_models
-    from segmentation.cellpose_segmenter import CellposeSegmenter, CellposeSettings
     from hpa_cells.instance_metrics import average_precision
+    from segmentation.cellpose_segmenter import CellposeSegmenter, CellposeSettings
 
     train = synthetic_fields(6, seed=100, size=256, kind="cells")
     held_out = synthetic_fields(3, seed=101, size=256, kind="cells")

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hpa_cells.instance_metrics import average_precision
 from segmentation.cellpose_models import CellposeNetSpec
 from segmentation.cellpose_segmenter import CellposeNetRunner, CellposeSegmenter, CellposeSettings
-from hpa_cells.instance_metrics import average_precision
 from segmentation.seeded_cells import SeededCellSettings, grow_cells_from_nuclei, median_nucleus_diameter
 
 pytestmark = pytest.mark.usefixtures("no_network", "one_torch_thread")
