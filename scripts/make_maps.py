@@ -6,7 +6,7 @@
 For each image, --maps gets {id}/overview.png (composite, cells tinted by top location, labels, legend),
 {id}/class_NN.png (cells painted by their probability for each predicted or requested class),
 {id}/attention.png and the OME-TIFFs cells.ome.tif + probabilities.ome.tif at the original resolution
-(see hpa_cells/maps/__init__.py). --report writes a static HTML folder (open report/index.html; no server needed).
+(see hpa_cells/maps.py). --report writes a static HTML folder (open report/index.html; no server needed).
 The cell cache and the input images are found through the prediction folder's manifest.json; --cache and
 --images override them when the files have moved.
 """
