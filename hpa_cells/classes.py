@@ -1,4 +1,6 @@
-"""The 28 localization classes of the 2018 Kaggle HPA scheme, and the 2021 scheme mapped onto them.
+"""The 28 localization classes of the 2018 Kaggle HPA scheme, and the 2021 scheme mapped onto them; a class
+from user text (`class_id_of`) and the fixed colour and short name each class is drawn with (`CLASS_COLOURS`,
+`SHORT_NAMES`, used by the maps and the report).
 
 Class ids are the 2018 ids 0-27 everywhere inside the project; other schemes are mapped at the edge
 with the tables here (see ../shared/data/README.md for the source of the 2021 table).
@@ -130,3 +132,57 @@ def class_name(class_id: int) -> str:
     if not 0 <= class_id < NUM_CLASSES:
         raise ValueError(f"unknown class id {class_id}; expected 0-{NUM_CLASSES - 1}")
     return CLASS_NAMES[class_id]
+
+
+def class_id_of(text: str) -> int:
+    """A class given as its id ("25") or its name, case-insensitive ("cytosol"); ValueError lists the choices."""
+    stripped = text.strip()
+    if stripped.isdigit() and 0 <= int(stripped) < NUM_CLASSES:
+        return int(stripped)
+    lowered = {name.lower(): i for i, name in enumerate(CLASS_NAMES)}
+    if stripped.lower() in lowered:
+        return lowered[stripped.lower()]
+    raise ValueError(f"unknown class {text!r}: give an id 0-{NUM_CLASSES - 1} or one of {', '.join(CLASS_NAMES)}")
+
+
+CLASS_COLOURS: tuple[str, ...] = (
+    "#ff1eb4",  # 0 Nucleoplasm
+    "#f0a5f0",  # 1 Nuclear membrane
+    "#0069e1",  # 2 Nucleoli
+    "#d2f096",  # 3 Nucleoli fibrillar center
+    "#00c3ff",  # 4 Nuclear speckles
+    "#d24b5a",  # 5 Nuclear bodies
+    "#69783c",  # 6 Endoplasmic reticulum
+    "#3c8700",  # 7 Golgi apparatus
+    "#ffb400",  # 8 Peroxisomes
+    "#b4c3ff",  # 9 Endosomes
+    "#c34b1e",  # 10 Lysosomes
+    "#e100ff",  # 11 Intermediate filaments
+    "#69f0f0",  # 12 Actin filaments
+    "#6969a5",  # 13 Focal adhesion sites
+    "#009678",  # 14 Microtubules
+    "#a5694b",  # 15 Microtubule ends
+    "#b4b40f",  # 16 Cytokinetic bridge
+    "#a5f00f",  # 17 Mitotic spindle
+    "#a54bc3",  # 18 Microtubule organizing center
+    "#ffb496",  # 19 Centrosome
+    "#ffd278",  # 20 Lipid droplets
+    "#b47800",  # 21 Plasma membrane
+    "#78ff78",  # 22 Cell junctions
+    "#00ffc3",  # 23 Mitochondria
+    "#b44b87",  # 24 Aggresome
+    "#ff7800",  # 25 Cytosol
+    "#784bff",  # 26 Cytoplasmic bodies
+    "#ff0078",  # 27 Rods & rings
+)
+"""Fixed colour of each class (by 2018 id) in every overview and legend. Chosen by greedy farthest-point
+sampling in CIELAB (L 45-92, chroma > 30), kept away from grey (QC) and from the four channel colours; the
+most distinct colours go to the classes most frequent in the 2018 training labels."""
+
+SHORT_NAMES: tuple[str, ...] = (
+    "Nucleopl.", "Nuc.membr.", "Nucleoli", "Nucl.FC", "Speckles", "Nuc.bodies", "ER", "Golgi",
+    "Peroxis.", "Endosomes", "Lysosomes", "Int.fil.", "Actin", "Focal adh.", "Microtub.", "MT ends",
+    "Cytok.br.", "Spindle", "MTOC", "Centrosome", "Lipid dr.", "Plasma m.", "Junctions", "Mitoch.",
+    "Aggresome", "Cytosol", "Cyt.bodies", "Rods&rings",
+)
+"""At most 10 characters per class, for the labels drawn on cells."""

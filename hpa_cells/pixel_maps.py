@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 
 import cv2
 import h5py
 import numpy as np
+
+from hpa_cells.atomic_files import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +33,18 @@ class PixelMapError(ValueError):
 
 
 class PixelMapWriter:
-    """Writes `pixel_probabilities.h5` image by image (to a temporary name, renamed on close)."""
+    """Writes `pixel_probabilities.h5` image by image (to a temporary name, renamed on close: see
+    `hpa_cells.atomic_files`)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
-        self._file = h5py.File(self._tmp, "w")
+        self._output = ExitStack()
+        self._tmp = self._output.enter_context(atomic_output(self.path))
+        try:
+            self._file = h5py.File(self._tmp, "w")
+        except BaseException:
+            self._output.__exit__(*sys.exc_info())
+            raise
         self._maps = self._file.create_group("maps")
         self._ids: list[str] = []
 
@@ -53,7 +63,7 @@ class PixelMapWriter:
             self._file.create_dataset("image_ids", data=np.array(self._ids, dtype=object),
                                       dtype=h5py.string_dtype("utf-8"))
             self._file.close()
-            os.replace(self._tmp, self.path)
+            self._output.close()  # renames the finished file over `path`
         return self.path
 
     def __enter__(self) -> PixelMapWriter:
@@ -65,7 +75,7 @@ class PixelMapWriter:
             self.close()
         else:
             self._file.close()
-            self._tmp.unlink(missing_ok=True)
+            self._output.__exit__(exc_type, exc, tb)  # removes the temporary file
 
 
 class PixelMaps:
