@@ -29,12 +29,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from hpa_cells.labels import LabelFileError
+    from hpa_cells.predictions import PredictionFolderError
     from mil.evaluation import TruthFolderError, evaluate_predictions
-    from mil.prediction_files import PredictionFilesError
 
     try:
         report = evaluate_predictions(args.pred, args.labels, args.truth, args.device)
-    except (LabelFileError, PredictionFilesError, TruthFolderError, ValueError) as err:
+    except (LabelFileError, PredictionFolderError, TruthFolderError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json_out is not None:
