@@ -141,7 +141,7 @@ def score(row: str, predictions, val_ids: list[str], cells_cache: Path, truth: P
     from hpa_cells.classes import CLASS_NAMES
     from hpa_cells.labels import read_labels, to_multi_hot
     from hpa_cells.metrics import cell_level_map, macro_f1, read_cell_truth
-    from mil.evaluation import probs_by_cell
+    from hpa_cells.predictions import probs_by_cell
 
     labels = read_labels(truth / "train.csv")
     position = {image_id: i for i, image_id in enumerate(predictions.image_ids)}

@@ -36,13 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from hpa_cells.cache import CellCache
     from hpa_cells.metrics import paired_bootstrap_cell_map, read_cell_truth
-    from mil.evaluation import probs_by_cell, read_cell_masks
-    from mil.prediction_files import PredictionFilesError, read_cell_predictions, read_manifest
+    from hpa_cells.predictions import PredictionFolderError, probs_by_cell, read_prediction_folder
+    from hpa_cells.scoring import read_cell_masks
 
     try:
-        manifests = {name: read_manifest(folder) for name, folder in (("A", args.a), ("B", args.b))}
-        cells = {"A": read_cell_predictions(args.a), "B": read_cell_predictions(args.b)}
-    except PredictionFilesError as err:
+        folders = {"A": read_prediction_folder(args.a), "B": read_prediction_folder(args.b)}
+        manifests = {name: folder.manifest for name, folder in folders.items()}
+        cells = {name: folder.cells for name, folder in folders.items()}
+        rules = {name: folder.cell_score for name, folder in folders.items()}
+    except PredictionFolderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if manifests["A"]["cache"] != manifests["B"]["cache"]:
@@ -70,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     probs = {name: probs_by_cell(table[table["image_id"].isin(set(image_ids))]) for name, table in cells.items()}
     result = paired_bootstrap_cell_map(true_masks, truth, pred_masks, probs["A"], probs["B"], args.resamples,
                                        args.seed)
-    rules = {name: manifest.get("cell_score", "cell") for name, manifest in manifests.items()}
     print(f"{result.n_images} images; cell mAP A {result.map_a:.4f} ({args.a}, cell score {rules['A']}), "
           f"B {result.map_b:.4f} ({args.b}, cell score {rules['B']})")
     print(f"B - A = {result.difference:+.4f}; 95% bootstrap interval [{result.interval[0]:+.4f}, "

@@ -15,7 +15,6 @@ class, the top label, attention, QC flags and the centroid in working-size pixel
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -24,7 +23,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from hpa_cells.atomic_files import atomic_output
 from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
+from hpa_cells.predictions import (
+    CELLS_FILE,
+    CELLS_PARQUET_FILE,
+    PredictionFolderError,
+    read_prediction_folder,
+)
 
 if TYPE_CHECKING:
     import anndata
@@ -32,11 +38,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ANNDATA_INSTALL_HINT = "pip install 'hpa-cells[anndata]'"
-REQUIRED_COLUMNS: tuple[str, ...] = ("image_id", "cell_id", "centroid_y", "centroid_x", "top_label", *CLASS_NAMES)
 
-
-class CellExportError(ValueError):
-    """A prediction folder whose cell table cannot be exported; the message names the file."""
+CellExportError = PredictionFolderError
+"""The folder-reading error of the exports is the prediction folder's (this name is kept for callers of main)."""
 
 
 class ExportDependencyError(ImportError):
@@ -44,16 +48,9 @@ class ExportDependencyError(ImportError):
 
 
 def read_cell_table(pred_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """cells.csv of a prediction folder, with its columns checked (image ids kept as strings)."""
-    path = Path(pred_dir) / "cells.csv"
-    if not path.is_file():
-        raise CellExportError(f"{Path(pred_dir)} is not a prediction folder: cells.csv is missing")
-    table = pd.read_csv(path, dtype={"image_id": str, "qc_flag_names": str, "top_label": str},
-                        keep_default_na=False)
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise CellExportError(f"{path}: missing columns {missing[:6]}")
-    return table
+    """cells.csv of a prediction folder, with its columns checked (image ids kept as strings); a
+    `PredictionFolderError` names the file (and line) when it is missing or damaged."""
+    return read_prediction_folder(pred_dir).cells
 
 
 def write_cells_parquet(pred_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
@@ -62,22 +59,11 @@ def write_cells_parquet(pred_dir: str | os.PathLike[str], out: str | os.PathLike
         import pyarrow  # noqa: F401
     except ImportError as error:
         raise ExportDependencyError("writing Parquet needs pyarrow: pip install pyarrow") from error
-    target = Path(out) if out is not None else Path(pred_dir) / "cells.parquet"
+    target = Path(out) if out is not None else Path(pred_dir) / CELLS_PARQUET_FILE
     table = read_cell_table(pred_dir)
-    tmp = target.with_name(target.name + ".tmp")
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, target)
+    with atomic_output(target) as partial:
+        table.to_parquet(partial, index=False)
     return target
-
-
-def _manifest(pred_dir: Path) -> dict:
-    path = pred_dir / "manifest.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise CellExportError(f"{path}: invalid JSON ({error})") from error
 
 
 def cells_to_anndata(pred_dir: str | os.PathLike[str]) -> anndata.AnnData:
@@ -87,16 +73,16 @@ def cells_to_anndata(pred_dir: str | os.PathLike[str]) -> anndata.AnnData:
     except ImportError as error:
         raise ExportDependencyError(f"writing .h5ad needs the anndata package: {ANNDATA_INSTALL_HINT}") from error
     pred_dir = Path(pred_dir)
-    table = read_cell_table(pred_dir)
-    manifest = _manifest(pred_dir)
-    thresholds = np.asarray(manifest.get("thresholds", [np.nan] * NUM_CLASSES), dtype=np.float64)
-    if thresholds.shape != (NUM_CLASSES,):
-        raise CellExportError(f"{pred_dir / 'manifest.json'}: 'thresholds' must list {NUM_CLASSES} values")
+    folder = read_prediction_folder(pred_dir)
+    table = folder.cells
+    # a folder without manifest.json (cells.csv alone) exports with unknown thresholds
+    manifest = folder.manifest if folder.has_manifest else {}
+    thresholds = folder.thresholds if folder.has_manifest else np.full(NUM_CLASSES, np.nan)
     probabilities = table[list(CLASS_NAMES)].to_numpy(dtype=np.float32)
     obs = table.drop(columns=[*CLASS_NAMES, "centroid_y", "centroid_x"]).copy()
     obs.index = pd.Index([f"{i}:{c}" for i, c in zip(table["image_id"], table["cell_id"], strict=True)], dtype=object)
     if obs.index.has_duplicates:
-        raise CellExportError(f"{pred_dir / 'cells.csv'}: (image_id, cell_id) pairs are not unique")
+        raise PredictionFolderError(f"{pred_dir / CELLS_FILE}: (image_id, cell_id) pairs are not unique")
     obs["image_id"] = pd.Categorical(table["image_id"].astype(object).to_numpy())
     obs["top_label"] = pd.Categorical(table["top_label"].astype(object).to_numpy(), categories=list(CLASS_NAMES))
     for column in obs.columns:
@@ -111,7 +97,7 @@ def cells_to_anndata(pred_dir: str | os.PathLike[str]) -> anndata.AnnData:
         "cache": str(manifest.get("cache", "")),
         "package_version": str(manifest.get("package_version", "")),
         "spatial": "obsm['spatial'] = cell centroids (x, y) in working-size pixels of each image",
-        "source": str(pred_dir.resolve() / "cells.csv"),
+        "source": str(pred_dir.resolve() / CELLS_FILE),
     }}
     return anndata.AnnData(X=probabilities, obs=obs, var=var, obsm={"spatial": spatial}, uns=uns)
 
@@ -121,8 +107,7 @@ def write_h5ad(pred_dir: str | os.PathLike[str], out: str | os.PathLike[str] | N
     naming the install command when anndata is missing."""
     adata = cells_to_anndata(pred_dir)
     target = Path(out) if out is not None else Path(pred_dir) / "cells.h5ad"
-    tmp = target.with_name(target.name + ".tmp")
-    adata.write_h5ad(tmp)
-    os.replace(tmp, target)
+    with atomic_output(target) as partial:
+        adata.write_h5ad(partial)
     logger.info("wrote %d cells x %d classes to %s", adata.n_obs, adata.n_vars, target)
     return target

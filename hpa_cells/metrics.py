@@ -73,6 +73,26 @@ def average_precision_with_misses(scores: np.ndarray, hits: np.ndarray, n_positi
     return float(np.sum((recall - previous) * precision))
 
 
+@dataclass(frozen=True)
+class ClassCurve:
+    """Cell-level precision-recall curve of one class (points by decreasing score) and its AP."""
+
+    precision: np.ndarray
+    recall: np.ndarray
+    average_precision: float
+    n_positives: int
+
+
+def class_curve(scores: np.ndarray, hits: np.ndarray, n_positives: int) -> ClassCurve:
+    """The precision-recall curve of one class's ranked items (one point per item, by decreasing score; ties in
+    their given order) and its AP (`average_precision_with_misses`, which scores ties as groups)."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    tp = np.cumsum(np.asarray(hits, dtype=bool)[order])
+    precision = tp / np.arange(1, len(order) + 1)
+    recall = tp / n_positives
+    return ClassCurve(precision, recall, average_precision_with_misses(scores, hits, n_positives), int(n_positives))
+
+
 class TruthFolderError(ValueError):
     """A per-cell truth folder (synthetic output) that lacks cells.csv, a column or a mask; names the file."""
 
@@ -205,6 +225,11 @@ def cell_level_map(
     """Cell-level mAP over images (see the module docstring and `match_cells_to_truth` for the arguments)."""
     matched = match_cells_to_truth(true_masks, true_cell_labels, pred_masks, pred_cell_probs, num_classes,
                                    iou_threshold)
+    return cell_map_of(matched)
+
+
+def cell_map_of(matched: MatchedCells) -> CellMAP:
+    """Cell-level mAP of cells already matched to the truth (`match_cells_to_truth`)."""
     mean_ap, per_class = _mean_ap(matched.scores, matched.hits, matched.positives)
     return CellMAP(mean_ap, per_class, matched.n_true_cells, matched.n_matched_cells, matched.n_pred_cells)
 

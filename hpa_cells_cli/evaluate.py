@@ -32,12 +32,12 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     """Run `evaluate` with `argv` (default: sys.argv[1:]); 0 on success, 2 for bad input."""
     args = build_parser(prog).parse_args(argv)
     from hpa_cells.labels import LabelFileError
+    from hpa_cells.predictions import PredictionFolderError
     from mil.evaluation import TruthFolderError, evaluate_predictions
-    from mil.prediction_files import PredictionFilesError
 
     try:
         report = evaluate_predictions(args.pred, args.labels, args.truth, args.device)
-    except (LabelFileError, PredictionFilesError, TruthFolderError, ValueError) as err:
+    except (LabelFileError, PredictionFolderError, TruthFolderError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json_out is not None:

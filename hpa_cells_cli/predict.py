@@ -4,7 +4,7 @@
   python scripts/predict.py --model runs/crop --model runs/dense --cache cells.h5 --out preds/   # ensemble
 
 Writes submission.csv (Kaggle Id,Predicted), images.csv, cells.csv (+ cells.parquet), attention.h5 and
-manifest.json into --out, plus pixel_probabilities.h5 when a model is dense (see mil/prediction_files.py and
+manifest.json into --out, plus pixel_probabilities.h5 when a model is dense (see hpa_cells/predictions/writer.py and
 data/README.md). A cell's class probability is, by default, sqrt(its own probability x its image's) (--cell-score
 gated; --cell-score cell keeps the cell's own). With several --model folders the predictions are an ensemble: the mean of the members' image and
 per-cell probabilities, thresholds = the mean of the members' thresholds (mil/ensemble.py).
@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     from hpa_cells.cache import CellCache, CellCacheSchemaError
     from hpa_cells.classes import CLASS_NAMES
+    from hpa_cells.predictions import write_prediction_folder
     from mil.ensemble import predict_members
     from mil.model_folder import ModelFolderError, load_model
-    from mil.prediction_files import write_prediction_files
 
     try:
         from hpa_cells.maps import class_id_of
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         return 2
     with CellCache(args.cache) as cache:
         flag_names = cache.qc_flag_names
-    paths = write_prediction_files(predictions, args.out, manifest, flag_names)
+    paths = write_prediction_folder(predictions, args.out, manifest, flag_names)
     seconds = time.time() - started
     labels = predictions.predicted_labels()
     counts = {}

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from hpa_cells.classes import CLASS_NAMES
-from mil.inference import Predictions, predict_cache, require_cell_score
+from hpa_cells.predictions import Predictions
+from mil.inference import predict_cache, require_cell_score
 from mil.model_folder import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def predict_members(members: Sequence[LoadedModel], cache_path: Path, out_dir: P
                     device: str = "cpu", show_progress: bool = True,
                     cell_score: str = "gated") -> tuple[Predictions, dict]:
     """Predict a cache with one model or an ensemble; returns the predictions and the manifest entries naming
-    every member; `cell_score` (`mil.inference.CELL_SCORES`) scores each member's cells before averaging. Dense
+    every member; `cell_score` (`hpa_cells.predictions.CELL_SCORES`) scores each member's cells before averaging. Dense
     members' pixel maps go to `out_dir/pixel_probabilities.h5` (their mean for several)."""
     require_cell_score(cell_score)
     from hpa_cells.pixel_maps import PIXEL_MAPS_FILE, average_pixel_map_files

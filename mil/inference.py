@@ -32,18 +32,12 @@ import torch
 from hpa_cells.cache import CellCache
 from hpa_cells.classes import CLASS_NAMES
 from hpa_cells.crops import CropConfig, extract_cell_crops
+from hpa_cells.predictions import CELL_SCORES, Predictions
 from mil.bags import DEFAULT_EXCLUDE_FLAGS
 from mil.model import BagBatch
 from mil.model_folder import LoadedModel
 
 logger = logging.getLogger(__name__)
-
-CELL_SCORES = {
-    "gated": "sqrt(cell probability x image probability): the geometric mean of each cell's own class probability "
-             "and its image's",
-    "cell": "each cell's own class probability (the pooling head's per-cell logits)",
-}
-"""How `cells.csv`'s class probabilities are made from the model's outputs (recorded in manifest.json)."""
 
 
 def require_cell_score(cell_score: str) -> None:
@@ -84,25 +78,6 @@ class BagInput:
 
 PixelMapSink = Callable[[str, np.ndarray, tuple[int, int]], None]
 """Receives (image_id, `K,h,w` uint8 pixel probabilities, working size) for each image a dense model predicts."""
-
-
-@dataclass
-class Predictions:
-    """image_ids `M`; image_probs `M,K`; cell table (one row per cell, probabilities in class-name columns);
-    cell_attention `C,A` (A = 1 or K) aligned with the cell table; thresholds `K`."""
-
-    image_ids: list[str]
-    image_probs: np.ndarray
-    cells: pd.DataFrame
-    cell_attention: np.ndarray
-    thresholds: np.ndarray
-    cell_score: str = "gated"
-    """What the cell table's class probabilities are (a key of `CELL_SCORES`)."""
-
-    def predicted_labels(self) -> dict[str, tuple[int, ...]]:
-        """Image id -> class ids whose probability reaches the class threshold."""
-        hits = self.image_probs >= self.thresholds
-        return {i: tuple(int(c) for c in np.flatnonzero(row)) for i, row in zip(self.image_ids, hits, strict=True)}
 
 
 def _exclude_bits(flag_names: dict[str, int], names: Sequence[str]) -> int:

@@ -3,7 +3,7 @@
 Two fields with hand-drawn rectangular cells: `fieldA` (working size 48x64, original 192x256, cells 1, 2 and 5,
 cell 5 QC-flagged "border" and left out of pooling) and `fieldB` (48x64, original 48x64, cells 1 and 2). The
 input images, the cell cache (written by `CellCacheWriter`) and the prediction folder (written by the real
-`write_prediction_files`) all agree, so every drawn or exported value can be checked against `CELL_PROBS`.
+`write_prediction_folder`) all agree, so every drawn or exported value can be checked against `CELL_PROBS`.
 A per-cell truth folder (synthetic layout: cells.csv + `{id}_cells.png`) uses the same masks.
 """
 
@@ -83,8 +83,7 @@ class PredictionFixture:
 
 def write_prediction_fixture(root: Path, seed: int = 0) -> PredictionFixture:
     """Write images, cache, prediction folder, truth folder and a 2018 labels CSV under `root`."""
-    from mil.inference import Predictions
-    from mil.prediction_files import write_prediction_files
+    from hpa_cells.predictions import Predictions, write_prediction_folder
 
     rng = np.random.default_rng(seed)
     images, truth = root / "images", root / "truth"
@@ -126,6 +125,6 @@ def write_prediction_fixture(root: Path, seed: int = 0) -> PredictionFixture:
     ids = list(CELL_BOXES)
     predictions = Predictions(ids, np.stack([image_probabilities(i) for i in ids]), table, attention[:, None], THRESHOLDS)
     pred = root / "pred"
-    write_prediction_files(predictions, pred, {"model": str(root / "no_model"), "cache": str(cache_path)},
+    write_prediction_folder(predictions, pred, {"model": str(root / "no_model"), "cache": str(cache_path)},
                            QC_FLAG_NAMES)
     return PredictionFixture(images, cache_path, pred, truth, labels)

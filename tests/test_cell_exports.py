@@ -13,13 +13,13 @@ import pytest
 from map_fixtures import THRESHOLDS, PredictionFixture, cell_probabilities, write_prediction_fixture
 
 from hpa_cells.cell_exports import (
-    CellExportError,
     ExportDependencyError,
     read_cell_table,
     write_cells_parquet,
     write_h5ad,
 )
 from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
+from hpa_cells.predictions import PredictionFolderError
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +76,11 @@ def test_missing_anndata_names_the_extra(fixture: PredictionFixture, tmp_path: P
 
 
 def test_bad_folders_are_named(fixture: PredictionFixture, tmp_path: Path) -> None:
-    with pytest.raises(CellExportError, match=f"{tmp_path} is not a prediction folder: cells.csv is missing"):
+    with pytest.raises(PredictionFolderError, match=f"{tmp_path} is not a prediction folder: cells.csv is missing"):
         read_cell_table(tmp_path)
     broken = tmp_path / "pred"
     shutil.copytree(fixture.pred, broken)
     table = pd.read_csv(broken / "cells.csv").drop(columns=["Cytosol"])
     table.to_csv(broken / "cells.csv", index=False)
-    with pytest.raises(CellExportError, match=r"cells.csv: missing columns \['Cytosol'\]"):
+    with pytest.raises(PredictionFolderError, match=r"cells.csv: missing columns \['Cytosol'\]"):
         write_cells_parquet(broken)

@@ -11,12 +11,12 @@ import pytest
 
 import hpa_cells_cli.evaluate as evaluate_command
 from hpa_cells.labels import read_labels, write_labels_2018
+from hpa_cells.predictions import write_prediction_folder
 from hpa_cells.synthetic.dataset import SyntheticConfig, write_dataset
 from mil.config import MILConfig
 from mil.evaluation import TruthFolderError, evaluate_predictions
 from mil.inference import predict_cache
 from mil.model_folder import load_model
-from mil.prediction_files import write_prediction_files
 from mil.training import TrainConfig, train_mil
 from segmentation.segment_to_cache import SegmentJob, segment_folder
 from segmentation.watershed import WatershedSegmenter
@@ -43,7 +43,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     with CellCache(cache) as opened:
         flags = opened.qc_flag_names
-    write_prediction_files(predictions, pred, {"model": str(model), "cache": str(cache)}, flags)
+    write_prediction_folder(predictions, pred, {"model": str(model), "cache": str(cache)}, flags)
     return {"synthetic": synthetic, "cache": cache, "model": model, "pred": pred, "root": root}
 
 
