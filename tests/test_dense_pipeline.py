@@ -207,9 +207,9 @@ def test_a_dense_model_can_start_from_a_crop_models_encoder(run: dict[str, Path]
     import torch
 
     from mil.config import DenseConfig
+    from mil.encoders import EncoderWeightsError
     from mil.families import build_model
     from mil.families.dense import with_crop_model_statistics
-    from mil.encoders import EncoderWeightsError
 
     crop = load_model(run["crop"])
     config = with_crop_model_statistics(DenseConfig(encoder="tu-test_resnet", input_size=64), run["crop"])

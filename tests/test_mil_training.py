@@ -20,12 +20,12 @@ from sklearn.metrics import average_precision_score
 from hpa_cells.cache import CellCache
 from hpa_cells.classes import NUM_CLASSES
 from hpa_cells.metrics import per_class_f1
-from mil.families import crop as crop_family
-from mil.training import loop as training_loop
 from mil.bags import BagDataset, BagItem, collate_bags
 from mil.config import MILConfig
+from mil.families import crop as crop_family
 from mil.model_folder import REQUIRED_FILES, load_model
 from mil.training import TrainConfig, loss_function, split_indices, train_mil
+from mil.training import loop as training_loop
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

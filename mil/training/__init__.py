@@ -6,7 +6,15 @@ loop.py: the shared loop, the split, the schedule, validation and the curves.
 """
 
 from mil.training.config import SETTINGS_ADDED_LATER, TrainConfig, resolve_device
-from mil.training.loop import learning_rate, plot_curves, predict_bags, split_indices, train_dense, train_mil, train_model
+from mil.training.loop import (
+           learning_rate,
+           plot_curves,
+           predict_bags,
+           split_indices,
+           train_dense,
+           train_mil,
+           train_model,
+)
 from mil.training.losses import initialise_class_bias, loss_function, negative_cell_loss
 
 __all__ = ["SETTINGS_ADDED_LATER", "TrainConfig", "initialise_class_bias", "learning_rate", "loss_function",

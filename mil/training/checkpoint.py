@@ -15,7 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hpa_cells.checkpoints import CHECKPOINT_STATE, load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
+from hpa_cells.checkpoints import (
+    CHECKPOINT_STATE,
+    load_checkpoint,
+    optimizer_tensors,
+    restore_optimizer,
+    save_checkpoint,
+)
 from mil.config import ModelConfig
 from mil.training.config import SETTINGS_ADDED_LATER, TrainConfig
 
