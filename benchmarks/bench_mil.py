@@ -120,7 +120,7 @@ def train_row(row: str, args: argparse.Namespace, cells: Path, fields: Path, tru
     }
     cache, model_config, train_config = settings[row]
     if row == "dense" and args.dense_init == "attention":
-        from mil.dense_model import with_crop_model_statistics
+        from mil.families.dense import with_crop_model_statistics
 
         start = args.out / "models" / "attention"
         model_config = with_crop_model_statistics(replace(model_config, encoder=f"tu-{args.encoder}"), start)

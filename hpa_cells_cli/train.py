@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
                                        cell_pool=args.cell_pool, input_size=args.dense_input_size,
                                        decoder_channels=args.dense_decoder_channels or None)
             if args.encoder_weights is not None and args.encoder_weights.is_dir():
-                from mil.dense_model import with_crop_model_statistics
+                from mil.families.dense import with_crop_model_statistics
 
                 model_config = with_crop_model_statistics(model_config, args.encoder_weights)
         else:

@@ -156,12 +156,4 @@ class DenseConfig:
 
 
 ModelConfig = MILConfig | DenseConfig
-CONFIG_CLASSES: dict[str, type[MILConfig] | type[DenseConfig]] = {"crop": MILConfig, "dense": DenseConfig}
-
-
-def model_config_from_dict(data: dict, source: str = "<dict>") -> ModelConfig:
-    """The config of the family named by `data["family"]` ("crop" when absent, as in the first model folders)."""
-    family = data.get("family", "crop")
-    if family not in CONFIG_CLASSES:
-        raise ConfigError(f"{source}: unknown model family {family!r}; known: {', '.join(CONFIG_CLASSES)}")
-    return CONFIG_CLASSES[family].from_dict(data, source)
+"""A config of either built-in family; `mil.families.model_config_from_dict` reads one by its `family`."""

@@ -9,13 +9,15 @@ that shows where inside each cell the evidence for a class sits.
 Nothing is ever downloaded (`encoder_weights=None` always); `encoder_weights=PATH` loads a local timm checkpoint
 into a `tu-` encoder, adapting its first convolution to the 4 channels (as `mil.encoders` does for the crop MIL), or,
 when PATH is a trained crop-MIL model folder with the same timm encoder, that model's encoder: a dense model then
-starts from features already trained on these images' labels (`with_crop_model_statistics` gives it the crop
-model's input standardisation too, so the encoder sees inputs on the scale it was trained on).
+starts from features already trained on these images' labels (`mil.families.dense.with_crop_model_statistics` gives
+it the crop model's input standardisation too, so the encoder sees inputs on the scale it was trained on). Reading
+that folder is the dense family's part (`mil.families.dense`), so this module imports no model-folder code.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,64 +82,38 @@ def create_dense_network(arch: str, encoder: str, num_classes: int, decoder_chan
                          "'tu-' + a timm model name (e.g. tu-resnet10t)") from err
 
 
-def load_dense_encoder_weights(network: nn.Module, encoder: str, path: str | os.PathLike[str]) -> None:
-    """Load a local timm checkpoint, or the encoder of a crop-MIL model folder, into the `tu-` encoder of
-    `network` (first conv adapted to 4 channels)."""
+BackboneFromFolder = Callable[[str | os.PathLike[str], str], dict[str, torch.Tensor]]
+"""(model folder, dense encoder name) -> the timm backbone weights that folder gives a dense `tu-` encoder."""
+
+
+def load_dense_encoder_weights(network: nn.Module, encoder: str, path: str | os.PathLike[str],
+                               backbone_from_folder: BackboneFromFolder | None = None) -> None:
+    """Load a local timm checkpoint, or (through `backbone_from_folder`, which the dense family supplies) the
+    encoder of another model folder, into the `tu-` encoder of `network` (first conv adapted to 4 channels)."""
     if not encoder.startswith("tu-"):
         raise EncoderWeightsError(
             f"local encoder weights ({path}) are supported for timm encoders ('tu-NAME'), not {encoder!r}"
         )
     if Path(path).is_dir():
-        network.encoder.model.load_state_dict(crop_model_backbone_state(path, encoder), strict=True)
+        if backbone_from_folder is None:
+            raise EncoderWeightsError(f"encoder weights {path}: a model folder; build the dense model with "
+                                      "mil.families.build_model to start from one")
+        network.encoder.model.load_state_dict(backbone_from_folder(path, encoder), strict=True)
         return
     load_local_encoder_weights(network.encoder.model, Path(path), IN_CHANNELS)
 
 
-def _crop_model(folder: str | os.PathLike[str], encoder: str):
-    from mil.model_folder import ModelFolderError, load_model
-
-    try:
-        loaded = load_model(folder)
-    except (ModelFolderError, ValueError) as err:
-        raise EncoderWeightsError(f"encoder weights {folder}: not a usable model folder: {err}") from err
-    if loaded.config.family != "crop":
-        raise EncoderWeightsError(f"encoder weights {folder}: a {loaded.config.family} model folder; only a crop "
-                                  "MIL model's encoder can start a dense model")
-    if f"tu-{loaded.config.encoder}" != encoder:
-        raise EncoderWeightsError(f"encoder weights {folder}: its encoder is {loaded.config.encoder!r}, which does not "
-                                  f"fit the dense encoder {encoder!r} (use --dense-encoder tu-{loaded.config.encoder})")
-    return loaded
-
-
-def crop_model_backbone_state(folder: str | os.PathLike[str], encoder: str) -> dict[str, torch.Tensor]:
-    """The timm backbone weights of the crop-MIL model in `folder`, for a dense `tu-` encoder of the same timm
-    model. The crop model's first convolution may have a 5th input (the cell mask); only the 4 image channels'
-    weights are kept. EncoderWeightsError names the folder when it is not a crop model with that encoder."""
-    loaded = _crop_model(folder, encoder)
-    state = {k: v.detach().clone() for k, v in loaded.model.encoder.backbone.state_dict().items()}
-    first_conv = loaded.model.encoder.backbone.pretrained_cfg.get("first_conv")
-    key = f"{first_conv}.weight"
-    if key in state and state[key].shape[1] != IN_CHANNELS:
-        state[key] = state[key][:, :IN_CHANNELS].contiguous()
-    return state
-
-
-def with_crop_model_statistics(config: DenseConfig, folder: str | os.PathLike[str]) -> DenseConfig:
-    """`config` with the input standardisation of the crop-MIL model in `folder` (its first 4 channels)."""
-    from dataclasses import replace
-
-    crop = _crop_model(folder, config.encoder).config
-    return replace(config, channel_mean=tuple(crop.channel_mean[:IN_CHANNELS]),
-                   channel_std=tuple(crop.channel_std[:IN_CHANNELS]))
-
-
 class DenseMILModel(nn.Module):
-    def __init__(self, config: DenseConfig, encoder_weights: str | None = None) -> None:
+    """See the module docstring. `encoder_weights`: a local timm checkpoint, or a model folder read by
+    `backbone_from_folder` (the dense family's builder passes one; loaded before the head is made, as always)."""
+
+    def __init__(self, config: DenseConfig, encoder_weights: str | None = None,
+                 backbone_from_folder: BackboneFromFolder | None = None) -> None:
         super().__init__()
         self.config = config
         self.network = create_dense_network(config.arch, config.encoder, config.num_classes, config.decoder_channels)
         if encoder_weights is not None:
-            load_dense_encoder_weights(self.network, config.encoder, encoder_weights)
+            load_dense_encoder_weights(self.network, config.encoder, encoder_weights, backbone_from_folder)
         head = create_head(config.head, in_features=config.num_classes, num_classes=config.num_classes,
                            dropout=0.0, **config.head_kwargs)
         self.head = pool_given_cell_logits(head)

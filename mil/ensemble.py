@@ -18,6 +18,7 @@ import pandas as pd
 
 from hpa_cells.classes import CLASS_NAMES
 from hpa_cells.predictions import Predictions
+from mil.families import get_family
 from mil.inference import predict_cache, require_cell_score
 from mil.model_folder import LoadedModel
 
@@ -71,7 +72,7 @@ def predict_members(members: Sequence[LoadedModel], cache_path: Path, out_dir: P
     out_dir.mkdir(parents=True, exist_ok=True)
     final_maps = out_dir / PIXEL_MAPS_FILE
     final_maps.unlink(missing_ok=True)  # never leave a previous run's maps beside new predictions
-    dense = [i for i, m in enumerate(members) if m.config.family == "dense"]
+    dense = [i for i, m in enumerate(members) if get_family(m.config.family).pixel_maps]
     member_maps = {i: final_maps if len(dense) == 1 else out_dir / f".member{i}.{PIXEL_MAPS_FILE}" for i in dense}
     predictions = []
     for index, loaded in enumerate(members):

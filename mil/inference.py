@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +33,9 @@ from hpa_cells.classes import CLASS_NAMES
 from hpa_cells.crops import CropConfig, extract_cell_crops
 from hpa_cells.predictions import CELL_SCORES, Predictions
 from mil.bags import DEFAULT_EXCLUDE_FLAGS
-from mil.model import BagBatch
+from mil.families import family_names, get_family
 from mil.model_folder import LoadedModel
+from mil.prediction_batches import BagInput
 
 logger = logging.getLogger(__name__)
 
@@ -58,24 +58,6 @@ def score_cells(cell_probs: np.ndarray, image_probs: np.ndarray, cell_score: str
     return np.sqrt(cell_probs.astype(np.float64) * image_probs.astype(np.float64)).astype(cell_probs.dtype)
 
 
-@dataclass
-class BagInput:
-    """All cells of one image: crops `N,4,S,S` uint8, masks `N,S,S` uint8 (for the crop family), usable `N` bool,
-    a per-cell table (cell_id, centroid_y, centroid_x, qc_flags, ... ) aligned with the crops, and for the dense
-    family the field `4,H,W` uint8 with its `H,W` cell label map at working size."""
-
-    image_id: str
-    crops: np.ndarray | None
-    masks: np.ndarray | None
-    usable: np.ndarray
-    cells: pd.DataFrame
-    image_chw: np.ndarray | None = None
-    cells_hw: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.cells)
-
-
 PixelMapSink = Callable[[str, np.ndarray, tuple[int, int]], None]
 """Receives (image_id, `K,h,w` uint8 pixel probabilities, working size) for each image a dense model predicts."""
 
@@ -85,8 +67,8 @@ def _exclude_bits(flag_names: dict[str, int], names: Sequence[str]) -> int:
     return sum(int(lowered[n.lower()]) for n in names if n.lower() in lowered)
 
 
-FAMILY_INPUTS = {"crop": "crops", "dense": "fields"}
-"""What each model family reads: cell crops, or whole fields with their label maps."""
+FAMILY_INPUTS = {name: get_family(name).inputs for name in family_names()}
+"""What each model family reads: cell crops, or whole fields with their label maps (`ModelFamily.inputs`)."""
 
 
 def bags_from_cache(cache_path: str | os.PathLike[str], exclude_flags: Sequence[str],
@@ -137,79 +119,6 @@ def _batched(bags: Iterable[BagInput], batch_size: int) -> Iterator[list[BagInpu
         yield batch
 
 
-@dataclass
-class _GroupOutput:
-    """One forward pass over a group of bags: image probabilities `B,K`, cell probabilities `B,N,K` (every cell),
-    attention `B,N` or `B,N,K` (0 for cells left out of the pooling), usable `B,N`, pixel maps (dense) per bag."""
-
-    image_probs: np.ndarray
-    cell_probs: np.ndarray
-    attention: np.ndarray
-    usable: torch.Tensor
-    pixel_maps: list[np.ndarray] | None = None
-
-
-def _usable_mask(group: list[BagInput]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(`B,N` present, `B,N` usable: the bag's usable cells, or all its cells when none is)."""
-    n = max(len(b) for b in group)
-    present = torch.zeros((len(group), n), dtype=torch.bool)
-    usable = torch.zeros((len(group), n), dtype=torch.bool)
-    for i, bag in enumerate(group):
-        k = len(bag)
-        present[i, :k] = True
-        usable[i, :k] = torch.from_numpy(bag.usable if bag.usable.any() else np.ones(k, bool))
-    return present, usable
-
-
-def _crop_group(model: torch.nn.Module, group: list[BagInput], device: str | torch.device) -> _GroupOutput:
-    n = max(len(b) for b in group)
-    s = group[0].crops.shape[-1]
-    crops = torch.zeros((len(group), n, 4, s, s))
-    masks = torch.zeros((len(group), n, s, s))
-    present, usable = _usable_mask(group)
-    for i, bag in enumerate(group):
-        k = len(bag)
-        crops[i, :k] = torch.from_numpy(bag.crops).float() / 255.0
-        masks[i, :k] = torch.from_numpy(bag.masks).float()
-    batch = BagBatch(crops.to(device), masks.to(device), present.to(device))
-    embeddings = model.embed_instances(batch)
-    pooled = model.pool(embeddings, usable.to(device))
-    every_cell = model.pool(embeddings, present.to(device))
-    return _GroupOutput(torch.sigmoid(pooled.image_logits.float()).cpu().numpy(),
-                        torch.sigmoid(every_cell.cell_logits.float()).cpu().numpy(),
-                        pooled.attention.float().cpu().numpy(), usable)
-
-
-def _dense_group(model: torch.nn.Module, group: list[BagInput], device: str | torch.device) -> _GroupOutput:
-    from mil.dense_fields import fit_field
-
-    input_size = model.config.input_size
-    present, usable = _usable_mask(group)
-    cell_ids = torch.zeros(present.shape, dtype=torch.long)
-    fitted = []
-    for i, bag in enumerate(group):
-        if bag.image_chw is None or bag.cells_hw is None:
-            raise ValueError(f"image {bag.image_id}: the dense model needs the field and its label map")
-        ids = bag.cells["cell_id"].to_numpy(dtype=np.int64)
-        cell_ids[i, : len(ids)] = torch.from_numpy(ids)
-        fitted.append(fit_field(bag.image_chw, bag.cells_hw, input_size, keep_cells=ids))
-    images = torch.from_numpy(np.stack([f.image for f in fitted])).to(device)
-    labels = torch.from_numpy(np.stack([f.cell_labels for f in fitted])).to(device)
-    pixels = model.pixel_logits(images).float()
-    cells = model.cell_logits(pixels, labels, cell_ids.to(device), present.to(device))
-    pooled = model.pool(cells, usable.to(device))
-    every_cell = model.pool(cells, present.to(device))
-    pixel_probs = torch.sigmoid(pixels).cpu().numpy()
-    maps = []
-    for i, (bag, fit) in enumerate(zip(group, fitted, strict=True)):
-        h, w = fit.content_hw
-        inside = np.isin(fit.cell_labels[:h, :w], cell_ids[i, : len(bag)].numpy())
-        maps.append(np.round(pixel_probs[i, :, :h, :w] * 255 * inside).astype(np.uint8))
-    return _GroupOutput(torch.sigmoid(pooled.image_logits.float()).cpu().numpy(),
-                        torch.sigmoid(every_cell.cell_logits.float()).cpu().numpy(),
-                        pooled.attention.float().cpu().numpy(), usable, maps)
-
-
 def _cell_frame(bag: BagInput, used: np.ndarray, probs: np.ndarray, attention: np.ndarray) -> pd.DataFrame:
     """The bag's rows of cells.csv: its table, used_for_image, class probabilities, top label, attention."""
     k = len(bag)
@@ -236,7 +145,7 @@ def predict_bags(loaded: LoadedModel, bags: Iterable[BagInput], batch_size: int 
     from tqdm import tqdm
 
     model = loaded.model.to(device).eval()
-    run_group = _dense_group if loaded.config.family == "dense" else _crop_group
+    run_group = get_family(loaded.config.family).predict_group
     image_ids: list[str] = []
     image_probs: list[np.ndarray] = []
     cell_frames: list[pd.DataFrame] = []
@@ -276,8 +185,9 @@ def predict_cache(loaded: LoadedModel, cache_path: Path, batch_size: int = 8, de
 
     with CellCache(cache_path) as cache:
         total = cache.num_images
-    bags = bags_from_cache(cache_path, model_exclude_flags(loaded), FAMILY_INPUTS[loaded.config.family])
-    if pixel_maps_path is None or loaded.config.family != "dense":
+    family = get_family(loaded.config.family)
+    bags = bags_from_cache(cache_path, model_exclude_flags(loaded), family.inputs)
+    if pixel_maps_path is None or not family.pixel_maps:
         return predict_bags(loaded, bags, batch_size, device, show_progress, total, cell_score=cell_score)
     with PixelMapWriter(pixel_maps_path) as writer:
         return predict_bags(loaded, bags, batch_size, device, show_progress, total, pixel_maps=writer.add,

@@ -203,14 +203,15 @@ def test_a_dense_model_can_start_from_a_crop_models_encoder(run: dict[str, Path]
     import torch
 
     from mil.config import DenseConfig
-    from mil.dense_model import DenseMILModel, with_crop_model_statistics
     from mil.encoders import EncoderWeightsError
+    from mil.families import build_model
+    from mil.families.dense import with_crop_model_statistics
 
     crop = load_model(run["crop"])
     config = with_crop_model_statistics(DenseConfig(encoder="tu-test_resnet", input_size=64), run["crop"])
     assert config.channel_mean == tuple(crop.config.channel_mean[:4])
     assert config.channel_std == tuple(crop.config.channel_std[:4])
-    dense = DenseMILModel(config, encoder_weights=str(run["crop"]))
+    dense = build_model(config, encoder_weights=str(run["crop"]))
     crop_state = crop.model.encoder.backbone.state_dict()
     dense_state = dense.network.encoder.model.state_dict()
     first_conv = crop.model.encoder.backbone.pretrained_cfg["first_conv"] + ".weight"
@@ -220,7 +221,7 @@ def test_a_dense_model_can_start_from_a_crop_models_encoder(run: dict[str, Path]
     assert len(shared) > 10 and all(torch.equal(dense_state[k], crop_state[k]) for k in shared)
 
     with pytest.raises(EncoderWeightsError, match="a dense model folder; only a crop MIL model's encoder"):
-        DenseMILModel(DenseConfig(encoder="tu-test_resnet", input_size=64), encoder_weights=str(run["dense"]))
+        build_model(DenseConfig(encoder="tu-test_resnet", input_size=64), encoder_weights=str(run["dense"]))
     out = tmp_path / "dense_from_crop"
     argv = ["--cache", str(run["cache"]), "--out", str(out), *DENSE_ARGS, "--encoder-weights", str(run["crop"])]
     argv[argv.index("tu-test_resnet")] = "tu-resnet10t"

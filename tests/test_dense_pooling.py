@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from mil.cell_pooling import pool_pixels_into_cells
-from mil.config import ConfigError, DenseConfig, model_config_from_dict
+from mil.config import ConfigError, DenseConfig
 from mil.dense_model import DenseBatch, DenseMILModel
+from mil.families import model_config_from_dict
 from mil.pooling import list_heads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -20,11 +20,12 @@ from sklearn.metrics import average_precision_score
 from hpa_cells.cache import CellCache
 from hpa_cells.classes import NUM_CLASSES
 from hpa_cells.metrics import per_class_f1
-from mil import training
 from mil.bags import BagDataset, BagItem, collate_bags
 from mil.config import MILConfig
+from mil.families import crop as crop_family
 from mil.model_folder import REQUIRED_FILES, load_model
 from mil.training import TrainConfig, loss_function, split_indices, train_mil
+from mil.training import loop as training_loop
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -231,7 +232,7 @@ def test_losses() -> None:
 
 def test_learning_rate_warms_up_then_follows_a_cosine() -> None:
     config = TrainConfig(epochs=5, warmup_epochs=1, learning_rate=1.0)
-    lr = training._learning_rate
+    lr = training_loop.learning_rate
     assert lr(0.0, config) == pytest.approx(0.02)
     assert lr(0.5, config) == pytest.approx(0.5)
     assert lr(1.0, config) == pytest.approx(1.0)
@@ -315,19 +316,19 @@ def test_an_interrupted_run_resumes_to_the_same_weights(trained: tuple[Path, dic
         train_mil(square_cache, reference, model, FAST)
     else:
         reference = trained[0]
-    save_checkpoint = training._save_checkpoint
+    save_checkpoint = training_loop.save_training_checkpoint
 
     def save_then_die(*args: object, **kwargs: object) -> None:
         save_checkpoint(*args, **kwargs)
         raise KeyboardInterrupt
 
     out = tmp_path / "interrupted"
-    monkeypatch.setattr(training, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(training_loop, "save_training_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_mil(square_cache, out, model, FAST)
     assert json.loads((out / "checkpoint" / "checkpoint.json").read_text())["epoch"] == 1
     assert not (out / "weights.safetensors").exists()
-    monkeypatch.setattr(training, "_save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(training_loop, "save_training_checkpoint", save_checkpoint)
     train_mil(square_cache, out, model, FAST)
     a, b = _weights(reference), _weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -357,7 +358,7 @@ def test_new_epochs_draw_new_cells_in_dataloader_workers(square_cache: Path, tmp
     """With worker processes, each epoch's bags must still follow `set_epoch` (not a stale worker copy)."""
     log = tmp_path / "draws.txt"
     monkeypatch.setenv("MIL_TEST_DRAW_LOG", str(log))
-    monkeypatch.setattr(training, "BagDataset", _RecordingBags)
+    monkeypatch.setattr(crop_family, "BagDataset", _RecordingBags)
     train_mil(square_cache, tmp_path / "workers", TINY_MODEL, replace(FAST, num_workers=1, max_cells=3))
     draws = [line.split() for line in log.read_text().splitlines()]
     assert len(draws) == 24  # 12 training bags per epoch

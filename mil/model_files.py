@@ -1,0 +1,92 @@
+"""The files of a model folder: config.json, weights.safetensors, thresholds.json, metrics.json.
+
+This module is the folder's format only (writing it, reading its parts); it builds no model, so every model family
+can read folders through it. `mil.model_folder.load_model` turns a folder into a model through the family registry
+(`mil.families`). config.json holds the architecture (`model`, whose `family` names the registered family), how
+it was trained (`training`) and the format version. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hpa_cells.classes import CLASS_NAMES
+from mil.config import ModelConfig
+from mil.thresholds import load_thresholds, save_thresholds
+
+FORMAT_VERSION = 1
+REQUIRED_FILES = ("config.json", "weights.safetensors", "thresholds.json", "metrics.json")
+
+
+class ModelFolderError(ValueError):
+    """A model folder that is incomplete or unreadable; the message names the folder and file."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    config: ModelConfig
+    thresholds: np.ndarray
+    metrics: dict
+    training: dict
+    folder: Path
+
+
+def save_model_folder(folder: Path, model: torch.nn.Module, thresholds: np.ndarray, metrics: dict,
+                      training: dict) -> Path:
+    """Write the four files; weights last and atomically, so a folder with weights.safetensors is complete."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"format_version": FORMAT_VERSION, "model": model.config.to_dict(), "training": training}
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+    save_thresholds(folder / "thresholds.json", thresholds, CLASS_NAMES[: model.config.num_classes])
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "weights.safetensors.tmp"), metadata={"format_version": str(FORMAT_VERSION)})
+    os.replace(folder / "weights.safetensors.tmp", folder / "weights.safetensors")
+    return folder
+
+
+def read_config_record(folder: str | os.PathLike[str]) -> dict:
+    """config.json of a complete model folder of this format version, as a dict (`model`, `training`, ...)."""
+    folder = Path(folder)
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ModelFolderError(f"{folder} is not a complete model folder: missing {', '.join(missing)}")
+    try:
+        record = json.loads((folder / "config.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ModelFolderError(f"{folder / 'config.json'}: invalid JSON ({err})") from err
+    if record.get("format_version") != FORMAT_VERSION:
+        raise ModelFolderError(
+            f"{folder / 'config.json'}: format_version {record.get('format_version')!r}, this code reads {FORMAT_VERSION}"
+        )
+    return record
+
+
+def load_weights(model: torch.nn.Module, folder: str | os.PathLike[str]) -> None:
+    """Load the folder's weights.safetensors into `model` (strict); ModelFolderError when they do not fit."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "weights.safetensors"
+    state = load_file(str(path))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ModelFolderError(f"{path} does not fit the architecture in config.json: {err}") from err
+
+
+def loaded_model(model: torch.nn.Module, config: ModelConfig, record: dict, folder: str | os.PathLike[str],
+                 device: str | torch.device = "cpu") -> LoadedModel:
+    """The `LoadedModel` of a model whose weights are loaded: thresholds and metrics read, eval mode on `device`."""
+    folder = Path(folder)
+    thresholds = load_thresholds(folder / "thresholds.json", config.num_classes)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return LoadedModel(model.to(device).eval(), config, thresholds, metrics, record.get("training", {}), folder)

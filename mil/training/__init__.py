@@ -1,0 +1,22 @@
+"""Training a MIL model of any registered family (see `mil.training.loop`): `TrainConfig` says how, `train_model`
+trains into a model folder (`train_mil` / `train_dense` check the family first).
+
+config.py: TrainConfig. losses.py: the losses and the class-bias prior. checkpoint.py: the resumable checkpoint.
+loop.py: the shared loop, the split, the schedule, validation and the curves.
+"""
+
+from mil.training.config import SETTINGS_ADDED_LATER, TrainConfig, resolve_device
+from mil.training.loop import (
+           learning_rate,
+           plot_curves,
+           predict_bags,
+           split_indices,
+           train_dense,
+           train_mil,
+           train_model,
+)
+from mil.training.losses import initialise_class_bias, loss_function, negative_cell_loss
+
+__all__ = ["SETTINGS_ADDED_LATER", "TrainConfig", "initialise_class_bias", "learning_rate", "loss_function",
+           "negative_cell_loss", "plot_curves", "predict_bags", "resolve_device", "split_indices", "train_dense",
+           "train_mil", "train_model"]

@@ -1,0 +1,71 @@
+"""The training loop's checkpoint: written after every epoch through `hpa_cells.checkpoints` (safetensors + JSON,
+with the token that refuses a torn pair), so rerunning the same command resumes.
+
+Tensor names: `model.*` (the module's state), `opt.{i}.*` (AdamW's per-parameter state), `best.*` (the weights of
+the best epoch so far); the JSON holds the epoch, the history, the best epoch and the run's settings. Checkpoints
+written before `hpa_cells.checkpoints` (no token) still resume.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hpa_cells.checkpoints import (
+    CHECKPOINT_STATE,
+    load_checkpoint,
+    optimizer_tensors,
+    restore_optimizer,
+    save_checkpoint,
+)
+from mil.config import ModelConfig
+from mil.training.config import SETTINGS_ADDED_LATER, TrainConfig
+
+
+def run_settings(model_config: ModelConfig, config: TrainConfig) -> dict:
+    """What a checkpoint must match to be resumed: the model config and the training config (epochs excepted), as
+    they read back from JSON."""
+    settings = {"model": model_config.to_dict(), "training": {**asdict(config), "epochs": None}}
+    return json.loads(json.dumps(settings, default=str))
+
+
+def fresh_state(settings: dict) -> dict:
+    """The loop state of a run that starts at epoch 0."""
+    return {"epoch": 0, "history": [], "best_val_loss": None, "best_epoch": 0, "stale_epochs": 0,
+            "settings": settings}
+
+
+def has_checkpoint(folder: Path) -> bool:
+    return (folder / CHECKPOINT_STATE).is_file()
+
+
+def save_training_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict,
+                             best_weights: dict[str, torch.Tensor]) -> None:
+    """Write the model, optimizer and best weights (tensors) and the loop `state` (JSON) into `folder`."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update(optimizer_tensors(optimizer, "opt"))
+    tensors.update({f"best.{k}": v for k, v in best_weights.items()})
+    save_checkpoint(folder, tensors, state)
+
+
+def load_training_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                             settings: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore the model and optimizer from `folder`; returns (loop state, best weights). ValueError when the
+    checkpoint was written with other `settings` (training settings added later read as their old defaults);
+    `hpa_cells.checkpoints.CheckpointError` when the pair is torn or incomplete."""
+    tensors, state = load_checkpoint(folder)
+    stored = state.get("settings") or {}
+    stored = {**stored, "training": {**SETTINGS_ADDED_LATER, **stored.get("training", {})}}
+    if stored != settings:
+        raise ValueError(
+            f"{folder} was written by a run with other settings; resume with the same settings "
+            f"(only --epochs may change) or choose a new --out folder"
+        )
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    restore_optimizer(optimizer, tensors, "opt")
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    return state, best
