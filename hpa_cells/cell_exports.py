@@ -39,10 +39,6 @@ logger = logging.getLogger(__name__)
 
 ANNDATA_INSTALL_HINT = "pip install 'hpa-cells[anndata]'"
 
-CellExportError = PredictionFolderError
-"""The folder-reading error of the exports is the prediction folder's (this name is kept for callers of main)."""
-
-
 class ExportDependencyError(ImportError):
     """An optional package needed for an export format is not installed; the message says how to install it."""
 

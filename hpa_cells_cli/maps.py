@@ -51,10 +51,11 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     """Run `maps` with `argv` (default: sys.argv[1:]); 0 on success, 2 for bad input, 3 for a missing extra."""
     args = parse_args(argv, prog)
     from hpa_cells.cache import CellCacheError
-    from hpa_cells.cell_exports import CellExportError, ExportDependencyError, write_h5ad
+    from hpa_cells.cell_exports import ExportDependencyError, write_h5ad
     from hpa_cells.images import ImageReadError
     from hpa_cells.labels import LabelFileError
-    from hpa_cells.maps import PredictionFolderError, class_id_of
+    from hpa_cells.maps import class_id_of
+    from hpa_cells.predictions import PredictionFolderError
     from hpa_cells.report import TruthFolderError, write_maps_and_report
 
     try:
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     except ExportDependencyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    except (PredictionFolderError, CellExportError, CellCacheError, ImageReadError, LabelFileError,
+    except (PredictionFolderError, CellCacheError, ImageReadError, LabelFileError,
             TruthFolderError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -67,7 +67,8 @@ def _add_true_mask_scores(report: FolderScores, folder: PredictionFolder, truth_
     from hpa_cells.cache import CellCache
     from hpa_cells.crops import CropConfig
     from mil.ensemble import average_predictions
-    from mil.inference import FAMILY_INPUTS, bags_from_masks, predict_bags
+    from mil.families import get_family
+    from mil.inference import bags_from_masks, predict_bags
     from mil.model_folder import load_model
 
     truth = read_cell_truth(truth_dir)
@@ -79,8 +80,8 @@ def _add_true_mask_scores(report: FolderScores, folder: PredictionFolder, truth_
     members = []
     for model_folder in folder.model_folders:
         loaded = load_model(model_folder, device=device)
-        content = FAMILY_INPUTS[loaded.config.family]
-        bags = bags_from_masks(_true_fields(truth_dir, image_ids, true_masks), crop, content)
+        bags = bags_from_masks(_true_fields(truth_dir, image_ids, true_masks), crop,
+                               get_family(loaded.config.family).inputs)
         members.append(predict_bags(loaded, bags, device=device, cell_score=folder.cell_score))
     on_truth = average_predictions(members) if len(members) > 1 else members[0]
     result = cell_level_map(true_masks, truth, true_masks, probs_by_cell(on_truth.cells), NUM_CLASSES)

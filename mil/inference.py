@@ -33,7 +33,7 @@ from hpa_cells.classes import CLASS_NAMES
 from hpa_cells.crops import CropConfig, extract_cell_crops
 from hpa_cells.predictions import CELL_SCORES, Predictions
 from mil.bags import DEFAULT_EXCLUDE_FLAGS
-from mil.families import family_names, get_family
+from mil.families import get_family
 from mil.model_folder import LoadedModel
 from mil.prediction_batches import BagInput
 
@@ -65,10 +65,6 @@ PixelMapSink = Callable[[str, np.ndarray, tuple[int, int]], None]
 def _exclude_bits(flag_names: dict[str, int], names: Sequence[str]) -> int:
     lowered = {k.lower(): v for k, v in flag_names.items()}
     return sum(int(lowered[n.lower()]) for n in names if n.lower() in lowered)
-
-
-FAMILY_INPUTS = {name: get_family(name).inputs for name in family_names()}
-"""What each model family reads: cell crops, or whole fields with their label maps (`ModelFamily.inputs`)."""
 
 
 def bags_from_cache(cache_path: str | os.PathLike[str], exclude_flags: Sequence[str],

@@ -3,6 +3,8 @@ numbers match the known fixture, and the CLIs (make_maps.py, predict.py --maps/-
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -12,12 +14,15 @@ import numpy as np
 import pytest
 from map_fixtures import CELL_BOXES, CELL_TRUTH, PredictionFixture, masks_of, write_prediction_fixture
 
+import hpa_cells_cli.evaluate as evaluate_command
 import hpa_cells_cli.maps as maps_command
 import hpa_cells_cli.predict as predict_command
 from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
 from hpa_cells.maps import PredictionRun, write_maps
 from hpa_cells.metrics import cell_level_map
-from hpa_cells.report import TruthFolderError, cell_curves, write_maps_and_report, write_report
+from hpa_cells.report import TruthFolderError, write_maps_and_report, write_report
+from hpa_cells.report.pages import fmt
+from hpa_cells.scoring import score_prediction_folder
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +92,8 @@ def test_report_links_resolve_and_numbers_match(fixture: PredictionFixture, tmp_
 
 
 def test_cell_curves_agree_with_cell_level_map(fixture: PredictionFixture) -> None:
-    with PredictionRun(fixture.pred) as run:
-        curves = cell_curves(run, fixture.truth)
+    with PredictionRun(fixture.pred) as run:  # the report's scores: the shared scorer on the run's open cache
+        scores = score_prediction_folder(run.folder, None, fixture.truth, cache=run.cache)
         probs = {i: {int(c): row for c, row in zip(g["cell_id"], g[list(CLASS_NAMES)].to_numpy(), strict=True)}
                  for i, g in run.cells.groupby("image_id")}
     masks = {i: masks_of(i)[0] for i in CELL_BOXES}
@@ -96,12 +101,51 @@ def test_cell_curves_agree_with_cell_level_map(fixture: PredictionFixture) -> No
     for (image_id, cell_id), labels in CELL_TRUTH.items():
         truth.setdefault(image_id, {})[cell_id] = labels
     reference = cell_level_map(masks, truth, masks, probs)
-    assert sorted(curves.curves) == [0, 2, 25]
-    for c, curve in curves.curves.items():
+    assert sorted(scores.cell_curves) == [0, 2, 25]
+    for c, curve in scores.cell_curves.items():
         assert curve.average_precision == pytest.approx(reference.per_class_ap[c])
         assert curve.recall[-1] == pytest.approx(1.0)  # perfect segmentation: every positive is retrieved
-    assert curves.mean_ap == pytest.approx(reference.mean_ap)
-    assert (curves.n_true_cells, curves.n_matched_cells, curves.n_pred_cells) == (5, 5, 5)
+    assert scores.cell_map == pytest.approx(reference.mean_ap)
+    assert (scores.cells_true, scores.cells_matched, scores.cells_predicted) == (5, 5, 5)
+
+
+def _index_numbers(text: str) -> tuple[str, dict[str, str], str]:
+    """(macro F1, class name -> image F1 cell, cell mAP) as shown on a report's index page."""
+    macro = re.search(r"macro F1 <b>([^<]*)</b>", text).group(1)
+    cell_map = re.search(r"cell mAP <b>([^<]*)</b>", text).group(1)
+    header = next(h for h in re.findall(r"<thead>(.*?)</thead>", text, re.S) if "image F1" in h)
+    columns = re.findall(r"<th[^>]*>([^<]*)</th>", header)
+    f1_column = columns.index("image F1")
+    per_class = {}
+    for row in re.findall(r"<tr><td class=\"num\">\d+</td>.*?</tr>", text, re.S):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+        name = html.unescape(re.sub(r"<[^>]*>", "", cells[1]))
+        per_class[name] = cells[f1_column]
+    return macro, per_class, cell_map
+
+
+def test_report_shows_what_evaluate_prints(fixture: PredictionFixture, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import mil.evaluation
+
+    # evaluate.py's second cell mAP re-runs the model on the true masks (the fixture has no model, and the report
+    # does not show that number): skip only that pass; everything compared below is evaluate.py's own output
+    monkeypatch.setattr(mil.evaluation, "_add_true_mask_scores", lambda *args: None)
+    report = tmp_path / "report"
+    result = write_maps_and_report(fixture.pred, report_dir=report, labels_path=fixture.labels,
+                                   truth_dir=fixture.truth)
+    json_out = tmp_path / "evaluation.json"
+    assert evaluate_command.main(["--pred", str(fixture.pred), "--labels", str(fixture.labels), "--truth",
+                                  str(fixture.truth), "--json-out", str(json_out)]) == 0
+    capsys.readouterr()
+    evaluation = json.loads(json_out.read_text())
+    macro, per_class, cell_map = _index_numbers(result.report_index.read_text())
+    assert macro == fmt(evaluation["image_macro_f1"]) == "0.333"
+    assert per_class == {name: fmt(evaluation["per_class_f1"][name]) for name in CLASS_NAMES}
+    assert cell_map == fmt(evaluation["cell_map"])
+    assert f"{evaluation['cells_matched']}/{evaluation['cells_true']} true cells matched" in \
+        result.report_index.read_text()
 
 
 def test_report_without_labels_or_truth(fixture: PredictionFixture, tmp_path: Path) -> None:
@@ -118,10 +162,12 @@ def test_report_without_labels_or_truth(fixture: PredictionFixture, tmp_path: Pa
 def test_truth_folder_errors_name_the_file(fixture: PredictionFixture, tmp_path: Path) -> None:
     with PredictionRun(fixture.pred) as run:
         with pytest.raises(TruthFolderError, match=f"{tmp_path} has no cells.csv with per-cell truth"):
-            cell_curves(run, tmp_path)
+            score_prediction_folder(run.folder, None, tmp_path, cache=run.cache)
         (tmp_path / "cells.csv").write_text((fixture.truth / "cells.csv").read_text())
         with pytest.raises(TruthFolderError, match="no true cell mask fieldA_cells.png for image fieldA"):
-            cell_curves(run, tmp_path)
+            score_prediction_folder(run.folder, None, tmp_path, cache=run.cache)
+        with pytest.raises(TruthFolderError, match="no true cell mask fieldA_cells.png for image fieldA"):
+            write_report(run, [], tmp_path / "report", truth_dir=tmp_path)  # the report raises the same
 
 
 def test_make_maps_cli(fixture: PredictionFixture, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

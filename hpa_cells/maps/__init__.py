@@ -20,7 +20,8 @@ cell boundaries are as precise as the working size. Probabilities are stored as 
 28 planes of a 3072 px field at a few MB (zlib compressed, piecewise constant); divide by 255 to get them back.
 The PNGs are 256-colour palette images (fast octree, dithered): about 5x smaller than RGB, no visible loss.
 
-Modules: `prediction_run` (the prediction folder, its cache and images, opened for drawing), `style` (colours,
+Modules: `prediction_run` (the prediction folder, read by `hpa_cells.predictions`, with its cache and images,
+opened for drawing; errors are `hpa_cells.predictions.PredictionFolderError`), `style` (colours,
 colour maps, `MapStyle`), `drawing` (primitives), `overview`, `panels` (class, pixel and attention panels),
 `exports` (OME-TIFFs), `writer` (one image's files, a whole folder, the index). The class colours and short names
 live with the classes (`hpa_cells.classes`).
@@ -48,13 +49,7 @@ from hpa_cells.maps.panels import (
     render_class_panel,
     render_pixel_panel,
 )
-from hpa_cells.maps.prediction_run import (
-    CELL_COLUMNS,
-    IMAGE_COLUMNS,
-    FieldView,
-    PredictionFolderError,
-    PredictionRun,
-)
+from hpa_cells.maps.prediction_run import FieldView, PredictionRun
 from hpa_cells.maps.style import (
     BACKGROUND,
     MUTED_TEXT,
@@ -75,9 +70,10 @@ from hpa_cells.maps.writer import (
     write_image_maps,
     write_maps,
 )
+from hpa_cells.predictions import PredictionFolderError
 
 __all__ = [
-    "BACKGROUND", "CELLS_TIFF", "CELLS_TIFF_CHANNELS", "CELL_COLUMNS", "CLASS_COLOURS", "IMAGE_COLUMNS", "MAPS_INDEX",
+    "BACKGROUND", "CELLS_TIFF", "CELLS_TIFF_CHANNELS", "CLASS_COLOURS", "MAPS_INDEX",
     "MUTED_TEXT", "PIXEL_PROBABILITIES_TIFF", "PROBABILITIES_TIFF", "PROTEIN_CHANNEL", "QC_GREY", "SHORT_NAMES",
     "TEXT", "THUMBNAIL_PX", "FieldView", "ImageMaps", "MapStyle", "PanelCanvas", "PanelOverlay",
     "PredictionFolderError", "PredictionRun", "class_colour_table", "class_id_of", "colour_lut", "inner_boundaries",

@@ -12,8 +12,9 @@ import numpy as np
 from hpa_cells.atomic_files import atomic_output
 from hpa_cells.classes import CLASS_NAMES
 from hpa_cells.images import resize_mask
-from hpa_cells.maps.prediction_run import FieldView, PredictionFolderError
+from hpa_cells.maps.prediction_run import FieldView
 from hpa_cells.pixel_maps import resize_planes
+from hpa_cells.predictions import PredictionFolderError
 
 CELLS_TIFF = "cells.ome.tif"
 PROBABILITIES_TIFF = "probabilities.ome.tif"

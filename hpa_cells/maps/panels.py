@@ -23,8 +23,9 @@ from hpa_cells.maps.drawing import (
     stripes,
     title_block,
 )
-from hpa_cells.maps.prediction_run import FieldView, PredictionFolderError
+from hpa_cells.maps.prediction_run import FieldView
 from hpa_cells.maps.style import BACKGROUND, MUTED_TEXT, PROTEIN_CHANNEL, QC_GREY, TEXT, MapStyle, colour_lut
+from hpa_cells.predictions import PredictionFolderError
 
 
 def _colour_bar(height: int, lut: np.ndarray, vmin: float, vmax: float, ticks: Sequence[float],

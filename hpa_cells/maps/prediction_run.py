@@ -1,11 +1,11 @@
-"""Inputs of the maps: a prediction folder (images.csv, cells.csv, manifest.json, an optional pixel map file)
-opened with its cell cache and input images (`PredictionRun`), and one image's view of it (`FieldView`)."""
+"""Inputs of the maps: a prediction folder (images.csv, cells.csv, manifest.json, an optional pixel map file),
+read through the one reader (`hpa_cells.predictions.read_prediction_folder`) and opened with its cell cache and
+input images (`PredictionRun`), and one image's view of it (`FieldView`). Problems are the prediction folder's
+one error class, `hpa_cells.predictions.PredictionFolderError`."""
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -16,17 +16,8 @@ import pandas as pd
 from hpa_cells.cache import CellCache
 from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
 from hpa_cells.images import read_sample
-from hpa_cells.pixel_maps import PIXEL_MAPS_FILE, PixelMaps
-
-IMAGE_COLUMNS: tuple[str, ...] = ("image_id", "predicted", *CLASS_NAMES)
-CELL_COLUMNS: tuple[str, ...] = (
-    "image_id", "cell_id", "centroid_y", "centroid_x", "qc_flags", "qc_flag_names", "used_for_image",
-    *CLASS_NAMES, "top_label_id", "top_probability", "attention",
-)
-
-
-class PredictionFolderError(ValueError):
-    """A prediction folder (or the cache and images it points to) that cannot be drawn; names the file."""
+from hpa_cells.pixel_maps import PixelMaps
+from hpa_cells.predictions import PredictionFolder, PredictionFolderError, read_prediction_folder
 
 
 @dataclass(frozen=True)
@@ -80,52 +71,38 @@ class FieldView:
         return self.cells["qc_flags"].to_numpy(dtype=np.int64) != 0
 
 
-def _read_table(path: Path, required: Sequence[str], dtypes: dict[str, type]) -> pd.DataFrame:
-    if not path.is_file():
-        raise PredictionFolderError(f"{path.parent} is not a prediction folder: {path.name} is missing")
-    frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False)
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise PredictionFolderError(f"{path}: missing columns {missing[:6]}")
-    return frame
-
-
 class PredictionRun:
     """A prediction folder opened for drawing: its tables, thresholds, cell cache and input images.
+
+    `folder` is the `PredictionFolder` (the one reader); `manifest`, `images`, `cells` and `thresholds` are its
+    tables, read and checked when the run is opened.
 
     `cache_path` / `images_dir` override the locations recorded in manifest.json and the cache (for a moved
     folder). A context manager: closes the cache handle.
     """
 
-    def __init__(self, pred_dir: str | os.PathLike[str], cache_path: str | os.PathLike[str] | None = None,
+    def __init__(self, pred_dir: str | os.PathLike[str] | PredictionFolder,
+                 cache_path: str | os.PathLike[str] | None = None,
                  images_dir: str | os.PathLike[str] | None = None) -> None:
-        self.pred_dir = Path(pred_dir)
-        manifest_path = self.pred_dir / "manifest.json"
-        if not manifest_path.is_file():
-            raise PredictionFolderError(f"{self.pred_dir} is not a prediction folder: manifest.json is missing")
-        try:
-            self.manifest: dict = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as error:
-            raise PredictionFolderError(f"{manifest_path}: invalid JSON ({error})") from error
-        self.images = _read_table(self.pred_dir / "images.csv", IMAGE_COLUMNS, {"image_id": str, "predicted": str})
-        self.images["predicted_ids"] = [tuple(int(x) for x in s.split()) for s in self.images["predicted"]]
-        self.cells = _read_table(self.pred_dir / "cells.csv", CELL_COLUMNS,
-                                 {"image_id": str, "qc_flag_names": str})
-        thresholds = np.asarray(self.manifest.get("thresholds", []), dtype=np.float64)
-        if thresholds.shape != (NUM_CLASSES,):
-            raise PredictionFolderError(f"{manifest_path}: 'thresholds' must list {NUM_CLASSES} values")
-        self.thresholds = thresholds
-        recorded_cache = self.manifest.get("cache")
+        self.folder = read_prediction_folder(pred_dir)
+        self.pred_dir = self.folder.folder
+        self.manifest: dict = self.folder.manifest  # first: a folder without one is "not a prediction folder"
+        self.images = self.folder.images
+        self.cells = self.folder.cells
+        self.thresholds = self.folder.thresholds
+        recorded_cache = self.folder.cache_path
         self.cache_path = Path(cache_path) if cache_path is not None else Path(recorded_cache or "")
         if not self.cache_path.is_file():
             raise PredictionFolderError(
-                f"cell cache {self.cache_path} (from {manifest_path}) not found; pass the cache's new location"
+                f"cell cache {self.cache_path} (from {self.folder.manifest_path}) not found; "
+                "pass the cache's new location"
             )
         self.cache = CellCache(self.cache_path)
         self.provenance = self.cache.provenance
         recorded_images = self.provenance["parameters"].get("images_dir")
         self.images_dir = Path(images_dir) if images_dir is not None else Path(recorded_images or "")
         if not self.images_dir.is_dir():
+            self.cache.close()
             raise PredictionFolderError(
                 f"input images folder {self.images_dir} (recorded in {self.cache_path}) not found; "
                 "pass the folder's new location"
@@ -135,9 +112,8 @@ class PredictionRun:
         self.cache_labels = {i: r.label_ids for i, r in table.iterrows() if r.has_labels}
         self._rows = {image_id: i for i, image_id in enumerate(self.images["image_id"])}
         self._cells_of = {image_id: rows for image_id, rows in self.cells.groupby("image_id", sort=False).indices.items()}
-        pixel_maps_path = self.pred_dir / PIXEL_MAPS_FILE
-        self.pixel_maps = PixelMaps(pixel_maps_path) if self.manifest.get("pixel_maps") and pixel_maps_path.is_file() \
-            else None
+        pixel_maps_path = self.folder.pixel_maps_path
+        self.pixel_maps = PixelMaps(pixel_maps_path) if pixel_maps_path is not None else None
 
     @property
     def image_ids(self) -> list[str]:

@@ -10,12 +10,13 @@ report/
 
 Every link is relative and every style is inline; there is no script. Image-level F1 needs image labels (a
 labels CSV, else the labels stored in the cell cache); cell-level PR curves need per-cell truth (a synthetic
-folder: cells.csv with `image_id,cell_id,labels` and `{image_id}_cells.png` masks), scored as in
-`hpa_cells.metrics.cell_level_map`: predicted cells matched to true cells at IoU >= 0.6, unmatched true cells
-counted as misses.
+folder: cells.csv with `image_id,cell_id,labels` and `{image_id}_cells.png` masks): predicted cells matched to
+true cells at IoU >= 0.6, unmatched true cells counted as misses. Every score is
+`hpa_cells.scoring.score_prediction_folder`'s, so the report shows exactly what `evaluate.py` prints (the cell
+mAP over the labelled images that have per-cell truth).
 
-Modules: `scores` (the report's image F1 and cell-level curves), `figures` (matplotlib), `pages` (what each page
-shows, rendered from the Jinja2 templates in `templates/` with autoescaping), `writer` (the folder).
+Modules: `figures` (matplotlib), `pages` (what each page shows, rendered from the Jinja2 templates in
+`templates/` with autoescaping), `writer` (the scores and the folder).
 """
 
 from __future__ import annotations
@@ -23,11 +24,9 @@ from __future__ import annotations
 from hpa_cells.metrics import TruthFolderError
 from hpa_cells.report.figures import cells_per_image_figure, pr_curves_figure
 from hpa_cells.report.pages import ReportFiles
-from hpa_cells.report.scores import CellCurves, ClassCurve, ImageScores, cell_curves, image_scores, labels_for
-from hpa_cells.report.writer import MapsAndReport, place_maps, write_maps_and_report, write_report
+from hpa_cells.report.writer import MapsAndReport, labels_for, place_maps, write_maps_and_report, write_report
 
 __all__ = [
-    "CellCurves", "ClassCurve", "ImageScores", "MapsAndReport", "ReportFiles", "TruthFolderError", "cell_curves",
-    "cells_per_image_figure", "image_scores", "labels_for", "place_maps", "pr_curves_figure", "write_maps_and_report",
-    "write_report",
+    "MapsAndReport", "ReportFiles", "TruthFolderError", "cells_per_image_figure", "labels_for", "place_maps",
+    "pr_curves_figure", "write_maps_and_report", "write_report",
 ]

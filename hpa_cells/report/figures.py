@@ -3,6 +3,7 @@ image and cell-level precision-recall curves per class."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from hpa_cells.atomic_files import atomic_output
 from hpa_cells.classes import CLASS_COLOURS, CLASS_NAMES
 from hpa_cells.maps import PredictionRun
-from hpa_cells.report.scores import CellCurves
+from hpa_cells.metrics import ClassCurve
 
 
 def _save_figure(figure: object, path: Path) -> Path:
@@ -43,12 +44,12 @@ def cells_per_image_figure(run: PredictionRun, path: Path) -> Path:
     return _save_figure(figure, path)
 
 
-def pr_curves_figure(curves: CellCurves, path: Path) -> Path:
-    """Small multiples: one cell-level PR curve per class carried by some true cell (shared axes: one set of
-    tick labels per row and column keeps the figure quick to draw)."""
+def pr_curves_figure(curves: Mapping[int, ClassCurve], path: Path) -> Path:
+    """Small multiples: one cell-level PR curve per class carried by some true cell (`FolderScores.cell_curves`:
+    class id -> curve; shared axes: one set of tick labels per row and column keeps the figure quick to draw)."""
     from matplotlib.figure import Figure
 
-    classes = sorted(curves.curves)
+    classes = sorted(curves)
     columns = min(4, max(len(classes), 1))
     rows = max(1, -(-len(classes) // columns))
     height = 2.2 * rows + 0.6
@@ -61,7 +62,7 @@ def pr_curves_figure(curves: CellCurves, path: Path) -> Path:
             axes.set_visible(False)
             continue
         class_id = classes[k]
-        curve = curves.curves[class_id]
+        curve = curves[class_id]
         axes.step(np.r_[0.0, curve.recall], np.r_[1.0, curve.precision], where="post", color=CLASS_COLOURS[class_id],
                   linewidth=1.8)
         axes.set_title(f"{CLASS_NAMES[class_id]}\nAP {curve.average_precision:.2f} ({curve.n_positives} cells)",

@@ -22,7 +22,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from hpa_cells.classes import CLASS_COLOURS, CLASS_NAMES, NUM_CLASSES, SHORT_NAMES
 from hpa_cells.maps import PredictionRun
 from hpa_cells.metrics import CELL_MATCH_IOU
-from hpa_cells.report.scores import CellCurves, ImageScores
+from hpa_cells.scoring import FolderScores
 
 DASH = "–"
 
@@ -83,9 +83,18 @@ def _model_description(model_dir: str) -> dict[str, str | None]:
     return {"model_dir": model_dir, "model_details": ", ".join(parts)}
 
 
-def summary(run: PredictionRun, scores: ImageScores | None, curves: CellCurves | None,
-            truth_dir: Path | None) -> dict[str, Any]:
-    """The run summary table of the index page."""
+def image_scores_shown(scores: FolderScores) -> bool:
+    """Whether the report shows image-level scores (some predicted image has labels)."""
+    return scores.n_images > 0
+
+
+def cell_scores_shown(scores: FolderScores) -> bool:
+    """Whether the report shows cell-level scores (per-cell truth was given)."""
+    return scores.cell_map is not None
+
+
+def summary(run: PredictionRun, scores: FolderScores, label_source: str, truth_dir: Path | None) -> dict[str, Any]:
+    """The run summary table of the index page (`label_source`: where the image labels come from)."""
     cells = run.cells
     flagged = int((cells["qc_flags"].astype(int) != 0).sum())
     pooled = int(cells["used_for_image"].astype(bool).sum())
@@ -105,15 +114,15 @@ def summary(run: PredictionRun, scores: ImageScores | None, curves: CellCurves |
         "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "version": run.manifest.get("package_version", "?"),
     }
-    if scores is not None:
-        out["scores"] = {"source": scores.source, "n_images": scores.n_images, "macro_f1": fmt(scores.macro_f1)}
-    if curves is not None and truth_dir is not None:
-        out["truth"] = {"dir": str(truth_dir.resolve()), "n_matched": curves.n_matched_cells,
-                        "n_true": curves.n_true_cells, "n_pred": curves.n_pred_cells, "mean_ap": fmt(curves.mean_ap)}
+    if image_scores_shown(scores):
+        out["scores"] = {"source": label_source, "n_images": scores.n_images, "macro_f1": fmt(scores.image_macro_f1)}
+    if cell_scores_shown(scores) and truth_dir is not None:
+        out["truth"] = {"dir": str(truth_dir.resolve()), "n_matched": scores.cells_matched,
+                        "n_true": scores.cells_true, "n_pred": scores.cells_predicted, "mean_ap": fmt(scores.cell_map)}
     return out
 
 
-def class_table(run: PredictionRun, scores: ImageScores | None, curves: CellCurves | None) -> dict[str, Any]:
+def class_table(run: PredictionRun, scores: FolderScores) -> dict[str, Any]:
     """The per-class table of the index page: header, right-aligned columns, one row per class."""
     n_images = max(len(run.images), 1)
     predicted = np.zeros(NUM_CLASSES, dtype=np.int64)
@@ -123,25 +132,26 @@ def class_table(run: PredictionRun, scores: ImageScores | None, curves: CellCurv
     mean_prob = run.images[list(CLASS_NAMES)].to_numpy(dtype=np.float64).mean(axis=0)
     header = ["id", "class", "threshold", "mean image p", "images predicted", "cells as top label"]
     numeric = [0, 2, 3, 4, 5]
-    if scores is not None:
+    has_scores, has_curves = image_scores_shown(scores), cell_scores_shown(scores)
+    if has_scores:
         header += ["labelled images", "image F1"]
         numeric += [6, 7]
-    if curves is not None:
+    if has_curves:
         header += ["cell AP"]
         numeric += [len(header) - 1]
+    f1 = scores.per_class_f1_array
     rows = []
     for c in range(NUM_CLASSES):
         row = {"id": c, "colour": CLASS_COLOURS[c], "name": CLASS_NAMES[c], "threshold": f"{run.thresholds[c]:.2f}",
                "mean_p": f"{mean_prob[c]:.3f}", "predicted": f"{predicted[c]} ({100 * predicted[c] / n_images:.0f}%)",
                "top": int(top[c])}
-        if scores is not None:
-            row |= {"labelled": int(scores.n_labelled[c]), "f1": fmt(float(scores.f1[c]))}
-        if curves is not None:
-            curve = curves.curves.get(c)
+        if has_scores:
+            row |= {"labelled": int(scores.class_support[c]), "f1": fmt(float(f1[c]))}
+        if has_curves:
+            curve = scores.cell_curves.get(c)
             row["ap"] = fmt(curve.average_precision) if curve else DASH
         rows.append(row)
-    return {"header": header, "numeric": numeric, "rows": rows, "has_scores": scores is not None,
-            "has_curves": curves is not None}
+    return {"header": header, "numeric": numeric, "rows": rows, "has_scores": has_scores, "has_curves": has_curves}
 
 
 def gallery(run: PredictionRun, files: Mapping[str, ReportFiles]) -> list[dict[str, Any]]:
@@ -157,12 +167,13 @@ def gallery(run: PredictionRun, files: Mapping[str, ReportFiles]) -> list[dict[s
     return cards
 
 
-def index_page(run: PredictionRun, files: Mapping[str, ReportFiles], scores: ImageScores | None,
-               curves: CellCurves | None, truth_dir: Path | None) -> str:
-    """index.html: run summary, class table, figures and the gallery (figures are drawn by the caller)."""
-    return render("index.html.j2", title="hpa-cells prediction report", s=summary(run, scores, curves, truth_dir),
-                  classes=class_table(run, scores, curves), pr_curves=curves is not None, iou=CELL_MATCH_IOU,
-                  cards=gallery(run, files))
+def index_page(run: PredictionRun, files: Mapping[str, ReportFiles], scores: FolderScores, label_source: str,
+               truth_dir: Path | None) -> str:
+    """index.html: run summary, class table, figures and the gallery (figures are drawn by the caller).
+    `scores`: `hpa_cells.scoring.score_prediction_folder` of the run (the numbers evaluate.py prints)."""
+    return render("index.html.j2", title="hpa-cells prediction report",
+                  s=summary(run, scores, label_source, truth_dir), classes=class_table(run, scores),
+                  pr_curves=cell_scores_shown(scores), iou=CELL_MATCH_IOU, cards=gallery(run, files))
 
 
 def cell_rows(run: PredictionRun, image_id: str) -> list[dict[str, Any]]:

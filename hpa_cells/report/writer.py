@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpa_cells.atomic_files import atomic_output, write_text_atomic
+from hpa_cells.labels import read_labels
 from hpa_cells.maps import ImageMaps, PredictionRun, write_maps
 from hpa_cells.report.figures import cells_per_image_figure, pr_curves_figure
-from hpa_cells.report.pages import ReportFiles, image_page, index_page
-from hpa_cells.report.scores import cell_curves, image_scores, labels_for
+from hpa_cells.report.pages import ReportFiles, cell_scores_shown, image_page, index_page
+from hpa_cells.scoring import score_prediction_folder
 
 logger = logging.getLogger(__name__)
 
@@ -37,21 +38,32 @@ def place_maps(maps: ImageMaps, report_dir: Path) -> ReportFiles:
                        place(maps.attention), place(maps.thumbnail), tiffs)
 
 
+def labels_for(run: PredictionRun, labels_path: Path | None) -> tuple[dict[str, tuple[int, ...]], str]:
+    """(image labels, where they come from): the labels CSV when given, else the labels stored in the cell
+    cache."""
+    if labels_path is not None:
+        return {k: tuple(v) for k, v in read_labels(labels_path).items()}, f"labels file {labels_path}"
+    return dict(run.cache_labels), "labels stored in the cell cache"
+
+
 def write_report(run: PredictionRun, maps: Sequence[ImageMaps], report_dir: str | os.PathLike[str],
                  labels_path: Path | None = None, truth_dir: Path | None = None) -> Path:
-    """Write the report folder (layout in `hpa_cells.report`) for the images in `maps`; returns index.html."""
+    """Write the report folder (layout in `hpa_cells.report`) for the images in `maps`; returns index.html.
+
+    The scores are `hpa_cells.scoring.score_prediction_folder`'s, as evaluate.py prints them: image F1 on the
+    predicted images with labels; with `truth_dir`, the cell mAP over the labelled images that have per-cell truth
+    (every image with truth when there are no labels)."""
     report_dir = Path(report_dir)
     (report_dir / "images").mkdir(parents=True, exist_ok=True)
     (report_dir / "figures").mkdir(exist_ok=True)
     labels, source = labels_for(run, labels_path)
-    scores = image_scores(run, labels, source) if labels else None
-    curves = cell_curves(run, truth_dir) if truth_dir is not None else None
+    scores = score_prediction_folder(run.folder, labels or None, truth_dir, cache=run.cache)
     files = {m.image_id: place_maps(m, report_dir) for m in maps}
 
     cells_per_image_figure(run, report_dir / "figures" / "cells_per_image.png")
-    if curves is not None:
-        pr_curves_figure(curves, report_dir / "figures" / "pr_curves.png")
-    index_path = write_text_atomic(report_dir / "index.html", index_page(run, files, scores, curves, truth_dir))
+    if cell_scores_shown(scores):
+        pr_curves_figure(scores.cell_curves, report_dir / "figures" / "pr_curves.png")
+    index_path = write_text_atomic(report_dir / "index.html", index_page(run, files, scores, source, truth_dir))
     ordered = [i for i in run.image_ids if i in files]
     for index, image_id in enumerate(ordered):
         write_text_atomic(report_dir / "images" / f"{image_id}.html",
