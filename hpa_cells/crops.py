@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-NUM_CHANNELS = 4
+from hpa_cells.channels import NUM_CHANNELS
 
 # Columns of the per-cell table, in order; bbox is y0, x0, y1, x1 with exclusive ends, in working px.
 CELL_RECORD_COLUMNS: tuple[str, ...] = (

@@ -35,8 +35,9 @@ import cv2
 import numpy as np
 import torch
 
+from hpa_cells.channels import ER, MICROTUBULE, NUCLEUS
 from segmentation.cellpose_models import CellposeNetSpec, build_network, resolve_model
-from segmentation.preprocessing import ER, MICROTUBULE, NUCLEUS, check_field_image
+from segmentation.preprocessing import check_field_image
 from segmentation.quality_control import QCConfig
 from segmentation.result import SegmentationResult, build_result
 from segmentation.seeded_cells import SeededCellSettings, grow_cells_from_nuclei

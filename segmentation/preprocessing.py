@@ -1,7 +1,7 @@
 """Input checks and channel normalisation shared by the segmenters.
 
 A field image is a `4,H,W` uint8 (or uint16) array in the project's channel order
-(red = microtubules, green = protein, blue = nucleus, yellow = ER). HPA fields differ widely in
+(`hpa_cells.channels`: red = microtubules, green = protein, blue = nucleus, yellow = ER). HPA fields differ widely in
 brightness, so segmenters work on channels rescaled between robust low/high percentiles.
 """
 
@@ -11,10 +11,10 @@ import logging
 
 import numpy as np
 
+from hpa_cells.channels import CHANNELS, NUM_CHANNELS
+
 logger = logging.getLogger(__name__)
 
-CHANNEL_NAMES: tuple[str, ...] = ("red", "green", "blue", "yellow")
-MICROTUBULE, PROTEIN, NUCLEUS, ER = 0, 1, 2, 3
 ACCEPTED_DTYPES: tuple[type, ...] = (np.uint8, np.uint16)
 
 
@@ -26,9 +26,9 @@ def check_field_image(image: np.ndarray, where: str) -> None:
     """Raise `FieldImageError` naming `where` unless `image` is a non-empty `4,H,W` uint8/uint16 array."""
     if not isinstance(image, np.ndarray):
         raise FieldImageError(f"{where}: expected a numpy array of shape 4,H,W, got {type(image).__name__}")
-    if image.ndim != 3 or image.shape[0] != len(CHANNEL_NAMES):
+    if image.ndim != 3 or image.shape[0] != NUM_CHANNELS:
         raise FieldImageError(
-            f"{where}: expected shape 4,H,W (channels {', '.join(CHANNEL_NAMES)}), got {image.shape}"
+            f"{where}: expected shape 4,H,W (channels {', '.join(CHANNELS)}), got {image.shape}"
         )
     if image.shape[1] < 2 or image.shape[2] < 2:
         raise FieldImageError(f"{where}: image of shape {image.shape} is too small to segment")

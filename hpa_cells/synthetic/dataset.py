@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpa_cells.channels import CHANNELS
 from hpa_cells.classes import NUM_CLASSES
 from hpa_cells.images import write_label_mask, write_sample
 from hpa_cells.labels import write_labels_2018
@@ -337,7 +338,7 @@ class DatasetSummary:
 
 def sample_paths(out_dir: Path, image_id: str) -> dict[str, Path]:
     """Paths of the files written for one image (4 channels + 2 masks)."""
-    paths = {channel: out_dir / f"{image_id}_{channel}.png" for channel in ("red", "green", "blue", "yellow")}
+    paths = {channel: out_dir / f"{image_id}_{channel}.png" for channel in CHANNELS}
     paths["nuclei"] = out_dir / f"{image_id}_nuclei.png"
     paths["cells"] = out_dir / f"{image_id}_cells.png"
     return paths
