@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-NUM_CHANNELS = 4
+from hpa_cells.channels import NUM_CHANNELS
 
 # Columns of the per-cell table, in order; bbox is y0, x0, y1, x1 with exclusive ends, in working px.
 CELL_RECORD_COLUMNS: tuple[str, ...] = (
@@ -177,6 +177,59 @@ def _resize_chw(region_chw: np.ndarray, out_hw: tuple[int, int], interpolation: 
     return resized.transpose(2, 0, 1)
 
 
+def _crop_one(image_chw: np.ndarray, cells_hw: np.ndarray, cell_id: int, bbox: tuple[int, int, int, int],
+              config: CropConfig) -> tuple[np.ndarray, np.ndarray, float]:
+    """(4,S,S crop, S,S 0/1 mask, scale) of one cell with bounding box `bbox`, by the transform in the module
+    docstring."""
+    size = config.crop_size
+    box = _padded_box(bbox, config.margin_fraction)
+    box_h, box_w = box[2] - box[0], box[3] - box[1]
+    longer = max(box_h, box_w)
+    scale = size / longer if (longer > size or config.upscale) else 1.0
+    region = _cut_region(image_chw, box)
+    region_cells = _cut_region(cells_hw, box)
+    own = region_cells == cell_id
+    if config.zero_other_cells:
+        region[:, (region_cells != 0) & ~own] = 0
+    own_u8 = own.astype(np.uint8)
+    if scale != 1.0:
+        out_hw = (min(size, max(1, round(box_h * scale))), min(size, max(1, round(box_w * scale))))
+        interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+        region = _resize_chw(region, out_hw, interpolation)
+        own_u8 = cv2.resize(own_u8, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_NEAREST)
+    return _place_centred(region, size), _place_centred(own_u8, size), scale
+
+
+def _cell_table(cells_hw: np.ndarray, nuclei_hw: np.ndarray, cell_ids: np.ndarray, areas: np.ndarray,
+                bboxes: np.ndarray, scales: np.ndarray, qc_flags: np.ndarray) -> pd.DataFrame:
+    """The per-cell table (CELL_RECORD_COLUMNS): centroids and nucleus areas measured here, the rest given."""
+    labels_flat = cells_hw.ravel().astype(np.int64, copy=False)
+    num_bins = areas.shape[0]
+    height, width = cells_hw.shape
+    rows = np.repeat(np.arange(height, dtype=np.float64), width)
+    cols = np.tile(np.arange(width, dtype=np.float64), height)
+    sum_y = np.bincount(labels_flat, weights=rows, minlength=num_bins)
+    sum_x = np.bincount(labels_flat, weights=cols, minlength=num_bins)
+    nucleus_areas = np.bincount(labels_flat[nuclei_hw.ravel() > 0], minlength=num_bins)
+    cell_areas = areas[cell_ids]
+    return pd.DataFrame(
+        {
+            "cell_id": cell_ids.astype(np.int64),
+            "bbox_y0": bboxes[:, 0],
+            "bbox_x0": bboxes[:, 1],
+            "bbox_y1": bboxes[:, 2],
+            "bbox_x1": bboxes[:, 3],
+            "centroid_y": (sum_y[cell_ids] / np.maximum(cell_areas, 1)).astype(np.float32),
+            "centroid_x": (sum_x[cell_ids] / np.maximum(cell_areas, 1)).astype(np.float32),
+            "area": cell_areas.astype(np.int64),
+            "nucleus_area": nucleus_areas[cell_ids].astype(np.int64),
+            "scale": scales,
+            "qc_flags": qc_flags,
+        },
+        columns=list(CELL_RECORD_COLUMNS),
+    )
+
+
 def extract_cell_crops(
     image_chw: np.ndarray,
     cells_hw: np.ndarray,
@@ -206,13 +259,6 @@ def extract_cell_crops(
     areas = np.bincount(labels_flat, minlength=num_bins)
     cell_ids = np.flatnonzero(areas[1:]) + 1
     n = len(cell_ids)
-
-    height, width = cells_hw.shape
-    rows = np.repeat(np.arange(height, dtype=np.float64), width)
-    cols = np.tile(np.arange(width, dtype=np.float64), height)
-    sum_y = np.bincount(labels_flat, weights=rows, minlength=num_bins)
-    sum_x = np.bincount(labels_flat, weights=cols, minlength=num_bins)
-    nucleus_areas = np.bincount(labels_flat[nuclei_hw.ravel() > 0], minlength=num_bins)
     boxes = ndimage.find_objects(cells_hw)
 
     crops = np.zeros((n, NUM_CHANNELS, size, size), dtype=np.uint8)
@@ -223,40 +269,7 @@ def extract_cell_crops(
         slice_y, slice_x = boxes[cell_id - 1]
         bbox = (slice_y.start, slice_x.start, slice_y.stop, slice_x.stop)
         bboxes[row] = bbox
-        box = _padded_box(bbox, config.margin_fraction)
-        box_h, box_w = box[2] - box[0], box[3] - box[1]
-        longer = max(box_h, box_w)
-        scale = size / longer if (longer > size or config.upscale) else 1.0
-        region = _cut_region(image_chw, box)
-        region_cells = _cut_region(cells_hw, box)
-        own = region_cells == cell_id
-        if config.zero_other_cells:
-            region[:, (region_cells != 0) & ~own] = 0
-        own_u8 = own.astype(np.uint8)
-        if scale != 1.0:
-            out_hw = (min(size, max(1, round(box_h * scale))), min(size, max(1, round(box_w * scale))))
-            interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
-            region = _resize_chw(region, out_hw, interpolation)
-            own_u8 = cv2.resize(own_u8, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_NEAREST)
-        crops[row] = _place_centred(region, size)
-        masks[row] = _place_centred(own_u8, size)
-        scales[row] = scale
-
-    cell_areas = areas[cell_ids]
-    table = pd.DataFrame(
-        {
-            "cell_id": cell_ids.astype(np.int64),
-            "bbox_y0": bboxes[:, 0],
-            "bbox_x0": bboxes[:, 1],
-            "bbox_y1": bboxes[:, 2],
-            "bbox_x1": bboxes[:, 3],
-            "centroid_y": (sum_y[cell_ids] / np.maximum(cell_areas, 1)).astype(np.float32),
-            "centroid_x": (sum_x[cell_ids] / np.maximum(cell_areas, 1)).astype(np.float32),
-            "area": cell_areas.astype(np.int64),
-            "nucleus_area": nucleus_areas[cell_ids].astype(np.int64),
-            "scale": scales,
-            "qc_flags": _qc_flags_for(cell_ids, qc_flags),
-        },
-        columns=list(CELL_RECORD_COLUMNS),
-    )
-    return CellCrops(crops=crops, masks=masks, table=table)
+        crops[row], masks[row], scales[row] = _crop_one(image_chw, cells_hw, cell_id, bbox, config)
+    return CellCrops(crops=crops, masks=masks,
+                     table=_cell_table(cells_hw, nuclei_hw, cell_ids, areas, bboxes, scales,
+                                       _qc_flags_for(cell_ids, qc_flags)))

@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 
+from hpa_cells.atomic_files import atomic_output
 from hpa_cells.classes import (
     NEGATIVE_2021,
     NUM_CLASSES,
@@ -201,9 +202,7 @@ def _write_id_label_csv(
     path: str | os.PathLike[str], header: Sequence[str], labels: Mapping[str, Iterable[int]]
 ) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_output(path) as partial, partial.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
         for image_id, ids in labels.items():
@@ -212,7 +211,6 @@ def _write_id_label_csv(
             if bad:
                 raise ValueError(f"image {image_id!r}: class ids {bad} outside 0-{NUM_CLASSES - 1}")
             writer.writerow((image_id, " ".join(str(c) for c in values)))
-    os.replace(tmp, path)
     return path
 
 

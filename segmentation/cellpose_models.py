@@ -28,6 +28,8 @@ from typing import Literal
 
 import torch
 
+from hpa_cells.atomic_files import atomic_output, write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 ModelKind = Literal["cells", "nuclei"]
@@ -225,12 +227,10 @@ def save_bundled_format(net: torch.nn.Module, path: Path, settings: dict, float1
     if float16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         settings = {**settings, "weights_dtype": "float16"}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    with atomic_output(path) as partial:
+        save_file(state, str(partial))
     record = {"nbase": list(net.nbase), "diam_mean": float(net.diam_mean.item()), **settings}
-    settings_path = path.with_suffix(".json")
-    settings_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(path.with_suffix(".json"), record, indent=2, sort_keys=True)
     return path
 
 

@@ -35,8 +35,10 @@ import cv2
 import numpy as np
 import torch
 
+from hpa_cells.channels import ER, MICROTUBULE, NUCLEUS
+from hpa_cells.normalisation import normalise_percentile
 from segmentation.cellpose_models import CellposeNetSpec, build_network, resolve_model
-from segmentation.preprocessing import ER, MICROTUBULE, NUCLEUS, check_field_image
+from segmentation.preprocessing import check_field_image
 from segmentation.quality_control import QCConfig
 from segmentation.result import SegmentationResult, build_result
 from segmentation.seeded_cells import SeededCellSettings, grow_cells_from_nuclei
@@ -61,16 +63,12 @@ def default_diameters(working_size: int) -> tuple[float, float]:
 
 
 def normalize_percentile(channel: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
-    """Cellpose's `normalize99` convention: the `low`/`high` percentiles become 0 and 1, no clipping.
+    """Cellpose's `normalize99` convention: the `low`/`high` percentiles become 0 and 1, no clipping, float32.
 
-    Used for training and inference alike, so the bundled models and Cellpose's built-ins see what they expect.
-    A flat channel becomes zeros.
+    Cellpose's setting of `hpa_cells.normalisation.normalise_percentile`, used for training and inference alike,
+    so the bundled models and Cellpose's built-ins see what they expect. A flat channel becomes zeros.
     """
-    values = channel.astype(np.float32)
-    lo, hi = (float(v) for v in np.percentile(values, [low, high]))  # Python floats keep the result float32
-    if hi - lo < 1e-3:
-        return np.zeros_like(values)
-    return (values - lo) / (hi - lo)
+    return normalise_percentile(channel, low, high, clip=False, min_range=1e-3, precision="float32")
 
 
 def cellpose_input(image_chw: np.ndarray, kind: str, use_er: bool = True) -> np.ndarray:

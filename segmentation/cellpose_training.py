@@ -10,10 +10,8 @@ every `checkpoint_every` steps that a rerun resumes from exactly (each step's ra
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hpa_cells.checkpoints import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
 from hpa_cells.instance_metrics import average_precision
 from segmentation.cellpose_models import CellposeNetSpec, save_bundled_format, sha256_of_file
 from segmentation.cellpose_segmenter import CellposeNetRunner, cellpose_input
@@ -99,40 +98,20 @@ def _median_diameters(masks: Sequence[np.ndarray], where: Sequence[str]) -> np.n
 
 def _save_checkpoint(folder: Path, net: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
                      history: list[dict]) -> None:
-    """Weights + optimizer moments as safetensors and the step/history as JSON, each replaced atomically."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"net.{k}": v.detach().contiguous() for k, v in net.state_dict().items()}
-    for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
-        state = optimizer.state.get(param, {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                tensors[f"opt.{index}.{key}"] = state[key].contiguous()
-        if "step" in state:
-            tensors[f"opt.{index}.step"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1)
-    tmp = folder / "checkpoint.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, folder / "checkpoint.safetensors")
-    tmp_json = folder / "checkpoint.json.tmp"
-    tmp_json.write_text(json.dumps({"step": step, "history": history}, indent=1))
-    os.replace(tmp_json, folder / "checkpoint.json")
+    """Weights (`net.*`), optimizer moments (`opt.{param}.{key}`) and the step/history as one checkpoint
+    (`hpa_cells.checkpoints`: each file replaced atomically, a torn pair refused on loading)."""
+    tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
+    tensors.update(optimizer_tensors(optimizer, prefix="opt"))
+    save_checkpoint(folder, tensors, {"step": step, "history": history})
 
 
 def _load_checkpoint(folder: Path, net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(folder / "checkpoint.safetensors"))
-    meta = json.loads((folder / "checkpoint.json").read_text())
+    """Put a checkpoint's weights and optimizer moments back; (step, history). Reads checkpoints written before
+    `hpa_cells.checkpoints` too (same tensor names, no token)."""
+    tensors, state = load_checkpoint(folder)
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-    for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
-        if f"opt.{index}.exp_avg" in tensors:
-            optimizer.state[param] = {
-                "step": tensors[f"opt.{index}.step"].reshape(()),
-                "exp_avg": tensors[f"opt.{index}.exp_avg"],
-                "exp_avg_sq": tensors[f"opt.{index}.exp_avg_sq"],
-            }
-    return int(meta["step"]), list(meta["history"])
+    restore_optimizer(optimizer, tensors, prefix="opt")
+    return int(state["step"]), list(state["history"])
 
 
 def evaluate_network(net: torch.nn.Module, config: SegmenterTrainConfig, fields: Sequence[AnnotatedField],
@@ -159,19 +138,10 @@ def evaluate_network(net: torch.nn.Module, config: SegmenterTrainConfig, fields:
     return scores
 
 
-def train_segmenter(train: Sequence[AnnotatedField], validation: Sequence[AnnotatedField],
-                    config: SegmenterTrainConfig, work_dir: Path, out_weights: Path) -> dict:
-    """Train (or resume) one CPnet and write it in the bundled format to `out_weights` (.safetensors + .json).
-
-    Returns the training record written into the .json (config, data, history, validation AP, time).
-    """
+def _new_network(config: SegmenterTrainConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The CPnet to train (seeded, optionally from `init_weights`) and its AdamW optimizer."""
     from cellpose.resnet_torch import CPnet
-    from cellpose.train import _loss_fn_seg
-    from cellpose.transforms import random_rotate_and_resize
-    from tqdm import tqdm
 
-    if not train:
-        raise ValueError("no training fields")
     torch.manual_seed(config.seed)
     net = CPnet(list(config.nbase), 3, sz=3, mkldnn=False, max_pool=True, diam_mean=config.diam_mean)
     if config.init_weights:
@@ -180,13 +150,65 @@ def train_segmenter(train: Sequence[AnnotatedField], validation: Sequence[Annota
         net.load_state_dict(load_file(config.init_weights), strict=True)
         net.diam_mean.data[:] = config.diam_mean
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    return net, optimizer
 
-    inputs = [cellpose_input(f.image, config.kind, config.use_er) for f in train]
-    targets = _flows_for([f.mask for f in train])
-    diam = _median_diameters([f.mask for f in train], [f.name for f in train])
-    net.diam_labels.data[:] = float(diam.mean())
-    probs = np.asarray([f.weight for f in train], np.float64)
-    probs /= probs.sum()
+
+@dataclass(frozen=True)
+class _TrainingSet:
+    """The network inputs, flow targets, object diameters and sampling weights of the training fields."""
+
+    inputs: list[np.ndarray]
+    targets: list[np.ndarray]
+    diameters: np.ndarray
+    probabilities: np.ndarray
+
+    @classmethod
+    def of(cls, fields: Sequence[AnnotatedField], config: SegmenterTrainConfig) -> _TrainingSet:
+        probs = np.asarray([f.weight for f in fields], np.float64)
+        probs /= probs.sum()
+        return cls(
+            inputs=[cellpose_input(f.image, config.kind, config.use_er) for f in fields],
+            targets=_flows_for([f.mask for f in fields]),
+            diameters=_median_diameters([f.mask for f in fields], [f.name for f in fields]),
+            probabilities=probs,
+        )
+
+
+def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, data: _TrainingSet,
+                config: SegmenterTrainConfig, step: int) -> float:
+    """One optimizer step on a batch drawn and augmented with the randomness of (seed, step); returns the loss."""
+    from cellpose.train import _loss_fn_seg
+    from cellpose.transforms import random_rotate_and_resize
+
+    net.train()
+    np.random.seed((config.seed * 1_000_003 + step) % 2**32)  # Cellpose's augmentation draws from np.random
+    inds = np.random.choice(len(data.inputs), size=config.batch_size, p=data.probabilities)
+    rescale = data.diameters[inds] / config.diam_mean
+    x, y = random_rotate_and_resize([data.inputs[i] for i in inds], Y=[data.targets[i] for i in inds],
+                                    rescale=rescale, scale_range=config.scale_range,
+                                    xy=(config.crop_size, config.crop_size))[:2]
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate_at(step, config)
+    loss = _loss_fn_seg(y, net(torch.from_numpy(x))[0], torch.device("cpu"))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.detach().item()
+
+
+def train_segmenter(train: Sequence[AnnotatedField], validation: Sequence[AnnotatedField],
+                    config: SegmenterTrainConfig, work_dir: Path, out_weights: Path) -> dict:
+    """Train (or resume) one CPnet and write it in the bundled format to `out_weights` (.safetensors + .json).
+
+    Returns the training record written into the .json (config, data, history, validation AP, time).
+    """
+    from tqdm import tqdm
+
+    if not train:
+        raise ValueError("no training fields")
+    net, optimizer = _new_network(config)
+    data = _TrainingSet.of(train, config)
+    net.diam_labels.data[:] = float(data.diameters.mean())
 
     start, history = 0, []
     if (work_dir / "checkpoint.json").is_file():
@@ -196,19 +218,7 @@ def train_segmenter(train: Sequence[AnnotatedField], validation: Sequence[Annota
     running = []
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=f"train {config.kind} CPnet")
     for step in bar:
-        net.train()
-        np.random.seed((config.seed * 1_000_003 + step) % 2**32)  # Cellpose's augmentation draws from np.random
-        inds = np.random.choice(len(train), size=config.batch_size, p=probs)
-        rescale = diam[inds] / config.diam_mean
-        x, y = random_rotate_and_resize([inputs[i] for i in inds], Y=[targets[i] for i in inds], rescale=rescale,
-                                        scale_range=config.scale_range, xy=(config.crop_size, config.crop_size))[:2]
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, config)
-        loss = _loss_fn_seg(y, net(torch.from_numpy(x))[0], torch.device("cpu"))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        running.append(loss.detach().item())
+        running.append(_train_step(net, optimizer, data, config, step))
         bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}")
         done = step + 1
         if done % config.eval_every == 0 or done == config.steps:
@@ -226,7 +236,7 @@ def train_segmenter(train: Sequence[AnnotatedField], validation: Sequence[Annota
         "config": {**asdict(config), "nbase": list(config.nbase)},
         "training_fields": [f.name for f in train],
         "validation_fields": [f.name for f in validation],
-        "median_training_diameter": float(np.median(diam)),
+        "median_training_diameter": float(np.median(data.diameters)),
         "history": history,
         "validation": final_scores,
         "seconds_this_run": round(elapsed, 1),

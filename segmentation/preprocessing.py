@@ -1,8 +1,9 @@
 """Input checks and channel normalisation shared by the segmenters.
 
 A field image is a `4,H,W` uint8 (or uint16) array in the project's channel order
-(red = microtubules, green = protein, blue = nucleus, yellow = ER). HPA fields differ widely in
-brightness, so segmenters work on channels rescaled between robust low/high percentiles.
+(`hpa_cells.channels`: red = microtubules, green = protein, blue = nucleus, yellow = ER). HPA fields differ widely in
+brightness, so segmenters work on channels rescaled between robust low/high percentiles
+(`hpa_cells.normalisation`, the one percentile normaliser).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import logging
 
 import numpy as np
 
+from hpa_cells.channels import CHANNELS, NUM_CHANNELS
+from hpa_cells.normalisation import normalise_percentile
+
 logger = logging.getLogger(__name__)
 
-CHANNEL_NAMES: tuple[str, ...] = ("red", "green", "blue", "yellow")
-MICROTUBULE, PROTEIN, NUCLEUS, ER = 0, 1, 2, 3
 ACCEPTED_DTYPES: tuple[type, ...] = (np.uint8, np.uint16)
 
 
@@ -26,9 +28,9 @@ def check_field_image(image: np.ndarray, where: str) -> None:
     """Raise `FieldImageError` naming `where` unless `image` is a non-empty `4,H,W` uint8/uint16 array."""
     if not isinstance(image, np.ndarray):
         raise FieldImageError(f"{where}: expected a numpy array of shape 4,H,W, got {type(image).__name__}")
-    if image.ndim != 3 or image.shape[0] != len(CHANNEL_NAMES):
+    if image.ndim != 3 or image.shape[0] != NUM_CHANNELS:
         raise FieldImageError(
-            f"{where}: expected shape 4,H,W (channels {', '.join(CHANNEL_NAMES)}), got {image.shape}"
+            f"{where}: expected shape 4,H,W (channels {', '.join(CHANNELS)}), got {image.shape}"
         )
     if image.shape[1] < 2 or image.shape[2] < 2:
         raise FieldImageError(f"{where}: image of shape {image.shape} is too small to segment")
@@ -39,19 +41,9 @@ def check_field_image(image: np.ndarray, where: str) -> None:
 def normalize_channel(
     channel: np.ndarray, low_percentile: float = 1.0, high_percentile: float = 99.8
 ) -> np.ndarray:
-    """`H,W` float32 copy of one channel mapped so the two percentiles become 0 and 1, clipped to [0, 1].
+    """`H,W` float64 copy of one channel mapped so the two percentiles become 0 and 1, clipped to [0, 1].
 
-    A flat channel (high == low percentile, e.g. an empty channel) becomes all zeros rather than
-    dividing by zero.
+    The watershed segmenter's setting of `hpa_cells.normalisation.normalise_percentile`. A flat channel
+    (high == low percentile, e.g. an empty channel) becomes all zeros rather than dividing by zero.
     """
-    if channel.ndim != 2:
-        raise ValueError(f"normalize_channel expects an H,W channel, got shape {channel.shape}")
-    if not 0.0 <= low_percentile < high_percentile <= 100.0:
-        raise ValueError(
-            f"need 0 <= low_percentile < high_percentile <= 100, got {low_percentile}, {high_percentile}"
-        )
-    values = channel.astype(np.float32)
-    low, high = np.percentile(values, [low_percentile, high_percentile])
-    if high <= low:
-        return np.zeros_like(values)
-    return np.clip((values - low) / (high - low), 0.0, 1.0)
+    return normalise_percentile(channel, low_percentile, high_percentile, clip=True, precision="float64")

@@ -1,76 +1,44 @@
 """Per-cell quality control after segmentation, recorded as bit flags instead of dropping cells.
 
 Every segmented cell is kept in the cache together with an integer `QCFlag` value (and its flag
-names); whether a flagged cell is used for training is decided later by `keep`. The checks:
-
-| bit | flag | meaning |
-|---|---|---|
-| 1 | `BORDER` | the cell touches the image border (it is probably cut off) |
-| 2 | `NO_NUCLEUS` | no nucleus counts as inside the cell |
-| 4 | `SMALL` | the cell is far smaller than the image's median cell (a fragment) |
-| 8 | `SPLIT_NUCLEUS` | a nucleus inside the cell also counts as inside another cell |
-| 16 | `MULTI_NUCLEI` | two or more nuclei count as inside the cell (binucleate or merged cells) |
+names); whether a flagged cell is used for training is decided later by `keep`. The flags, their bits,
+their names and the default exclusion (`DEFAULT_EXCLUDE`: `SMALL` and `NO_NUCLEUS`) are defined once in
+`hpa_cells.qc_flags` (re-exported here, with the table of what each flag means); this module computes them.
 
 A nucleus "counts as inside" a cell when at least `QCConfig.nucleus_min_overlap` of its pixels lie
 in that cell, so a few stray boundary pixels neither create a nucleus nor split one.
-
-Recommended training policy (`DEFAULT_EXCLUDE`): leave out `SMALL` and `NO_NUCLEUS` cells: they are
-mostly fragments and debris whose crops do not show a whole cell, and localizations relative to
-the nucleus cannot be read without one. `BORDER`, `SPLIT_NUCLEUS` and `MULTI_NUCLEI` cells are kept
-(and flagged): cut-off, split or merged cells still show real protein patterns, and for
-multiple-instance learning with image-level labels losing whole cells hurts more than the noise
-they add. Every cell stays in the cache either way, so a stricter policy needs no re-segmentation.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from hpa_cells.qc_flags import ALL_CHECKS, DEFAULT_EXCLUDE, QCFlag, flag_names, flags_from_names
+
+__all__ = [
+    "ALL_CHECKS",
+    "DEFAULT_EXCLUDE",
+    "CellQCTable",
+    "MaskFormatError",
+    "QCConfig",
+    "QCFlag",
+    "cell_qc_table",
+    "check_label_mask",
+    "flag_names",
+    "flags_from_names",
+    "keep",
+    "relabel_nuclei_to_cells",
+]
+
 logger = logging.getLogger(__name__)
-
-
-class QCFlag(enum.IntFlag):
-    """Per-cell quality-control bits (stored as an integer; names from `flag_names`)."""
-
-    BORDER = 1
-    NO_NUCLEUS = 2
-    SMALL = 4
-    SPLIT_NUCLEUS = 8
-    MULTI_NUCLEI = 16
-
-
-ALL_CHECKS = QCFlag.BORDER | QCFlag.NO_NUCLEUS | QCFlag.SMALL | QCFlag.SPLIT_NUCLEUS | QCFlag.MULTI_NUCLEI
-DEFAULT_EXCLUDE = QCFlag.SMALL | QCFlag.NO_NUCLEUS
 
 
 class MaskFormatError(ValueError):
     """A cell or nucleus label mask does not have the expected shape, type or ids."""
-
-
-def flag_names(flags: int) -> list[str]:
-    """Names of the bits set in `flags`, in bit order (empty for a clean cell)."""
-    flags = int(flags)
-    unknown = flags & ~int(ALL_CHECKS)
-    if flags < 0 or unknown:
-        raise ValueError(f"QC flag value {flags} has bits that are not QCFlag members: {unknown}")
-    return [member.name for member in QCFlag if flags & member and member.name is not None]
-
-
-def flags_from_names(names: list[str] | tuple[str, ...]) -> QCFlag:
-    """Inverse of `flag_names`: the flag with the named bits set."""
-    value = QCFlag(0)
-    for name in names:
-        try:
-            value |= QCFlag[name]
-        except KeyError as err:
-            known = ", ".join(m.name for m in QCFlag if m.name is not None)
-            raise ValueError(f"unknown QC flag name {name!r} (known: {known})") from err
-    return value
 
 
 @dataclass(frozen=True)

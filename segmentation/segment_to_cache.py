@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +29,13 @@ from hpa_cells.images import (
     write_label_mask,
 )
 from hpa_cells.labels import match_labels_to_images, read_labels, to_multi_hot
-from segmentation.quality_control import QCFlag
-from segmentation.result import Segmenter
+from hpa_cells.qc_flags import QC_FLAG_BITS, names_of_bits
+from segmentation.result import SegmentationResult, Segmenter
 
 logger = logging.getLogger(__name__)
 
-QC_FLAG_NAMES = {flag.name.lower(): int(flag) for flag in QCFlag}
+QC_FLAG_NAMES = QC_FLAG_BITS
+"""The `{name: bit}` table written into every cache (`hpa_cells.qc_flags.QC_FLAG_BITS`)."""
 
 
 class StrictModeError(RuntimeError):
@@ -133,6 +134,62 @@ def _masks_by_id(segmenter, good: list, skip) -> tuple[list, list]:
     return kept, results
 
 
+def _cache_provenance(job: SegmentJob, segmenter: Segmenter) -> CacheProvenance:
+    """What the cache records about how its cells were made: segmenter, model checksum, every setting."""
+    provenance = segmenter.provenance()
+    cell_model = provenance.get("cell_model")
+    return CacheProvenance(
+        segmenter=segmenter.name,
+        model_sha256=str(cell_model.get("sha256", "")) if isinstance(cell_model, dict) else "",
+        parameters={**provenance, "working_size": job.working_size, "crop": job.crop.__dict__,
+                    "images_dir": str(job.images_dir.resolve())},
+    )
+
+
+def _read_ahead(reader: ThreadPoolExecutor, batches: Sequence[Sequence[tuple[str, dict]]],
+                size: int) -> Iterator[list[tuple[str, np.ndarray | None, tuple[int, int], str]]]:
+    """The read batches in order, the next one read in `reader`'s thread while the caller segments this one."""
+    pending: Future | None = reader.submit(_read_batch, batches[0], size) if batches else None
+    for index in range(len(batches)):
+        loaded = pending.result()
+        pending = reader.submit(_read_batch, batches[index + 1], size) if index + 1 < len(batches) else None
+        yield loaded
+
+
+def _segment_loaded(segmenter: Segmenter, loaded: list, skip: Callable[[str, str], None]) -> list[tuple]:
+    """((image_id, image, original shape), result) for the readable images of a batch; unreadable ones skipped."""
+    good = [(i, im, orig) for i, im, orig, reason in loaded if im is not None]
+    for image_id, _, _, reason in loaded:
+        if reason:
+            skip(image_id, reason)
+    if getattr(segmenter, "reads_masks_by_id", False):  # masks made elsewhere, one file per image
+        good, results = _masks_by_id(segmenter, good, skip)
+    else:
+        results = segmenter.segment_batch([im for _, im, _ in good]) if good else []
+    return list(zip(good, results, strict=True))
+
+
+def _store_image(writer: CellCacheWriter, job: SegmentJob, labels: dict | None, summary: SegmentRunSummary,
+                 entry: tuple[str, np.ndarray, tuple[int, int]], result: SegmentationResult) -> None:
+    """Crop one segmented image's cells into the cache (and export its masks); count it in `summary`."""
+    image_id, image, original = entry
+    flags = dict(zip(result.qc.cell_id.tolist(), result.qc.flags.tolist(), strict=True))
+    crops = extract_cell_crops(image, result.cells, result.nuclei, config=job.crop, qc_flags=flags)
+    label_vector = None
+    if labels is not None and image_id in labels:
+        label_vector = to_multi_hot([labels[image_id]])[0]
+    writer.add_cell_crops(image_id, crops, result.cells, result.nuclei, tuple(original), label_vector,
+                          image_chw=image)
+    if job.export_masks_dir is not None:
+        write_label_mask(job.export_masks_dir / f"{image_id}_cells.png", resize_mask(result.cells, tuple(original)))
+        write_label_mask(job.export_masks_dir / f"{image_id}_nuclei.png", resize_mask(result.nuclei, tuple(original)))
+    summary.images_done += 1
+    summary.cells_kept += len(crops)
+    summary.cells_per_image.append(len(crops))
+    for value in result.qc.flags.tolist():
+        summary.cells_flagged.update(names_of_bits(value))
+
+
 def segment_folder(job: SegmentJob, segmenter: Segmenter) -> SegmentRunSummary:
     """Run the job; returns this run's summary (progress is shown with tqdm)."""
     from tqdm import tqdm
@@ -147,17 +204,9 @@ def segment_folder(job: SegmentJob, segmenter: Segmenter) -> SegmentRunSummary:
         match = match_labels_to_images(labels, all_ids)
         summary.labels_without_images = len(match.labels_without_images)
         summary.images_without_labels = len(match.images_without_labels)
-    provenance = segmenter.provenance()
-    cache_provenance = CacheProvenance(
-        segmenter=segmenter.name,
-        model_sha256=str(provenance.get("cell_model", {}).get("sha256", "")) if isinstance(
-            provenance.get("cell_model"), dict) else "",
-        parameters={**provenance, "working_size": job.working_size, "crop": job.crop.__dict__,
-                    "images_dir": str(job.images_dir.resolve())},
-    )
     if job.export_masks_dir is not None:
         job.export_masks_dir.mkdir(parents=True, exist_ok=True)
-    with CellCacheWriter(job.out_path, job.crop.crop_size, cache_provenance, QC_FLAG_NAMES) as writer:
+    with CellCacheWriter(job.out_path, job.crop.crop_size, _cache_provenance(job, segmenter), QC_FLAG_NAMES) as writer:
         done = writer.done_image_ids()
         todo = [i for i in all_ids if i not in done]
         summary.images_already_done = len(all_ids) - len(todo)
@@ -180,41 +229,12 @@ def segment_folder(job: SegmentJob, segmenter: Segmenter) -> SegmentRunSummary:
                 readable.append((image_id, scan.complete[image_id]))
         bar = tqdm(total=len(readable), desc="segment", unit="image")
         with bar, ThreadPoolExecutor(max_workers=1) as reader:  # the bar closes on errors too
-            batches = list(_batches(readable, job.batch_size))
-            pending: Future | None = reader.submit(_read_batch, batches[0], job.working_size) if batches else None
-            for index in range(len(batches)):
-                loaded = pending.result()
-                pending = (reader.submit(_read_batch, batches[index + 1], job.working_size)
-                           if index + 1 < len(batches) else None)
-                good = [(i, im, orig) for i, im, orig, reason in loaded if im is not None]
-                for image_id, _, _, reason in loaded:
-                    if reason:
-                        skip(image_id, reason)
-                if getattr(segmenter, "reads_masks_by_id", False):  # masks made elsewhere, one file per image
-                    good, results = _masks_by_id(segmenter, good, skip)
-                else:
-                    results = segmenter.segment_batch([im for _, im, _ in good]) if good else []
-                for (image_id, image, original), result in zip(good, results, strict=True):
+            for loaded in _read_ahead(reader, list(_batches(readable, job.batch_size)), job.working_size):
+                for entry, result in _segment_loaded(segmenter, loaded, skip):
                     if result.n_cells == 0:
-                        skip(image_id, "no cells found")
+                        skip(entry[0], "no cells found")
                         continue
-                    flags = dict(zip(result.qc.cell_id.tolist(), result.qc.flags.tolist(), strict=True))
-                    crops = extract_cell_crops(image, result.cells, result.nuclei, config=job.crop, qc_flags=flags)
-                    label_vector = None
-                    if labels is not None and image_id in labels:
-                        label_vector = to_multi_hot([labels[image_id]])[0]
-                    writer.add_cell_crops(image_id, crops, result.cells, result.nuclei, tuple(original), label_vector,
-                                          image_chw=image)
-                    if job.export_masks_dir is not None:
-                        write_label_mask(job.export_masks_dir / f"{image_id}_cells.png", resize_mask(result.cells, tuple(original)))
-                        write_label_mask(job.export_masks_dir / f"{image_id}_nuclei.png", resize_mask(result.nuclei, tuple(original)))
-                    summary.images_done += 1
-                    summary.cells_kept += len(crops)
-                    summary.cells_per_image.append(len(crops))
-                    for value in result.qc.flags.tolist():
-                        for flag in QCFlag:
-                            if value & int(flag):
-                                summary.cells_flagged[flag.name.lower()] += 1
+                    _store_image(writer, job, labels, summary, entry, result)
                 bar.update(len(loaded))
     summary.seconds = time.time() - started
     return summary

@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from hpa_cells.channels import NUCLEUS
 from hpa_cells.images import read_label_mask, read_sample, resize_mask, scan_folder
 from segmentation.cellpose_training import AnnotatedField
-from segmentation.preprocessing import NUCLEUS
 
 logger = logging.getLogger(__name__)
 

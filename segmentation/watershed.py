@@ -35,7 +35,8 @@ from skimage import filters
 from skimage.feature import peak_local_max
 from skimage.segmentation import relabel_sequential, watershed
 
-from segmentation.preprocessing import ER, MICROTUBULE, NUCLEUS, check_field_image, normalize_channel
+from hpa_cells.channels import ER, MICROTUBULE, NUCLEUS
+from segmentation.preprocessing import check_field_image, normalize_channel
 from segmentation.quality_control import QCConfig
 from segmentation.result import SegmentationResult, build_result
 

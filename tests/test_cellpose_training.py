@@ -127,6 +127,26 @@ def test_extending_a_finished_run_matches_a_longer_run(
     assert [h["step"] for h in record["history"]] == [2, 4]
 
 
+def test_a_checkpoint_written_before_the_shared_format_resumes_exactly(
+    uninterrupted: tuple[Path, dict], fields: list[AnnotatedField], tmp_path: Path
+) -> None:
+    """A checkpoint as the trainer wrote it before hpa_cells.checkpoints (same tensor names, no token, JSON
+    without a newline) still resumes to exactly the uninterrupted weights."""
+    from safetensors.torch import save_file
+
+    out, work = tmp_path / "model.safetensors", tmp_path / "work"
+    train_segmenter(fields, [], replace(TINY, steps=2), work, out)
+    tensors = load_file(str(work / "checkpoint.safetensors"))
+    assert any(k.startswith("net.") for k in tensors) and any(k.startswith("opt.") for k in tensors)
+    steps = [v for k, v in tensors.items() if k.startswith("opt.") and k.endswith(".step")]
+    assert steps and all(v.dtype == torch.float32 and v.shape == (1,) for v in steps)  # as the old trainer wrote
+    state = json.loads((work / "checkpoint.json").read_text())
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(work / "checkpoint.safetensors"))
+    (work / "checkpoint.json").write_text(json.dumps({"step": state["step"], "history": state["history"]}, indent=1))
+    train_segmenter(fields, fields[:1], TINY, work, out)
+    assert_same_weights(out, uninterrupted[0])
+
+
 def test_learning_rate_warm_up_then_cosine_to_one_percent() -> None:
     config = replace(TINY, steps=110, warmup_steps=10, learning_rate=0.01)
     assert learning_rate_at(0, config) == pytest.approx(0.001)

@@ -147,6 +147,7 @@ def test_write_and_read_back(tmp_path: Path) -> None:
     assert path.read_text() == "Id,Target\na,0 16\nb,5\n"
     assert read_labels(path) == {"a": (0, 16), "b": (5,)}
     assert not list(path.parent.glob("*.tmp"))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["train.csv"]
 
 
 def test_write_submission_format(tmp_path: Path) -> None:
@@ -155,6 +156,7 @@ def test_write_submission_format(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=re.escape("image 'z': class ids [30] outside 0-27")):
         write_submission(tmp_path / "bad.csv", {"z": (30,)})
     assert not (tmp_path / "bad.csv").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv"]  # no partial file left behind
 
 
 def test_match_labels_to_images_reports_both_sides(caplog: pytest.LogCaptureFixture) -> None:

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hpa_cells.atomic_files import atomic_output
+from hpa_cells.channels import CHANNELS
 from hpa_cells.classes import NUM_CLASSES
 from hpa_cells.images import write_label_mask, write_sample
 from hpa_cells.labels import write_labels_2018
@@ -337,7 +339,7 @@ class DatasetSummary:
 
 def sample_paths(out_dir: Path, image_id: str) -> dict[str, Path]:
     """Paths of the files written for one image (4 channels + 2 masks)."""
-    paths = {channel: out_dir / f"{image_id}_{channel}.png" for channel in ("red", "green", "blue", "yellow")}
+    paths = {channel: out_dir / f"{image_id}_{channel}.png" for channel in CHANNELS}
     paths["nuclei"] = out_dir / f"{image_id}_nuclei.png"
     paths["cells"] = out_dir / f"{image_id}_cells.png"
     return paths
@@ -348,9 +350,8 @@ def write_sample_files(out_dir: Path, sample: SyntheticSample) -> dict[str, Path
     paths = sample_paths(out_dir, sample.image_id)
     write_sample(out_dir, sample.image_id, sample.image, ext="png")
     write_label_mask(paths["nuclei"], sample.nucleus_mask)
-    partial_path = paths["cells"].with_name(f".{sample.image_id}_cells.partial.png")
-    write_label_mask(partial_path, sample.cell_mask)
-    os.replace(partial_path, paths["cells"])
+    with atomic_output(paths["cells"]) as partial_path:  # .{id}_cells.partial.png until complete
+        write_label_mask(partial_path, sample.cell_mask)
     return paths
 
 
@@ -437,13 +438,11 @@ def _single_threaded_worker() -> None:
 
 
 def _write_cells_csv(path: Path, records: Sequence[CellRecord]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_output(path) as partial_path, partial_path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(CELL_COLUMNS), lineterminator="\n")
         writer.writeheader()
         for record in records:
             writer.writerow(record.to_row())
-    os.replace(tmp, path)
 
 
 def write_dataset(

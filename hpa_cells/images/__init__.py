@@ -1,0 +1,88 @@
+"""Reading and writing HPA samples: four greyscale channel files per field of view -> one `C,H,W` array.
+
+A sample is the files `{id}_{red,green,blue,yellow}.{png,jpg,jpeg,tif,tiff}` in one folder (extensions
+are case-insensitive; ids may contain underscores and hyphens, the channel is what follows the *last*
+underscore). Channels are always returned in the order of `CHANNELS`.
+
+Intensity scaling (`scaling=`), applied to each channel file on its own:
+
+- ``"full_range"`` (default): a value is divided by its dtype's full range, 255 for 8-bit, 65535 for
+  16-bit, 1.0 for float files (which must lie in [0, 1]). For uint8 output 16-bit values become
+  ``round(value / 257)``, so 0 -> 0, 257 -> 1, 65535 -> 255; 8-bit files are passed through untouched.
+- ``"per_image_max"``: a value is divided by the channel's own maximum (taken at full resolution), so
+  the brightest pixel of every channel becomes 255 (or 1.0). Meant for dim data such as 12-bit camera
+  values stored in 16-bit files (maximum 4095), which ``full_range`` would squeeze into 0-16. It
+  discards the absolute brightness of a channel; an all-zero channel stays all zero.
+
+Output dtype (`dtype=`): ``"uint8"`` (default, rounded to nearest) or ``"float32"`` in [0, 1] without
+quantisation. Colour files are reduced to one grey channel, see `to_greyscale`.
+
+The package, by job: `errors` (the exception classes), `discovery` (which files make up which sample),
+`decoding` (one file -> one plane or label mask), `scaling` (intensity scaling, resizing), `reading` (a sample
+-> one `4,H,W` array), `writing` (samples and label masks to disk). Everything public is importable from
+`hpa_cells.images` itself. The channel order and file extensions live in `hpa_cells.channels`.
+"""
+
+from __future__ import annotations
+
+from hpa_cells.channels import CHANNELS, IMAGE_EXTENSIONS, TIFF_EXTENSIONS
+from hpa_cells.images.decoding import read_greyscale, read_label_mask, read_raw, to_greyscale
+from hpa_cells.images.discovery import FolderScan, find_sample_files, parse_channel_filename, scan_folder
+from hpa_cells.images.errors import (
+    ChannelShapeError,
+    DuplicateChannelError,
+    ImageReadError,
+    LabelMaskError,
+    LabelMaskReadError,
+    MissingChannelError,
+    NotGreyscaleError,
+    UnreadableImageError,
+)
+from hpa_cells.images.reading import read_sample, read_sample_files
+from hpa_cells.images.scaling import (
+    OUTPUT_DTYPES,
+    SCALINGS,
+    OutputDtype,
+    Scaling,
+    resize_image,
+    resize_mask,
+    scale_intensity,
+    working_shape,
+)
+from hpa_cells.images.writing import MAX_PNG_LABEL, PNG_COMPRESSION_LEVEL, write_label_mask, write_sample
+
+__all__ = [
+    "CHANNELS",
+    "IMAGE_EXTENSIONS",
+    "MAX_PNG_LABEL",
+    "OUTPUT_DTYPES",
+    "PNG_COMPRESSION_LEVEL",
+    "SCALINGS",
+    "TIFF_EXTENSIONS",
+    "ChannelShapeError",
+    "DuplicateChannelError",
+    "FolderScan",
+    "ImageReadError",
+    "LabelMaskError",
+    "LabelMaskReadError",
+    "MissingChannelError",
+    "NotGreyscaleError",
+    "OutputDtype",
+    "Scaling",
+    "UnreadableImageError",
+    "find_sample_files",
+    "parse_channel_filename",
+    "read_greyscale",
+    "read_label_mask",
+    "read_raw",
+    "read_sample",
+    "read_sample_files",
+    "resize_image",
+    "resize_mask",
+    "scale_intensity",
+    "scan_folder",
+    "to_greyscale",
+    "working_shape",
+    "write_label_mask",
+    "write_sample",
+]
