@@ -36,6 +36,7 @@ from skimage.filters import threshold_otsu
 
 from hpa_cells.cache import CacheProvenance, CellCache, CellCacheWriter
 from hpa_cells.cache.schema import COMPRESSIONS
+from hpa_cells.channels import CHANNELS
 from hpa_cells.crops import CropConfig, extract_cell_crops
 
 DEFAULT_COMPRESSIONS = ("gzip1", "gzip4", "lzf", "none")
@@ -89,7 +90,7 @@ def real_pool(data: Path, crop_size: int) -> CellPool:
                 (WORKING_SIZE, WORKING_SIZE),
                 interpolation=cv2.INTER_AREA,
             )
-            for c in ("red", "green", "blue", "yellow")
+            for c in CHANNELS
         ]
         image_chw = np.stack(channels)
         cells = cv2.resize(
@@ -223,7 +224,7 @@ def extraction_rate(pool_source: str, data: Path | None, crop_size: int) -> str:
                     cv2.imread(str(folder / "images" / f"{image_id}_{c}.png"), cv2.IMREAD_UNCHANGED),
                     (WORKING_SIZE, WORKING_SIZE),
                 )
-                for c in ("red", "green", "blue", "yellow")
+                for c in CHANNELS
             ]
         )
         cells = cv2.resize(

@@ -21,12 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CHANNEL_LEGEND: tuple[tuple[str, str], ...] = (
-    ("red", "microtubules"),
-    ("green", "protein"),
-    ("blue", "nucleus"),
-    ("yellow", "ER"),
-)
+from hpa_cells.channels import CHANNEL_STRUCTURES, CHANNELS
+
+CHANNEL_LEGEND: tuple[tuple[str, str], ...] = tuple(zip(CHANNELS, CHANNEL_STRUCTURES, strict=True))
 """(display colour, structure) of the four channels, in channel order, for legends."""
 
 

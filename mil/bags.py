@@ -19,11 +19,11 @@ import torch
 from torch.utils.data import Dataset
 
 from hpa_cells.cache import CellCache
+from hpa_cells.qc_flags import DEFAULT_EXCLUDE_FLAGS, flag_bits
 from mil.model import BagBatch
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EXCLUDE_FLAGS = ("small", "no_nucleus")
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,7 @@ class BagItem:
 
 def excluded_bits(cache: CellCache, names: Sequence[str]) -> int:
     """The QC bitmask of the named flags (case-insensitive), checked against the cache's flag names."""
-    known = {k.lower(): v for k, v in cache.qc_flag_names.items()}
-    bits = 0
-    for name in names:
-        if name.lower() not in known:
-            raise ValueError(f"unknown QC flag {name!r} in {cache.path}; the cache has {sorted(known)}")
-        bits |= int(known[name.lower()])
-    return bits
+    return flag_bits(names, cache.qc_flag_names, cache_path=cache.path)
 
 
 def usable_cell_rows(cache: CellCache, image_indices: Sequence[int] | None,

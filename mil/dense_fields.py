@@ -21,7 +21,8 @@ import torch
 
 from hpa_cells.cache import CellCache
 from hpa_cells.images import resize_image, resize_mask
-from mil.bags import DEFAULT_EXCLUDE_FLAGS, CacheImageDataset
+from hpa_cells.qc_flags import DEFAULT_EXCLUDE_FLAGS
+from mil.bags import CacheImageDataset
 from mil.dense_model import DenseBatch
 
 

@@ -24,13 +24,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hpa_cells.channels import NUM_CHANNELS
 from mil.cell_pooling import pool_pixels_into_cells
 from mil.config import DenseConfig
 from mil.encoders import EncoderWeightsError, load_local_encoder_weights
 from mil.model import ChannelStandardisation, MILOutput
 from mil.pooling import PoolingOutput, create_head, pool_given_cell_logits
-
-IN_CHANNELS = 4
 
 
 @dataclass
@@ -75,7 +74,7 @@ def create_dense_network(arch: str, encoder: str, num_classes: int, decoder_chan
     if arch not in builders:
         raise ValueError(f"unknown dense arch {arch!r}; choose one of {', '.join(builders)}")
     try:
-        return builders[arch](encoder_name=encoder, encoder_weights=None, in_channels=IN_CHANNELS,
+        return builders[arch](encoder_name=encoder, encoder_weights=None, in_channels=NUM_CHANNELS,
                               classes=num_classes, **decoder_arguments(arch, decoder_channels))
     except (KeyError, RuntimeError) as err:  # smp: KeyError for its own names, timm: RuntimeError for tu- names
         raise ValueError(f"encoder {encoder!r} cannot be built for {arch}: {err}; use an smp encoder name or "
@@ -100,7 +99,7 @@ def load_dense_encoder_weights(network: nn.Module, encoder: str, path: str | os.
                                       "mil.families.build_model to start from one")
         network.encoder.model.load_state_dict(backbone_from_folder(path, encoder), strict=True)
         return
-    load_local_encoder_weights(network.encoder.model, Path(path), IN_CHANNELS)
+    load_local_encoder_weights(network.encoder.model, Path(path), NUM_CHANNELS)
 
 
 class DenseMILModel(nn.Module):
@@ -121,8 +120,8 @@ class DenseMILModel(nn.Module):
 
     def pixel_logits(self, images: torch.Tensor) -> torch.Tensor:
         """`B,4,S,S` fields -> `B,K,S,S` per-pixel class logits."""
-        if images.ndim != 4 or images.shape[1] != IN_CHANNELS:
-            raise ValueError(f"dense model expects B,{IN_CHANNELS},S,S fields, got {tuple(images.shape)}")
+        if images.ndim != 4 or images.shape[1] != NUM_CHANNELS:
+            raise ValueError(f"dense model expects B,{NUM_CHANNELS},S,S fields, got {tuple(images.shape)}")
         return self.network(self.standardise(images))
 
     def cell_logits(self, pixel_logits: torch.Tensor, cell_labels: torch.Tensor, cell_ids: torch.Tensor,

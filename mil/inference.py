@@ -32,7 +32,7 @@ from hpa_cells.cache import CellCache
 from hpa_cells.classes import CLASS_NAMES
 from hpa_cells.crops import CropConfig, extract_cell_crops
 from hpa_cells.predictions import CELL_SCORES, Predictions
-from mil.bags import DEFAULT_EXCLUDE_FLAGS
+from hpa_cells.qc_flags import DEFAULT_EXCLUDE_FLAGS, flag_bits
 from mil.families import get_family
 from mil.model_folder import LoadedModel
 from mil.prediction_batches import BagInput
@@ -62,11 +62,6 @@ PixelMapSink = Callable[[str, np.ndarray, tuple[int, int]], None]
 """Receives (image_id, `K,h,w` uint8 pixel probabilities, working size) for each image a dense model predicts."""
 
 
-def _exclude_bits(flag_names: dict[str, int], names: Sequence[str]) -> int:
-    lowered = {k.lower(): v for k, v in flag_names.items()}
-    return sum(int(lowered[n.lower()]) for n in names if n.lower() in lowered)
-
-
 def bags_from_cache(cache_path: str | os.PathLike[str], exclude_flags: Sequence[str],
                     content: str = "crops") -> Iterator[BagInput]:
     """Every image of a cell cache as a `BagInput`, in storage order; `content` "crops" reads the crops and masks,
@@ -75,7 +70,7 @@ def bags_from_cache(cache_path: str | os.PathLike[str], exclude_flags: Sequence[
         if content == "fields":
             cache.require_full_images("the dense model")
         table = cache.cell_table()
-        bits = _exclude_bits(cache.qc_flag_names, exclude_flags)
+        bits = flag_bits(exclude_flags, cache.qc_flag_names, cache_path=cache.path)
         for index, image_id in enumerate(cache.image_ids):
             rows = cache.cell_slice(index)
             cells = table.iloc[rows].reset_index(drop=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hpa_cells.atomic_files import atomic_output, write_json_atomic
 from hpa_cells.classes import CLASS_NAMES
 from mil.config import ModelConfig
 from mil.thresholds import load_thresholds, save_thresholds
@@ -45,12 +46,12 @@ def save_model_folder(folder: Path, model: torch.nn.Module, thresholds: np.ndarr
 
     folder.mkdir(parents=True, exist_ok=True)
     config = {"format_version": FORMAT_VERSION, "model": model.config.to_dict(), "training": training}
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+    write_json_atomic(folder / "config.json", config, sort_keys=True, default=str)
     save_thresholds(folder / "thresholds.json", thresholds, CLASS_NAMES[: model.config.num_classes])
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    write_json_atomic(folder / "metrics.json", metrics, default=float)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "weights.safetensors.tmp"), metadata={"format_version": str(FORMAT_VERSION)})
-    os.replace(folder / "weights.safetensors.tmp", folder / "weights.safetensors")
+    with atomic_output(folder / "weights.safetensors") as partial:
+        save_file(state, str(partial), metadata={"format_version": str(FORMAT_VERSION)})
     return folder
 
 

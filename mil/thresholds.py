@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hpa_cells.atomic_files import write_json_atomic
+
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -40,7 +42,7 @@ def fit_thresholds(probabilities: np.ndarray, targets: np.ndarray, default: floa
 
 def save_thresholds(path: Path, thresholds: np.ndarray, class_names: tuple[str, ...]) -> None:
     record = {"thresholds": [float(t) for t in thresholds], "classes": list(class_names)}
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(path, record)
 
 
 def load_thresholds(path: Path, num_classes: int) -> np.ndarray:

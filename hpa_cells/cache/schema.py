@@ -79,6 +79,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from hpa_cells.channels import CHANNEL_ORDER_TEXT, NUM_CHANNELS
 from hpa_cells.classes import NUM_CLASSES
 
 SCHEMA_VERSION = 2
@@ -86,8 +87,7 @@ SCHEMA_VERSION = 2
 # crops and masks (the crop MIL), refused with a rebuild hint by readers of full images and by writers.
 READABLE_SCHEMA_VERSIONS = (1, 2)
 FIRST_VERSION_WITH_FULL_IMAGES = 2
-CHANNEL_ORDER = "red,green,blue,yellow"
-NUM_CHANNELS = 4
+CHANNEL_ORDER = CHANNEL_ORDER_TEXT
 # The full-image masks are one flat ragged store per kind; every image's segment starts on a chunk
 # boundary (segments are zero-padded to a multiple of this), so whole chunks copy between files as-is.
 MASK_CHUNK_PIXELS = 65536

@@ -53,7 +53,6 @@ from hpa_cells.maps.prediction_run import FieldView, PredictionRun
 from hpa_cells.maps.style import (
     BACKGROUND,
     MUTED_TEXT,
-    PROTEIN_CHANNEL,
     QC_GREY,
     TEXT,
     MapStyle,
@@ -74,7 +73,7 @@ from hpa_cells.predictions import PredictionFolderError
 
 __all__ = [
     "BACKGROUND", "CELLS_TIFF", "CELLS_TIFF_CHANNELS", "CLASS_COLOURS", "MAPS_INDEX",
-    "MUTED_TEXT", "PIXEL_PROBABILITIES_TIFF", "PROBABILITIES_TIFF", "PROTEIN_CHANNEL", "QC_GREY", "SHORT_NAMES",
+    "MUTED_TEXT", "PIXEL_PROBABILITIES_TIFF", "PROBABILITIES_TIFF", "QC_GREY", "SHORT_NAMES",
     "TEXT", "THUMBNAIL_PX", "FieldView", "ImageMaps", "MapStyle", "PanelCanvas", "PanelOverlay",
     "PredictionFolderError", "PredictionRun", "class_colour_table", "class_id_of", "colour_lut", "inner_boundaries",
     "original_size_pixel_planes", "original_size_planes", "paint_overview", "panel_classes", "render_attention_panel",

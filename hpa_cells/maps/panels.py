@@ -24,7 +24,7 @@ from hpa_cells.maps.drawing import (
     title_block,
 )
 from hpa_cells.maps.prediction_run import FieldView
-from hpa_cells.maps.style import BACKGROUND, MUTED_TEXT, PROTEIN_CHANNEL, QC_GREY, TEXT, MapStyle, colour_lut
+from hpa_cells.maps.style import BACKGROUND, MUTED_TEXT, QC_GREY, TEXT, MapStyle, colour_lut
 from hpa_cells.predictions import PredictionFolderError
 
 
@@ -105,7 +105,7 @@ class PanelCanvas:
 
     @classmethod
     def of(cls, view: FieldView, style: MapStyle) -> PanelCanvas:
-        grey = (grey_channel(view.image_chw, PROTEIN_CHANNEL, style.composite) * 0.85).astype(np.uint8)
+        grey = (grey_channel(view.image_chw, style.composite) * 0.85).astype(np.uint8)
         labels = view.cells_hw.astype(np.intp)
         present = view.cell_lookup(np.ones(len(view.cells), bool), fill=False)
         paint = np.where(np.take(present, labels), np.float32(style.panel_alpha), np.float32(0.0))

@@ -14,7 +14,6 @@ QC_GREY = (170, 170, 170)
 BACKGROUND = (24, 24, 28)
 TEXT = (235, 235, 235)
 MUTED_TEXT = (165, 165, 170)
-PROTEIN_CHANNEL = 1
 
 
 def _hex_rgb(colour: str) -> tuple[int, int, int]:

@@ -38,6 +38,7 @@ from hpa_cells.predictions.records import (
     Predictions,
     format_predicted_ids,
 )
+from hpa_cells.qc_flags import names_of_bits
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,7 @@ _DROPPED_CELL_COLUMNS = ("image_index", "scale")
 
 
 def _flag_names(values: np.ndarray, names: dict[str, int]) -> list[str]:
-    ordered = sorted(names.items(), key=lambda item: item[1])
-    return ["|".join(n for n, bit in ordered if int(v) & bit) for v in values]
+    return ["|".join(names_of_bits(v, names)) for v in values]
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> Path:

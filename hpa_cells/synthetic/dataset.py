@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpa_cells.atomic_files import atomic_output
+from hpa_cells.atomic_files import atomic_output, write_json_atomic
 from hpa_cells.channels import CHANNELS
 from hpa_cells.classes import NUM_CLASSES
 from hpa_cells.images import write_label_mask, write_sample
@@ -516,9 +516,7 @@ def _prepare_folder(out: Path, config: SyntheticConfig, n_images: int) -> tuple[
     if previous_n > n_images:
         logger.info("%s already holds %d images; keeping all of them in the tables", out, previous_n)
         n_images = previous_n
-    settings_path.write_text(
-        json.dumps(_settings_document(config, n_images), indent=2) + "\n", encoding="utf-8"
-    )
+    write_json_atomic(settings_path, _settings_document(config, n_images))
     return settings_path, n_images
 
 

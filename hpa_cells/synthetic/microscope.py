@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from hpa_cells.channels import NUM_CHANNELS
 from hpa_cells.synthetic.cell_lines import length_scale
-
-N_CHANNELS = 4
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ def draw_acquisition(rng: np.random.Generator, size: int) -> Acquisition:
     scale = length_scale(size)
 
     def four(low: float, high: float) -> tuple[float, float, float, float]:
-        values = rng.uniform(low, high, N_CHANNELS)
+        values = rng.uniform(low, high, NUM_CHANNELS)
         return (float(values[0]), float(values[1]), float(values[2]), float(values[3]))
 
     gain = four(85.0, 165.0)
@@ -82,8 +81,8 @@ def _haze(plane: np.ndarray, scale: float) -> np.ndarray:
 
 def acquire(signal_chw: np.ndarray, acquisition: Acquisition, rng: np.random.Generator) -> np.ndarray:
     """Blur, scale, offset and add noise to a `4,H,W` float32 signal; returns the `4,H,W` uint8 image."""
-    if signal_chw.ndim != 3 or signal_chw.shape[0] != N_CHANNELS:
-        raise ValueError(f"expected a {N_CHANNELS},H,W signal, got shape {signal_chw.shape}")
+    if signal_chw.ndim != 3 or signal_chw.shape[0] != NUM_CHANNELS:
+        raise ValueError(f"expected a {NUM_CHANNELS},H,W signal, got shape {signal_chw.shape}")
     channels, height, width = signal_chw.shape
     scale = length_scale(max(height, width))
     image = np.empty((channels, height, width), dtype=np.uint8)

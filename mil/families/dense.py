@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from hpa_cells.channels import NUM_CHANNELS
 from mil.config import DenseConfig
 from mil.dense_fields import DenseFieldDataset, collate_fields, fit_field
-from mil.dense_model import IN_CHANNELS, DenseMILModel
+from mil.dense_model import DenseMILModel
 from mil.encoders import EncoderWeightsError
 from mil.families._factory import load_model
 from mil.families._registry import ModelFamily, TrainingData, register_family
@@ -52,16 +53,16 @@ def crop_model_backbone_state(folder: str | os.PathLike[str], encoder: str) -> d
     state = {k: v.detach().clone() for k, v in loaded.model.encoder.backbone.state_dict().items()}
     first_conv = loaded.model.encoder.backbone.pretrained_cfg.get("first_conv")
     key = f"{first_conv}.weight"
-    if key in state and state[key].shape[1] != IN_CHANNELS:
-        state[key] = state[key][:, :IN_CHANNELS].contiguous()
+    if key in state and state[key].shape[1] != NUM_CHANNELS:
+        state[key] = state[key][:, :NUM_CHANNELS].contiguous()
     return state
 
 
 def with_crop_model_statistics(config: DenseConfig, folder: str | os.PathLike[str]) -> DenseConfig:
     """`config` with the input standardisation of the crop-MIL model in `folder` (its first 4 channels)."""
     crop = _crop_model(folder, config.encoder).config
-    return replace(config, channel_mean=tuple(crop.channel_mean[:IN_CHANNELS]),
-                   channel_std=tuple(crop.channel_std[:IN_CHANNELS]))
+    return replace(config, channel_mean=tuple(crop.channel_mean[:NUM_CHANNELS]),
+                   channel_std=tuple(crop.channel_std[:NUM_CHANNELS]))
 
 
 def build(config: DenseConfig, encoder_weights: str | None = None) -> DenseMILModel:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mil.bags import DEFAULT_EXCLUDE_FLAGS
+from hpa_cells.qc_flags import DEFAULT_EXCLUDE_FLAGS
 
 SETTINGS_ADDED_LATER = {"dense_window": None}
 """TrainConfig fields added after checkpoints were first written, with the value older runs had in effect."""
