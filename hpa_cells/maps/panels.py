@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from hpa_cells.channels import PROTEIN
 from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
 from hpa_cells.composite import grey_channel
 from hpa_cells.maps.drawing import (
@@ -105,7 +106,7 @@ class PanelCanvas:
 
     @classmethod
     def of(cls, view: FieldView, style: MapStyle) -> PanelCanvas:
-        grey = (grey_channel(view.image_chw, style.composite) * 0.85).astype(np.uint8)
+        grey = (grey_channel(view.image_chw, PROTEIN, style.composite) * 0.85).astype(np.uint8)
         labels = view.cells_hw.astype(np.intp)
         present = view.cell_lookup(np.ones(len(view.cells), bool), fill=False)
         paint = np.where(np.take(present, labels), np.float32(style.panel_alpha), np.float32(0.0))
