@@ -120,7 +120,7 @@ class BagDataset(CacheImageDataset):
         x = crops.astype(np.float32) / 255.0
         m = masks.astype(np.float32)
         if self.train:
-            x, m = _augment(x, m, rng, self.intensity_jitter)
+            x, m = augment_cells(x, m, rng, self.intensity_jitter)
         offset = int(self.cache.cell_slice(index).start)
         cell_labels = None if self.cell_labels is None else torch.from_numpy(self.cell_labels[local + offset])
         return BagItem(index, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(m)),
@@ -128,8 +128,8 @@ class BagDataset(CacheImageDataset):
                        torch.from_numpy(local + offset), cell_labels)
 
 
-def _augment(crops: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
-             jitter: float) -> tuple[np.ndarray, np.ndarray]:
+def augment_cells(crops: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
+                  jitter: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-cell random flip + 90-degree rotation (same for crop and mask) and per-channel gain jitter."""
     out_c, out_m = np.empty_like(crops), np.empty_like(masks)
     for i in range(crops.shape[0]):
@@ -148,13 +148,15 @@ def measure_channel_statistics(dataset: CacheImageDataset, source: str = "crops"
                                seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation (intensities in [0, 1]) of up to `max_images` of the dataset's
     images, drawn with `seed`: over their usable cells' crops (`source="crops"`) or their full working-size
-    images (`"fields"`, schema-2 caches). What the models standardise their input with."""
+    images (`"fields"`, schema-2 caches). What the models standardise their input with. Only the dataset's
+    images count (`image_indices`), never extra items such as mosaic bags."""
     if source not in ("crops", "fields"):
         raise ValueError(f"source must be 'crops' or 'fields', got {source!r}")
-    if len(dataset) == 0:
+    n_images = len(dataset.image_indices)  # a dataset may hold more items than images (mosaic bags)
+    if n_images == 0:
         raise ValueError(f"{dataset.cache.path}: no images to measure channel statistics on")
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(dataset), size=min(max_images, len(dataset)), replace=False)
+    chosen = rng.choice(n_images, size=min(max_images, n_images), replace=False)
     total = np.zeros(4)
     total_sq = np.zeros(4)
     count = 0
