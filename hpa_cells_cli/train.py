@@ -64,6 +64,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--cell-labels", type=Path, metavar="CSV",
                    help="train on per-cell labels (image_id, cell_id, labels; e.g. a synthetic cells.csv with a cache "
                         "made by --segmenter masks) instead of image labels: the fully supervised upper bound")
+    p.add_argument("--mosaic-bags", type=int, default=0, metavar="N",
+                   help="crop family: add N bags per epoch that each mix the cells of 2-4 single-label training "
+                        "images with different labels (label: the union; see mil/mosaics.py) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
@@ -104,6 +107,10 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     if args.dense_window is not None and args.family != "dense":
         print("error: --dense-window applies to --family dense only", file=sys.stderr)
         return 2
+    if args.mosaic_bags and args.family != "crop":
+        print("error: --mosaic-bags applies to --family crop only (mosaics mix cell crops of several fields)",
+              file=sys.stderr)
+        return 2
     if args.dense_window is not None and args.dense_window > args.dense_input_size:
         print(f"error: --dense-window {args.dense_window} is larger than --dense-input-size {args.dense_input_size}",
               file=sys.stderr)
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
                                    device=args.device,
                                    encoder_weights=str(args.encoder_weights) if args.encoder_weights else None,
                                    cell_labels=str(args.cell_labels) if args.cell_labels else None,
-                                   dense_window=args.dense_window)
+                                   dense_window=args.dense_window, mosaic_bags=args.mosaic_bags)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from mil.config import MILConfig
 from mil.encoders import EncoderWeightsError
 from mil.families._registry import ModelFamily, TrainingData, register_family
 from mil.model import BagBatch, MILModel
+from mil.mosaics import BagsWithMosaics
 from mil.prediction_batches import BagInput, GroupOutput, usable_mask
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def warm_start_config(config: MILConfig, folder: str | os.PathLike[str]) -> MILC
 
 def training_data(model_config: MILConfig, config) -> TrainingData:
     """Bags over a cache for the training loop; `config` is a `mil.training.TrainConfig` (max_cells, seed,
-    exclude_flags, and cell_labels for cell-supervised training)."""
+    exclude_flags, cell_labels for cell-supervised training, mosaic_bags for extra mosaic bags in training)."""
 
     def make_dataset(cache_path: Path, image_indices: Sequence[int], train: bool) -> Dataset:
         cell_labels = None
@@ -49,6 +50,9 @@ def training_data(model_config: MILConfig, config) -> TrainingData:
                                                 config.cell_labels, image_indices=image_indices)
             logger.info("cell-supervised training on %d images: %d of their cells carry at least one class (%s)",
                         len(image_indices), int((cell_labels.sum(1) > 0).sum()), config.cell_labels)
+        if train and config.mosaic_bags:
+            return BagsWithMosaics(cache_path, image_indices, config.mosaic_bags, config.max_cells, seed=config.seed,
+                                   exclude_flags=config.exclude_flags)
         return BagDataset(cache_path, image_indices, config.max_cells if train else None, train=train,
                           seed=config.seed, exclude_flags=config.exclude_flags, cell_labels=cell_labels)
 

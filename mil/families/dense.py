@@ -72,9 +72,12 @@ def build(config: DenseConfig, encoder_weights: str | None = None) -> DenseMILMo
 
 def training_data(model_config: DenseConfig, config) -> TrainingData:
     """Fields over a schema-2 cache for the training loop; `config` is a `mil.training.TrainConfig` (seed,
-    exclude_flags, dense_window). Per-cell label training is the crop family's only."""
+    exclude_flags, dense_window). Per-cell label training and mosaic bags are the crop family's only."""
     if config.cell_labels is not None:
         raise ValueError("cell-supervised training (cell_labels) is implemented for the crop family only")
+    if config.mosaic_bags:
+        raise ValueError("mosaic bags (mosaic_bags) mix cell crops of several fields and are implemented for the "
+                         "crop family only; a dense model reads whole fields")
 
     def make_dataset(cache_path: Path, image_indices: Sequence[int], train: bool) -> Dataset:
         return DenseFieldDataset(cache_path, image_indices, model_config.input_size, train=train, seed=config.seed,

@@ -8,7 +8,7 @@ import torch
 
 from hpa_cells.qc_flags import DEFAULT_EXCLUDE_FLAGS
 
-SETTINGS_ADDED_LATER = {"dense_window": None}
+SETTINGS_ADDED_LATER = {"dense_window": None, "mosaic_bags": 0}
 """TrainConfig fields added after checkpoints were first written, with the value older runs had in effect."""
 
 
@@ -43,6 +43,10 @@ class TrainConfig:
     """Dense family: train on random square windows of this many pixels of each field at the model's input size
     (a multiple of 32; cells pool their pixels inside the window); validation and prediction see whole fields.
     None trains on whole fields."""
+    mosaic_bags: int = 0
+    """Crop family: this many extra bags per epoch, each mixing the usable cells of 2-4 single-label training
+    images with different labels (bag label: the union), drawn afresh every epoch from the training images only
+    (`mil.mosaics.BagsWithMosaics`); 0 = none."""
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -56,6 +60,10 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.folds and not 0 <= self.fold < self.folds:
             raise ValueError(f"fold must be in 0..{self.folds - 1}, got {self.fold}")
+        if self.mosaic_bags < 0:
+            raise ValueError(f"mosaic_bags must be >= 0, got {self.mosaic_bags}")
+        if self.mosaic_bags and self.cell_labels is not None:
+            raise ValueError("mosaic bags (mosaic_bags) cannot be combined with per-cell label training (cell_labels)")
         if self.dense_window is not None and (self.dense_window < 32 or self.dense_window % 32):
             raise ValueError(f"dense_window must be a multiple of 32 and >= 32 (or None), got {self.dense_window}")
 

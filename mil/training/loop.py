@@ -279,7 +279,7 @@ def _final_metrics(run: _Run, state: dict, started: float) -> tuple[dict, np.nda
         "val_macro_f1": macro_f1(val_targets, val_probs >= thresholds),
         "val_macro_f1_at_0.5": macro_f1(val_targets, val_probs >= 0.5),
         "val_per_class_f1": {CLASS_NAMES[k]: (None if np.isnan(v) else float(v)) for k, v in enumerate(f1)},
-        "n_train_images": len(run.train_set),
+        "n_train_images": len(run.train_set.image_indices),  # mosaic bags are not images
         "n_val_images": len(run.val_set),
         "train_image_ids": [run.train_set.cache.image_ids[i] for i in run.train_set.image_indices],
         "val_image_ids": [run.val_set.cache.image_ids[i] for i in run.val_set.image_indices],
