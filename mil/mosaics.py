@@ -102,6 +102,8 @@ def single_label_images(caches: Sequence[CacheLike], allowed_ids: Collection[str
     flags `exclude_flags`. Allowed ids found in none of the caches are logged."""
     if min_cells < 1:
         raise ValueError(f"min_cells must be >= 1, got {min_cells}")
+    if isinstance(allowed_ids, str):
+        raise TypeError(f"allowed_ids must be a collection of image ids, not the single string {allowed_ids!r}")
     allowed = None if allowed_ids is None else set(allowed_ids)
     found: set[str] = set()
     images: list[SingleLabelImage] = []

@@ -136,6 +136,8 @@ def test_allowed_ids_restrict_the_sources_and_no_other_image_enters(caches: list
     mosaics = draw_mosaics(images, 60, seed=1)
     used = {s.image_id for m in mosaics for s in m.sources}
     assert used == {"a0", "a1", "a4", "b0"}
+    with pytest.raises(TypeError, match="not the single string 'a0'"):
+        single_label_images(caches, "a0")
 
 
 # ----- the draw ----------------------------------------------------------------------------------------------
