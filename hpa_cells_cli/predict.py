@@ -1,7 +1,14 @@
 """Predict image labels and per-cell localization with a trained MIL model (crop or dense), or an ensemble.
 
+  python scripts/predict.py --images DIR --out OUT --maps OUT/maps    # fields in, maps out: nothing else needed
   python scripts/predict.py --model runs/NAME --cache cells.h5 --out preds/
   python scripts/predict.py --model runs/crop --model runs/dense --cache cells.h5 --out preds/   # ensemble
+
+Give exactly one of --cache (cells segmented already by scripts/segment.py) or --images (a folder of fields in any
+layout segment.py reads: they are first segmented with segment.py's defaults, working size auto, into OUT/cells.h5;
+that cache is kept, so rerunning the command resumes the segmentation and a later run can use --cache OUT/cells.h5).
+--model bundled, the default, is the model that ships with the package (mil/models/bundled/); any folder written by
+scripts/train.py can be given instead.
 
 Writes submission.csv (Kaggle Id,Predicted), images.csv, cells.csv (+ cells.parquet), attention.h5 and
 manifest.json into --out, plus pixel_probabilities.h5 when a model is dense (see hpa_cells/predictions/writer.py and
@@ -17,14 +24,53 @@ import sys
 import time
 from pathlib import Path
 
+BUNDLED = "bundled"
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parents[1] / "mil" / "models" / "bundled"
+"""Where `--model bundled` points: the model folder shipped as package data of `mil`."""
+IMAGES_CACHE_NAME = "cells.h5"
+"""With --images, the cells are cached in OUT/cells.h5 (kept: a rerun resumes)."""
+ONE_INPUT_ERROR = ("give exactly one of --cache FILE (cells segmented already by scripts/segment.py) or --images DIR "
+                   "(fields to segment first)")
+
+
+class BundledModelMissing(FileNotFoundError):
+    """`--model bundled` was asked for but this installation has no (complete) bundled model."""
+
+
+def resolve_model_folders(values: list[Path] | None) -> list[Path]:
+    """The --model values as folders: none given or 'bundled' -> `BUNDLED_MODEL_DIR`, which must hold a complete
+    model folder and its MODEL_CARD.md, else `BundledModelMissing` says so and how to pass a folder."""
+    from mil.model_files import REQUIRED_FILES
+
+    folders = []
+    for value in values or [Path(BUNDLED)]:
+        if str(value) != BUNDLED:
+            folders.append(value)
+            continue
+        if BUNDLED_MODEL_DIR.is_dir():
+            missing = [name for name in (*REQUIRED_FILES, "MODEL_CARD.md") if not (BUNDLED_MODEL_DIR / name).is_file()]
+            problem = f"{BUNDLED_MODEL_DIR} lacks {', '.join(missing)}" if missing else ""
+        else:
+            problem = f"{BUNDLED_MODEL_DIR} does not exist"
+        if problem:
+            raise BundledModelMissing(
+                f"the bundled model is not installed ({problem}); pass --model FOLDER, a model folder written by "
+                "scripts/train.py (or several folders for an ensemble)")
+        folders.append(BUNDLED_MODEL_DIR)
+    return folders
+
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command's options; `prog` names it in the usage line (default: the running file's name)."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, required=True, action="extend", nargs="+",
-                   help="model folder written by scripts/train.py; several (or --model repeated) = an ensemble")
-    p.add_argument("--cache", type=Path, required=True, help="HDF5 cell cache written by scripts/segment.py")
+    p.add_argument("--model", type=Path, action="extend", nargs="+",
+                   help="model folder written by scripts/train.py, or 'bundled', the model shipped with the package; "
+                        "several (or --model repeated) = an ensemble (default: bundled)")
+    p.add_argument("--cache", type=Path, help="HDF5 cell cache written by scripts/segment.py (or --images)")
+    p.add_argument("--images", type=Path, metavar="DIR",
+                   help="folder of fields ({id}_{red,green,blue,yellow}.png/jpg/tif) to segment first, into "
+                        f"OUT/{IMAGES_CACHE_NAME} (kept: a rerun resumes) (or --cache)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="(default: %(default)s)")
@@ -38,28 +84,70 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def segment_images(args: argparse.Namespace) -> Path | int:
+    """--images: segment the fields into OUT/cells.h5 with segment.py's defaults (resuming a cache already there);
+    the cache path, or segment's exit code when it failed."""
+    from hpa_cells_cli import segment
+
+    cache = args.out / IMAGES_CACHE_NAME
+    print(f"Segmenting the fields in {args.images} into {cache} (kept: rerunning resumes)")
+    code = segment.main(["--images", str(args.images), "--out", str(cache), "--device", args.device],
+                        prog="predict.py --images")
+    if code != 0:
+        return code
+    if not cache.is_file():
+        print(f"error: no fields to predict in {args.images}: no complete {{id}}_{{red,green,blue,yellow}} files "
+              "were found or segmented (see the summary above)", file=sys.stderr)
+        return 2
+    return cache
+
+
+def print_summary(predictions, members: list, seconds: float, out: Path, paths: dict) -> None:
+    """The one-screen result: counts, speed, the most predicted classes and the files written."""
+    from hpa_cells.classes import CLASS_NAMES
+
+    counts: dict[int, int] = {}
+    for ids in predictions.predicted_labels().values():
+        for c in ids:
+            counts[c] = counts.get(c, 0) + 1
+    kind = f"an ensemble of {len(members)} models" if len(members) > 1 else f"a {members[0].config.family} model"
+    print(f"\nPredicted {len(predictions.image_ids)} images, {len(predictions.cells)} cells with {kind} in "
+          f"{seconds:.1f} s ({len(predictions.image_ids) / seconds:.1f} images/s) -> {out}")
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:8]
+    print("  most predicted: " + (", ".join(f"{CLASS_NAMES[c]} {n}" for c, n in top) or "none"))
+    for name, path in paths.items():
+        print(f"  {name:14s} {path}")
+
+
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     """Run `predict` with `argv` (default: sys.argv[1:]); 0 on success, 2 for bad input."""
     args = build_parser(prog).parse_args(argv)
+    if (args.cache is None) == (args.images is None):
+        print(f"error: {ONE_INPUT_ERROR}", file=sys.stderr)
+        return 2
     from hpa_cells.cache import CellCache, CellCacheSchemaError
-    from hpa_cells.classes import CLASS_NAMES
+    from hpa_cells.maps import class_id_of
     from hpa_cells.predictions import write_prediction_folder
     from mil.ensemble import predict_members
     from mil.model_folder import ModelFolderError, load_model
 
     try:
-        from hpa_cells.maps import class_id_of
-
         map_classes = [class_id_of(c) for c in args.map_classes]
     except ValueError as err:
         print(f"error: --map-classes: {err}", file=sys.stderr)
         return 2
     started = time.time()
-    try:
-        members = [load_model(folder, device=args.device) for folder in args.model]
-    except ModelFolderError as err:
+    try:  # the model first: a missing one fails before a long segmentation
+        members = [load_model(folder, device=args.device) for folder in resolve_model_folders(args.model)]
+    except (ModelFolderError, BundledModelMissing) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.images is not None:
+        cache = segment_images(args)
+        if isinstance(cache, int):
+            return cache
+        args.cache = cache
+        started = time.time()  # the prediction's own speed below
     if not args.cache.is_file():
         print(f"error: cell cache not found: {args.cache}", file=sys.stderr)
         return 2
@@ -72,19 +160,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     with CellCache(args.cache) as cache:
         flag_names = cache.qc_flag_names
     paths = write_prediction_folder(predictions, args.out, manifest, flag_names)
-    seconds = time.time() - started
-    labels = predictions.predicted_labels()
-    counts = {}
-    for ids in labels.values():
-        for c in ids:
-            counts[c] = counts.get(c, 0) + 1
-    kind = f"an ensemble of {len(members)} models" if len(members) > 1 else f"a {members[0].config.family} model"
-    print(f"\nPredicted {len(predictions.image_ids)} images, {len(predictions.cells)} cells with {kind} in "
-          f"{seconds:.1f} s ({len(predictions.image_ids) / seconds:.1f} images/s) -> {args.out}")
-    top = sorted(counts.items(), key=lambda kv: -kv[1])[:8]
-    print("  most predicted: " + (", ".join(f"{CLASS_NAMES[c]} {n}" for c, n in top) or "none"))
-    for name, path in paths.items():
-        print(f"  {name:14s} {path}")
+    print_summary(predictions, members, time.time() - started, args.out, paths)
     if args.maps is not None or args.report is not None:
         from hpa_cells.report import write_maps_and_report
 

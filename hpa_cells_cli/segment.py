@@ -1,10 +1,18 @@
 """Segment HPA fields into cells and cache every cell's four-channel crop in one HDF5 file.
 
   python scripts/segment.py --images DIR [--labels CSV] --out cells.h5 [--segmenter cellpose|watershed|masks|whole-field]
-                            [--model NAME|PATH] [--size 512] [--crop-size N] [--export-masks DIR] [--limit N] [--strict]
+                            [--model NAME|PATH] [--working-size auto|N] [--crop-size N] [--export-masks DIR]
+                            [--limit N] [--strict]
 
 Rerunning the same command resumes: images already in the cache are skipped. With no arguments it runs on the
 embedded default (a small synthetic set generated into demo_output/) and says so.
+
+Working size (--working-size auto, the default): each field is resized so its cells have about the same pixel
+size as in a 2048 px field shrunk to 512 px, whatever the layout: 2018 Kaggle 512 px fields stay 512 px;
+full-resolution fields (the 2021 data, HPA website downloads) are shrunk 4x (2048 -> 512, 3072 -> 768), and
+Cellpose assumes the same object sizes in px for all of them. A number N instead resizes every field's longer
+side to N px and scales the assumed object sizes with N (right when every field spans the same field of view).
+The sizes chosen are printed in the summary; the cache records the rule, and each image's working size.
 """
 
 from __future__ import annotations
@@ -49,8 +57,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                              "flows, cell) diameter when it is more than F times off the default one, e.g. 1.25; 0 = "
                              "never, one pass (with --cell-assembly flows, 1.25 gains about 0.02 AP at twice the time; "
                              "see BENCHMARKS.md) (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=512,
-                        help="working size: images are resized so the longer side has this many px (default: %(default)s)")
+    parser.add_argument("--working-size", "--size", type=working_size_option, default="auto", metavar="auto|N",
+                        help="working size: 'auto' picks one per field so cells have a similar pixel size (512 px "
+                             "fields kept, full-resolution 2048/3072 px fields shrunk 4x); N resizes every field's "
+                             "longer side to N px (default: %(default)s)")
     parser.add_argument("--crop-size", type=int, default=128, help="side of the per-cell crops in px (default: %(default)s)")
     parser.add_argument("--keep-neighbours", action="store_true",
                         help="keep other cells' pixels inside each crop (default: they are zeroed)")
@@ -63,6 +73,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def working_size_option(text: str) -> int | str:
+    """--working-size: 'auto' or a positive number of px (argparse reports anything else)."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number of px, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number of px, got {text!r}")
+    return value
+
+
 class OptionError(ValueError):
     """An option value argparse cannot check by itself (the command prints it and exits with code 2)."""
 
@@ -71,13 +94,21 @@ def build_segmenter(args: argparse.Namespace):
     """The segmenter the options choose (its library imported only now). Raises OptionError for a bad
     --diameter-tolerance, and the segmenter's own errors for a missing or unreadable model or mask folder."""
     if args.segmenter == "cellpose":
-        from segmentation.cellpose_segmenter import CellposeSegmenter, CellposeSettings
+        from segmentation.cellpose_segmenter import (
+            CELL_DIAMETER_AT_512,
+            NUCLEUS_DIAMETER_AT_512,
+            CellposeSegmenter,
+            CellposeSettings,
+        )
 
         if args.diameter_tolerance != 0 and args.diameter_tolerance <= 1:
             raise OptionError(f"--diameter-tolerance must be 0 (off) or > 1, got {args.diameter_tolerance}")
+        # auto: every field is at the 512 px reference scale whatever its working size, so the object sizes are too
+        fixed = ({"cell_diameter": CELL_DIAMETER_AT_512, "nucleus_diameter": NUCLEUS_DIAMETER_AT_512}
+                 if args.working_size == "auto" else {})
         return CellposeSegmenter(CellposeSettings(
             cell_model=args.model, nucleus_model=args.nucleus_model, device=args.device,
-            diameter_tolerance=args.diameter_tolerance or None, cell_assembly=args.cell_assembly))
+            diameter_tolerance=args.diameter_tolerance or None, cell_assembly=args.cell_assembly, **fixed))
     if args.segmenter == "whole-field":
         from segmentation.whole_field import WholeFieldSegmenter
 
@@ -119,12 +150,16 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)  # a new folder for the cache is fine
-    job = SegmentJob(images_dir=args.images, out_path=args.out, labels_path=args.labels, working_size=args.size,
+    job = SegmentJob(images_dir=args.images, out_path=args.out, labels_path=args.labels, working_size=args.working_size,
                      crop=CropConfig(crop_size=args.crop_size, zero_other_cells=not args.keep_neighbours,
                                      # the whole field needs no context margin around it
                                      **({"margin_fraction": 0.0} if args.segmenter == "whole-field" else {})),
                      export_masks_dir=args.export_masks, limit=args.limit, strict=args.strict,
                      batch_size=args.batch_size)
+    if args.working_size == "auto":
+        from hpa_cells.images import AUTO_WORKING_SIZE_RULE
+
+        print(f"Working size: auto ({AUTO_WORKING_SIZE_RULE})")
     try:
         summary = segment_folder(job, segmenter)
     except StrictModeError as err:

@@ -21,7 +21,9 @@ import numpy as np
 from hpa_cells.cache import CacheProvenance, CellCacheWriter
 from hpa_cells.crops import CropConfig, extract_cell_crops
 from hpa_cells.images import (
+    AUTO_WORKING_SIZE_RULE,
     ImageReadError,
+    auto_working_size,
     read_sample_files,
     resize_image,
     resize_mask,
@@ -56,6 +58,8 @@ class SegmentRunSummary:
     seconds: float = 0.0
     labels_without_images: int = 0
     images_without_labels: int = 0
+    working_sizes: Counter = field(default_factory=Counter)
+    """(original H, W, working H, W) -> images segmented now at that working size."""
 
     @property
     def images_per_second(self) -> float:
@@ -72,6 +76,10 @@ class SegmentRunSummary:
             f"time: {self.seconds:.1f} s ({self.images_per_second:.2f} images/s, "
             f"{self.cells_kept / self.seconds if self.seconds else 0:.1f} cells/s)",
         ]
+        if self.working_sizes:
+            out.append("working size: " + ", ".join(
+                f"{h}x{w} -> {wh}x{ww} ({n} image{'s' if n != 1 else ''})"
+                for (h, w, wh, ww), n in sorted(self.working_sizes.items())))
         if self.labels_without_images or self.images_without_labels:
             out.append(f"labels without images: {self.labels_without_images}; "
                        f"images without labels: {self.images_without_labels}")
@@ -89,21 +97,31 @@ class SegmentJob:
     images_dir: Path
     out_path: Path
     labels_path: Path | None = None
-    working_size: int = 512
+    working_size: int | str = 512
+    """Longer side of the fields as segmented, in px, or "auto": each field's own (`auto_working_size`: 512 px
+    fields kept, full-resolution 2048/3072 px fields shrunk 4x), so cells have about the same pixel size in every
+    layout (the segmenter must then expect fixed object sizes in px: `segment.py` sets Cellpose's diameters)."""
     crop: CropConfig = field(default_factory=CropConfig)
     export_masks_dir: Path | None = None
     limit: int | None = None
     strict: bool = False
     batch_size: int = 8
 
+    def __post_init__(self) -> None:
+        size = self.working_size
+        if size != "auto" and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"working_size must be a positive int or 'auto', got {size!r}")
 
-def _read_batch(paths: Sequence[tuple[str, dict]], size: int) -> list[tuple[str, np.ndarray | None, tuple[int, int], str]]:
+
+def _read_batch(paths: Sequence[tuple[str, dict]],
+                working_size: int | str) -> list[tuple[str, np.ndarray | None, tuple[int, int], str]]:
     """Read images (at working size) with their original shapes; failures become a reason string."""
     out = []
     for sample_id, files in paths:
         try:
             image = read_sample_files(files, sample_id=sample_id, size=None)
             original = image.shape[1:]
+            size = auto_working_size(*original) if working_size == "auto" else working_size
             if max(original) != size:
                 image = resize_image(image, size)
             out.append((sample_id, image, original, ""))
@@ -142,12 +160,14 @@ def _cache_provenance(job: SegmentJob, segmenter: Segmenter) -> CacheProvenance:
         segmenter=segmenter.name,
         model_sha256=str(cell_model.get("sha256", "")) if isinstance(cell_model, dict) else "",
         parameters={**provenance, "working_size": job.working_size, "crop": job.crop.__dict__,
-                    "images_dir": str(job.images_dir.resolve())},
+                    "images_dir": str(job.images_dir.resolve()),
+                    # each image's own working size is in the cache's images/working_hw
+                    **({"working_size_rule": AUTO_WORKING_SIZE_RULE} if job.working_size == "auto" else {})},
     )
 
 
 def _read_ahead(reader: ThreadPoolExecutor, batches: Sequence[Sequence[tuple[str, dict]]],
-                size: int) -> Iterator[list[tuple[str, np.ndarray | None, tuple[int, int], str]]]:
+                size: int | str) -> Iterator[list[tuple[str, np.ndarray | None, tuple[int, int], str]]]:
     """The read batches in order, the next one read in `reader`'s thread while the caller segments this one."""
     pending: Future | None = reader.submit(_read_batch, batches[0], size) if batches else None
     for index in range(len(batches)):
@@ -184,6 +204,7 @@ def _store_image(writer: CellCacheWriter, job: SegmentJob, labels: dict | None, 
         write_label_mask(job.export_masks_dir / f"{image_id}_cells.png", resize_mask(result.cells, tuple(original)))
         write_label_mask(job.export_masks_dir / f"{image_id}_nuclei.png", resize_mask(result.nuclei, tuple(original)))
     summary.images_done += 1
+    summary.working_sizes[(*original, *image.shape[1:])] += 1
     summary.cells_kept += len(crops)
     summary.cells_per_image.append(len(crops))
     for value in result.qc.flags.tolist():

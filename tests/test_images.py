@@ -22,6 +22,7 @@ from hpa_cells.images import (
     MissingChannelError,
     NotGreyscaleError,
     UnreadableImageError,
+    auto_working_size,
     find_sample_files,
     parse_channel_filename,
     read_greyscale,
@@ -81,6 +82,8 @@ def test_channel_order_and_extensions() -> None:
         ("abc_red.txt", None),
         ("abc_red", None),
         ("._abc_red.png", None),
+        ("1234_A1_1_red.jpg", ("1234_A1_1", "red")),  # HPA website download: {plate}_{well}_{field}_{colour}
+        ("1234_A1_1_blue_red_green.jpg", None),  # the website's composite, not a channel
     ],
 )
 def test_parse_channel_filename_splits_on_last_underscore(
@@ -576,6 +579,77 @@ def test_empty_channel_is_a_warning_naming_the_file(tmp_path: Path, caplog: pyte
 
 
 # ----------------------------------------------------------------------------------------------
+# the layouts users bring: HPA website JPEGs, 16-bit 2021 PNGs, the automatic working size
+# ----------------------------------------------------------------------------------------------
+
+DISPLAY_COLOURS_RGB = {"red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1), "yellow": (1, 1, 0)}
+
+
+def write_website_sample(folder: Path, sample_id: str, sample_chw: np.ndarray, tint: int = 0) -> None:
+    """Each channel as an RGB JPEG in its display colour, the way proteinatlas.org serves them; `tint` is a
+    constant level put into the planes that should be dark (colour bleeding, exaggerated)."""
+    for channel, plane in zip(CHANNELS, sample_chw, strict=True):
+        weights = np.array(DISPLAY_COLOURS_RGB[channel])
+        rgb = np.stack([plane if weight else np.full_like(plane, tint) for weight in weights], axis=2)
+        cv2.imwrite(str(folder / f"{sample_id}_{channel}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 100])
+
+
+def test_website_layout_reads_each_channel_from_its_display_colour(tmp_path: Path) -> None:
+    sample_chw = np.zeros((4, 32, 48), np.uint8)
+    for index in range(4):  # smooth ramps with a different level per channel survive JPEG closely
+        sample_chw[index] = np.linspace(20 + 30 * index, 120 + 30 * index, 48).astype(np.uint8)[None, :]
+    write_website_sample(tmp_path, "1234_A1_1", sample_chw, tint=90)
+    (tmp_path / "1234_A1_1_blue_red_green.jpg").write_bytes((tmp_path / "1234_A1_1_red.jpg").read_bytes())
+    scan = scan_folder(tmp_path)
+    assert scan.ids == ["1234_A1_1"] and scan.incomplete == {}
+    assert [p.name for p in scan.ignored] == ["1234_A1_1_blue_red_green.jpg"]
+    read_chw = read_sample(tmp_path, "1234_A1_1")
+    assert read_chw.shape == (4, 32, 48) and read_chw.dtype == np.uint8
+    error = np.abs(read_chw.astype(int) - sample_chw.astype(int))
+    assert error.max() <= 6, error.max(axis=(1, 2))  # the colour's plane(s), not the tinted others
+    # the per-pixel maximum over the planes (what a colour file without its channel gives) takes the tint
+    red_any = to_greyscale(cv2.imread(str(tmp_path / "1234_A1_1_red.jpg"), cv2.IMREAD_UNCHANGED))
+    assert np.abs(red_any.astype(int) - sample_chw[0]).max() >= 60  # 90 where the red ramp starts at 20
+
+
+def test_display_colour_planes_exactly() -> None:
+    rng = np.random.default_rng(9)
+    for dtype, top in ((np.uint8, 255), (np.uint16, 65535)):
+        bgr = rng.integers(0, top + 1, (5, 6, 3)).astype(dtype)
+        np.testing.assert_array_equal(to_greyscale(bgr, channel="red"), bgr[:, :, 2])
+        np.testing.assert_array_equal(to_greyscale(bgr, channel="green"), bgr[:, :, 1])
+        np.testing.assert_array_equal(to_greyscale(bgr, channel="blue"), bgr[:, :, 0])
+        yellow = to_greyscale(bgr, channel="yellow")
+        expected = np.floor((bgr[:, :, 2].astype(np.float64) + bgr[:, :, 1]) / 2 + 0.5).astype(dtype)
+        assert yellow.dtype == dtype
+        np.testing.assert_array_equal(yellow, expected)
+    with pytest.raises(ValueError, match=r"^unknown channel 'purple'"):
+        to_greyscale(bgr, channel="purple")
+
+
+def test_16_bit_2021_style_png_sample(tmp_path: Path) -> None:
+    sample_chw = random_sample(21, (40, 40), np.uint16)
+    write_sample(tmp_path, "5c27f04c-bb99-11e8-b2b9-ac1f6b6435d0", sample_chw)
+    assert decode_with_pil(tmp_path / "5c27f04c-bb99-11e8-b2b9-ac1f6b6435d0_green.png").dtype == np.uint16
+    read_chw = read_sample(tmp_path, "5c27f04c-bb99-11e8-b2b9-ac1f6b6435d0")
+    np.testing.assert_array_equal(read_chw, ((sample_chw.astype(np.uint32) + 128) // 257).astype(np.uint8))
+
+
+@pytest.mark.parametrize(("shape", "expected"), [
+    ((512, 512), 512),  # 2018 Kaggle: a 2048 px field already shrunk 4x, kept
+    ((256, 256), 512),  # small whole fields: as before, the longer side becomes 512
+    ((1024, 800), 512),
+    ((2048, 2048), 512),  # 2021 / website, full resolution: shrunk 4x
+    ((3072, 3072), 768),
+    ((1728, 1728), 432),
+    ((2048, 3072), 768),
+])
+def test_auto_working_size(shape: tuple[int, int], expected: int) -> None:
+    assert auto_working_size(*shape) == expected
+
+
+# ----------------------------------------------------------------------------------------------
 # real HPA files
 # ----------------------------------------------------------------------------------------------
 
@@ -628,6 +702,16 @@ def test_real_2021_field_at_working_size(real_data: Path) -> None:
     expected = cv2.resize(green, (512, 512), interpolation=cv2.INTER_AREA) / np.float32(255)
     np.testing.assert_allclose(small_chw[1], expected, atol=1e-6)
     assert 0.0 <= small_chw.min() and small_chw.max() <= 1.0
+
+
+@pytest.mark.real
+def test_real_2021_fields_get_the_auto_working_size(real_data: Path) -> None:
+    scan = scan_folder(real_data / "hpa2021_subset" / "images")
+    for sample_id, side in HPA2021_SIDES.items():
+        assert auto_working_size(side, side) == side // 4, sample_id
+    sample_id = "a7faf0b4-bb99-11e8-b2b9-ac1f6b6435d0"  # the 3072 px field: 768 px, cells as large as at 2048 -> 512
+    field_chw = read_sample_files(scan.complete[sample_id], size=auto_working_size(3072, 3072))
+    assert field_chw.shape == (4, 768, 768) and all(field_chw[i].max() > 0 for i in range(4))
 
 
 @pytest.mark.real

@@ -53,7 +53,7 @@ def test_help_is_instant_and_imports_nothing_heavy(tmp_path: Path) -> None:
     assert done.stdout.startswith("usage: segment.py ")
     assert "--segmenter {cellpose,watershed,masks,whole-field}" in done.stdout
     assert "(default: cellpose)" in done.stdout and "--masks DIR" in done.stdout
-    assert "working size" in done.stdout and "(default: 512)" in done.stdout
+    assert "--working-size auto|N" in done.stdout and "(default: auto)" in done.stdout
 
 
 def test_watershed_end_to_end_prints_the_summary(
@@ -246,3 +246,81 @@ def test_whole_field_segmenter_caches_one_instance_per_image(
             assert (cells == 1).all() and (nuclei == 1).all()
             crops, masks = cache.cells_of(image_id)
             assert crops.shape == (1, 4, 64, 64) and masks.mean() > 0.95  # the field fills the crop (1 px margin)
+
+
+def write_plain_field(folder: Path, sample_id: str, side: int) -> None:
+    """A `side` px field whose channels are smooth ramps (quick to write and read at any size)."""
+    import numpy as np
+
+    from hpa_cells.images import write_sample
+
+    ramp = np.linspace(0, 255, side).astype(np.uint8)
+    write_sample(folder, sample_id, np.stack([np.add.outer(ramp, ramp // (i + 2)) for i in range(4)]))
+
+
+def test_auto_working_size_per_field_is_printed_and_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hpa_cells.images import AUTO_WORKING_SIZE_RULE
+
+    images = tmp_path / "images"
+    for sample_id, side in (("kaggle2018", 512), ("hpa2021_a", 2048), ("hpa2021_b", 3072)):
+        write_plain_field(images, sample_id, side)
+    out = tmp_path / "fields.h5"
+    argv = ["--images", str(images), "--out", str(out), "--segmenter", "whole-field", "--crop-size", "32"]
+    assert segment_command.main(argv) == 0  # --working-size auto is the default
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"Working size: auto ({AUTO_WORKING_SIZE_RULE})"
+    assert ("  working size: 512x512 -> 512x512 (1 image), 2048x2048 -> 512x512 (1 image), "
+            "3072x3072 -> 768x768 (1 image)") in printed
+    with CellCache(out) as cache:
+        table = cache.image_table().set_index("image_id")
+        parameters = cache.provenance["parameters"]
+    assert table.loc[["hpa2021_a", "hpa2021_b", "kaggle2018"], "working_h"].tolist() == [512, 768, 512]
+    assert table.loc[["hpa2021_a", "hpa2021_b", "kaggle2018"], "original_h"].tolist() == [2048, 3072, 512]
+    assert parameters["working_size"] == "auto" and parameters["working_size_rule"] == AUTO_WORKING_SIZE_RULE
+    # a fixed size is recorded as the number, with no rule, and every field gets it
+    fixed = tmp_path / "fixed.h5"
+    assert segment_command.main([*argv[:3], str(fixed), *argv[4:], "--working-size", "256"]) == 0
+    assert "  working size: 512x512 -> 256x256 (1 image), 2048x2048 -> 256x256 (1 image), " \
+           "3072x3072 -> 256x256 (1 image)" in capsys.readouterr().out.splitlines()
+    with CellCache(fixed) as cache:
+        assert cache.provenance["parameters"]["working_size"] == 256
+        assert "working_size_rule" not in cache.provenance["parameters"]
+
+
+def test_auto_working_size_fixes_the_cellpose_object_sizes(tmp_path: Path) -> None:
+    from segmentation.cellpose_segmenter import CELL_DIAMETER_AT_512, NUCLEUS_DIAMETER_AT_512
+
+    parser = segment_command.build_parser()
+    auto = segment_command.build_segmenter(parser.parse_args(["--images", str(tmp_path), "--out", "c.h5"]))
+    assert (auto.settings.cell_diameter, auto.settings.nucleus_diameter) == (CELL_DIAMETER_AT_512,
+                                                                             NUCLEUS_DIAMETER_AT_512)
+    fixed = segment_command.build_segmenter(parser.parse_args(["--images", str(tmp_path), "--out", "c.h5",
+                                                               "--size", "1024"]))
+    assert (fixed.settings.cell_diameter, fixed.settings.nucleus_diameter) == (None, None)  # scaled with 1024
+
+
+@pytest.mark.parametrize("value", ["0", "big", "-5"])
+def test_bad_working_size_exits_2_via_argparse(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        segment_command.main(["--images", "x", "--out", "y.h5", "--working-size", value])
+    assert stop.value.code == 2
+    assert (f"argument --working-size/--size: expected 'auto' or a positive number of px, got {value!r}"
+            in capsys.readouterr().err)
+
+
+@pytest.mark.real
+def test_real_2021_fields_segment_at_their_auto_working_size(real_data: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    folder = real_data / "hpa2021_subset" / "images"
+    images = tmp_path / "two"
+    images.mkdir()
+    for sample_id in ("a7faf0b4-bb99-11e8-b2b9-ac1f6b6435d0", "b6a469d8-bbad-11e8-b2ba-ac1f6b6435d0"):
+        for channel_file in folder.glob(f"{sample_id}_*.png"):  # links, not copies: nothing enters the repository
+            (images / channel_file.name).symlink_to(channel_file)
+    out = tmp_path / "fields.h5"
+    assert segment_command.main(["--images", str(images), "--out", str(out), "--segmenter", "whole-field",
+                                 "--crop-size", "32"]) == 0
+    assert ("  working size: 2048x2048 -> 512x512 (1 image), 3072x3072 -> 768x768 (1 image)"
+            in capsys.readouterr().out.splitlines())
+    with CellCache(out) as cache:
+        assert sorted(cache.image_table()["working_h"].tolist()) == [512, 768]

@@ -17,6 +17,12 @@ Intensity scaling (`scaling=`), applied to each channel file on its own:
 Output dtype (`dtype=`): ``"uint8"`` (default, rounded to nearest) or ``"float32"`` in [0, 1] without
 quantisation. Colour files are reduced to one grey channel, see `to_greyscale`.
 
+The layouts users bring all read with no conversion: the 2018 Kaggle folder (512 px 8-bit PNG), the 2021
+folder (8- or 16-bit PNG, 2048/3072 px) and HPA website downloads (`{plate}_{well}_{field}_{colour}.jpg`, each
+channel an RGB JPEG in its display colour: the colour's plane is taken, yellow as the mean of red and green;
+composites such as `_blue_red_green.jpg` are ignored). `auto_working_size` picks a working size per field so
+cells have about the same pixel size in all of them.
+
 The package, by job: `errors` (the exception classes), `discovery` (which files make up which sample),
 `decoding` (one file -> one plane or label mask), `scaling` (intensity scaling, resizing), `reading` (a sample
 -> one `4,H,W` array), `writing` (samples and label masks to disk). Everything public is importable from
@@ -26,7 +32,14 @@ The package, by job: `errors` (the exception classes), `discovery` (which files 
 from __future__ import annotations
 
 from hpa_cells.channels import CHANNELS, IMAGE_EXTENSIONS, TIFF_EXTENSIONS
-from hpa_cells.images.decoding import read_greyscale, read_label_mask, read_raw, to_greyscale
+from hpa_cells.images.decoding import (
+    DISPLAY_PLANES,
+    display_colour_plane,
+    read_greyscale,
+    read_label_mask,
+    read_raw,
+    to_greyscale,
+)
 from hpa_cells.images.discovery import FolderScan, find_sample_files, parse_channel_filename, scan_folder
 from hpa_cells.images.errors import (
     ChannelShapeError,
@@ -40,10 +53,15 @@ from hpa_cells.images.errors import (
 )
 from hpa_cells.images.reading import read_sample, read_sample_files
 from hpa_cells.images.scaling import (
+    AUTO_WORKING_SIZE_RULE,
+    FULL_RESOLUTION_SHRINK,
     OUTPUT_DTYPES,
     SCALINGS,
+    SMALL_FIELD_MAX_SIDE,
+    SMALL_FIELD_WORKING_SIZE,
     OutputDtype,
     Scaling,
+    auto_working_size,
     resize_image,
     resize_mask,
     scale_intensity,
@@ -52,12 +70,17 @@ from hpa_cells.images.scaling import (
 from hpa_cells.images.writing import MAX_PNG_LABEL, PNG_COMPRESSION_LEVEL, write_label_mask, write_sample
 
 __all__ = [
+    "AUTO_WORKING_SIZE_RULE",
     "CHANNELS",
+    "DISPLAY_PLANES",
+    "FULL_RESOLUTION_SHRINK",
     "IMAGE_EXTENSIONS",
     "MAX_PNG_LABEL",
     "OUTPUT_DTYPES",
     "PNG_COMPRESSION_LEVEL",
     "SCALINGS",
+    "SMALL_FIELD_MAX_SIDE",
+    "SMALL_FIELD_WORKING_SIZE",
     "TIFF_EXTENSIONS",
     "ChannelShapeError",
     "DuplicateChannelError",
@@ -70,6 +93,8 @@ __all__ = [
     "OutputDtype",
     "Scaling",
     "UnreadableImageError",
+    "auto_working_size",
+    "display_colour_plane",
     "find_sample_files",
     "parse_channel_filename",
     "read_greyscale",

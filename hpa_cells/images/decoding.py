@@ -12,7 +12,10 @@ import tifffile
 from hpa_cells.channels import TIFF_EXTENSIONS
 from hpa_cells.images.errors import LabelMaskReadError, NotGreyscaleError, UnreadableImageError
 
-__all__ = ["read_greyscale", "read_label_mask", "read_raw", "to_greyscale"]
+__all__ = ["DISPLAY_PLANES", "display_colour_plane", "read_greyscale", "read_label_mask", "read_raw", "to_greyscale"]
+
+DISPLAY_PLANES: dict[str, tuple[int, ...]] = {"red": (2,), "green": (1,), "blue": (0,), "yellow": (2, 1)}
+"""Channel -> the planes (indices into cv2's B, G, R order) that show it in its display colour."""
 
 
 def read_raw(path: Path) -> np.ndarray:
@@ -62,14 +65,16 @@ def _not_greyscale(path: Path | str, image: np.ndarray, reason: str = "") -> Not
     )
 
 
-def to_greyscale(image: np.ndarray, source: Path | str = "<array>") -> np.ndarray:
+def to_greyscale(image: np.ndarray, source: Path | str = "<array>", channel: str | None = None) -> np.ndarray:
     """Reduce a decoded image to one `H,W` grey plane, keeping its dtype (uint8, uint16 or float).
 
     - `H,W` is grey already; `1,H,W` and `H,W,1` are squeezed.
-    - `H,W,3` / `H,W,4` colour: the alpha channel is ignored; if the colour channels are equal the
-      first is taken, otherwise the per-pixel maximum over them. The maximum is right for HPAv18
-      colour-coded JPEGs, which put each channel's signal in that channel's own colour (yellow as
-      red + green), so the signal is wherever any colour channel is bright.
+    - `H,W,3` / `H,W,4` colour (cv2's BGR order): the alpha channel is ignored; if the colour channels are
+      equal the first is taken. Otherwise, with `channel` given (one of `CHANNELS`), the plane(s) of that
+      channel's display colour, as in HPA website downloads, which store each channel as an RGB JPEG in its
+      own colour: red -> R, green -> G, blue -> B, yellow (red + green) -> the mean of R and G, so JPEG
+      colour noise in the other planes is left out. Without `channel`, the per-pixel maximum over them
+      (the signal is wherever any colour plane is bright).
     - Anything else (more dimensions, a multi-plane stack, 2-channel, bool/complex/other integer dtypes,
       float values outside [0, 1]) raises `NotGreyscaleError` naming `source`.
     """
@@ -88,6 +93,8 @@ def to_greyscale(image: np.ndarray, source: Path | str = "<array>") -> np.ndarra
         first = colour[:, :, 0]
         if np.array_equal(first, colour[:, :, 1]) and np.array_equal(first, colour[:, :, 2]):
             plane = first
+        elif channel is not None:
+            plane = display_colour_plane(colour, channel)
         else:
             plane = np.maximum(np.maximum(first, colour[:, :, 1]), colour[:, :, 2])
     if plane.ndim != 2 or plane.size == 0:
@@ -101,9 +108,27 @@ def to_greyscale(image: np.ndarray, source: Path | str = "<array>") -> np.ndarra
     return np.ascontiguousarray(plane)
 
 
-def read_greyscale(path: Path) -> np.ndarray:
-    """Read one channel file as an `H,W` grey plane in its stored dtype (uint8, uint16 or float)."""
-    return to_greyscale(read_raw(path), source=path)
+def display_colour_plane(colour_bgr: np.ndarray, channel: str) -> np.ndarray:
+    """The grey plane of `channel` in an `H,W,3` BGR image that shows it in its display colour (see
+    `to_greyscale`): one colour plane, or for yellow the mean of red and green, rounded to nearest in the
+    image's dtype."""
+    if channel not in DISPLAY_PLANES:
+        raise ValueError(f"unknown channel {channel!r}; expected one of {tuple(DISPLAY_PLANES)}")
+    planes = DISPLAY_PLANES[channel]
+    if len(planes) == 1:
+        return colour_bgr[:, :, planes[0]]
+    first, second = colour_bgr[:, :, planes[0]], colour_bgr[:, :, planes[1]]
+    if np.issubdtype(colour_bgr.dtype, np.floating):
+        return ((first + second) / 2).astype(colour_bgr.dtype)
+    return ((first.astype(np.uint32) + second + 1) // 2).astype(colour_bgr.dtype)
+
+
+def read_greyscale(path: Path, channel: str | None = None) -> np.ndarray:
+    """Read one channel file as an `H,W` grey plane in its stored dtype (uint8, uint16 or float).
+
+    `channel` (e.g. 'yellow') picks the display-colour plane(s) of a colour file, see `to_greyscale`.
+    """
+    return to_greyscale(read_raw(path), source=path, channel=channel)
 
 
 def read_label_mask(path: Path) -> np.ndarray:

@@ -18,14 +18,16 @@ logger = logging.getLogger(__name__)
 def parse_channel_filename(name: str) -> tuple[str, str] | None:
     """'{id}_{channel}.{ext}' -> (id, channel); None when the name does not follow the pattern.
 
-    The id is everything before the last underscore, so ids with underscores and hyphens work.
-    Hidden files (leading '.', e.g. macOS `._X_red.png` resource forks) never match.
+    The id is everything before the last underscore, so ids with underscores and hyphens work
+    (the HPA website's `1234_A1_1_red.jpg` is sample `1234_A1_1`). Hidden files (leading '.', e.g. macOS
+    `._X_red.png` resource forks) never match, nor do multi-channel composites such as the website's
+    `1234_A1_1_blue_red_green.jpg` (an id that itself ends in `_{channel}`).
     """
     dot = name.rfind(".")
     if name.startswith(".") or dot <= 0 or name[dot:].lower() not in IMAGE_EXTENSIONS:
         return None
     sample_id, sep, channel = name[:dot].rpartition("_")
-    if not sep or not sample_id or channel not in CHANNELS:
+    if not sep or not sample_id or channel not in CHANNELS or sample_id.rpartition("_")[2] in CHANNELS:
         return None
     return sample_id, channel
 
@@ -72,7 +74,8 @@ class FolderScan:
 
     `complete`: sample id -> {channel: path} in `CHANNELS` order, ids sorted.
     `incomplete`: sample id -> the channels that are missing, ids sorted.
-    `ignored`: files whose names do not match `{id}_{red|green|blue|yellow}.{image extension}`, sorted.
+    `ignored`: files whose names do not match `{id}_{red|green|blue|yellow}.{image extension}` (composites such
+        as `{id}_blue_red_green.jpg` included), sorted.
     """
 
     folder: Path

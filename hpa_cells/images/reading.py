@@ -38,7 +38,8 @@ def read_sample_files(
     """Read a sample from its four channel files (channel -> path) as a `4,H,W` array in `CHANNELS` order.
 
     `size` resizes to a working size (int = longer side, aspect kept; or exact (H, W)) with area
-    interpolation; `scaling` and `dtype` are described in `hpa_cells.images`. An all-zero channel
+    interpolation; `scaling` and `dtype` are described in `hpa_cells.images`. A colour file is read as the
+    plane(s) of its channel's display colour (`to_greyscale`, HPA website downloads). An all-zero channel
     is logged as a warning naming the file. Raises `MissingChannelError`, `UnreadableImageError`,
     `NotGreyscaleError` or `ChannelShapeError`, each naming the files concerned.
     """
@@ -57,7 +58,7 @@ def read_sample_files(
     if missing:
         raise missing_channel_error(None, sample_id, missing)
 
-    planes = {channel: read_greyscale(Path(paths[channel])) for channel in CHANNELS}
+    planes = {channel: read_greyscale(Path(paths[channel]), channel) for channel in CHANNELS}
     shapes = {channel: plane.shape for channel, plane in planes.items()}
     if len(set(shapes.values())) > 1:
         listing = ", ".join(

@@ -11,10 +11,15 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "AUTO_WORKING_SIZE_RULE",
+    "FULL_RESOLUTION_SHRINK",
     "OUTPUT_DTYPES",
+    "SMALL_FIELD_MAX_SIDE",
+    "SMALL_FIELD_WORKING_SIZE",
     "SCALINGS",
     "OutputDtype",
     "Scaling",
+    "auto_working_size",
     "resize_image",
     "resize_mask",
     "scale_intensity",
@@ -89,6 +94,35 @@ def working_shape(height: int, width: int, size: int | tuple[int, int]) -> tuple
     if height >= width:
         return int(size), max(1, round(width * size / longer))
     return max(1, round(height * size / longer)), int(size)
+
+
+SMALL_FIELD_MAX_SIDE = 1024
+"""Fields whose longer side is at most this are taken as whole HPA fields already shrunk (the 2018 Kaggle 512 px)."""
+SMALL_FIELD_WORKING_SIZE = 512
+"""The working size (longer side) of such fields: a 2048 px field of view at the reference scale."""
+FULL_RESOLUTION_SHRINK = 4
+"""Larger fields are at the microscope's full resolution (2021 data, website downloads) and are shrunk this much."""
+AUTO_WORKING_SIZE_RULE = (
+    f"fields up to {SMALL_FIELD_MAX_SIDE} px: longer side {SMALL_FIELD_WORKING_SIZE} px; larger (full-resolution) "
+    f"fields: longer side / {FULL_RESOLUTION_SHRINK}"
+)
+"""The `auto_working_size` rule in words (printed by segment.py and recorded in a cache's provenance)."""
+
+
+def auto_working_size(height: int, width: int) -> int:
+    """The working size (longer side) that gives cells about the same pixel size in every HPA layout.
+
+    The reference is a 2048 px field shrunk 4x to 512 px (the 2018 Kaggle layout), where cells are about 80 px
+    across. Fields up to `SMALL_FIELD_MAX_SIDE` px are taken as whole fields of view already shrunk and go to
+    512 px (so 512 px fields stay as they are); larger fields are at full resolution, at the same pixel size
+    whatever their side, and are shrunk 4x: 2048 -> 512, 3072 -> 768, 1728 -> 432.
+    """
+    longer = max(int(height), int(width))
+    if longer < 1:
+        raise ValueError(f"a field must have a positive size, got {height}x{width}")
+    if longer <= SMALL_FIELD_MAX_SIDE:
+        return SMALL_FIELD_WORKING_SIZE
+    return max(1, round(longer / FULL_RESOLUTION_SHRINK))
 
 
 def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
