@@ -40,7 +40,13 @@ from mil.training.checkpoint import (
     save_training_checkpoint,
 )
 from mil.training.config import TrainConfig, resolve_device
-from mil.training.finetune import InitSource, check_out_folder, read_init_source, set_encoder_frozen, start_config
+from mil.training.finetune import (
+    InitSource,
+    check_out_folder,
+    read_init_source,
+    set_encoder_frozen,
+    start_config,
+)
 from mil.training.losses import batch_loss, class_pos_weight, initialise_class_bias
 
 logger = logging.getLogger(__name__)
@@ -162,13 +168,11 @@ def _split_cache(cache_path: Path, config: TrainConfig) -> tuple[np.ndarray, np.
 
 def _model_config(model_config: ModelConfig, config: TrainConfig, source: InitSource | None,
                   family: ModelFamily, train_set) -> ModelConfig:
-    """The model config to train: a fine-tuning run's checked against its --init folder (`start_config`); the
-    input standardisation measured on the training cells unless it is set (or kept from the --init folder)."""
-    if source is not None:
-        model_config = start_config(model_config, source, config.init_standardisation)
-        if config.init_standardisation == "keep":
-            logger.info("fine-tuning from %s, keeping its input standardisation", source.folder)
-            return model_config
+    """The model config with its input standardisation: measured on the training cells unless it is set, or kept
+    from the --init folder (`start_config` set it)."""
+    if source is not None and config.init_standardisation == "keep":
+        logger.info("fine-tuning from %s, keeping its input standardisation", source.folder)
+        return model_config
     if model_config.channel_mean is None:
         mean, std = measure_channel_statistics(train_set, family.inputs, seed=config.seed)
         model_config = replace(model_config, channel_mean=mean, channel_std=std)
@@ -194,7 +198,10 @@ def _prepare(cache_path: Path, model_config: ModelConfig, config: TrainConfig) -
     """Split, datasets, input standardisation, loaders, module, optimizer: every random draw in the same order
     as always (so a seed gives the same run)."""
     family = get_family(model_config.family)
-    source = read_init_source(config.init_from) if config.init_from is not None else None
+    source = None
+    if config.init_from is not None:
+        source = read_init_source(config.init_from)
+        model_config = start_config(model_config, source, config.init_standardisation)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     train_idx, val_idx, provenance = _split_cache(cache_path, config)
