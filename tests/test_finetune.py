@@ -245,14 +245,12 @@ def test_resuming_from_another_start_is_refused_naming_both(source: Path, source
     train_model(target_cache, scratch, TINY_MODEL, FAST)
     with pytest.raises(InitFolderError, match=f"^{re.escape(f'{scratch} holds a run started from scratch (no --init), and this run starts from --init {source}')}"):
         train_model(target_cache, scratch, TINY_MODEL, _fine_tune(init_from=str(source)))
-    # the same folder whose weights were replaced since the run started
+    # the same --init folder, whose weights were replaced since the run started from it
+    started = tmp_path / "started"
+    train_model(target_cache, started, TINY_MODEL, _fine_tune(init_from=str(other)))
     state = _weights(other)
     state["head.classifier.bias"] = state["head.classifier.bias"] + 1
     save_file(state, str(other / "weights.safetensors"), metadata={"format_version": "1"})
-    started = tmp_path / "started"
-    shutil.copytree(out, started)
-    (started / "checkpoint" / "checkpoint.json").write_text(
-        (out / "checkpoint" / "checkpoint.json").read_text().replace(json.dumps(str(source)), json.dumps(str(other))))
     with pytest.raises(InitFolderError, match=f"^{re.escape(f'--init {other}: its weights changed since the run in {started} started from them')}"):
         train_model(target_cache, started, TINY_MODEL, _fine_tune(init_from=str(other)))
 
@@ -320,3 +318,17 @@ def test_a_dense_model_fine_tunes_with_a_frozen_encoder(tmp_path: Path, monkeypa
     record = json.loads((out / "config.json").read_text())
     assert record["model"] == json.loads((dense_source / "config.json").read_text())["model"]  # kept standardisation
     assert record["training"]["init_from"] == str(dense_source)
+
+
+def test_keep_with_a_folder_that_has_no_standardisation_stays_without_one() -> None:
+    """A model folder written before input standardisation existed: "keep" keeps none (the model it was)."""
+    from mil.training.finetune import InitSource, start_config
+
+    old = InitSource("old_model", TINY_MODEL, "0" * 64)
+    assert TINY_MODEL.channel_mean is None
+    kept = start_config(replace(TINY_MODEL, channel_mean=(0.1,) * 4, channel_std=(1.0,) * 4), old, "keep")
+    assert kept.channel_mean is None and kept.channel_std is None
+    with_statistics = InitSource("new_model", replace(TINY_MODEL, channel_mean=(0.2,) * 4, channel_std=(0.5,) * 4),
+                                 "0" * 64)
+    assert start_config(TINY_MODEL, with_statistics, "recompute").channel_mean is None  # measured by the run
+    assert start_config(TINY_MODEL, with_statistics, "keep").channel_std == (0.5,) * 4
