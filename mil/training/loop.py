@@ -6,7 +6,8 @@ the registry (`mil.families`). The split is multilabel-stratified (iterative str
 cosine schedule, BCE or focal loss with optional class weighting (`mil.training.losses`), early stopping on
 validation loss, per-class thresholds fitted on the validation predictions of the best epoch. A checkpoint
 (`mil.training.checkpoint`) is written after every epoch; rerunning the same command resumes from it. Seeded and
-deterministic on CPU; mixed precision on CUDA.
+deterministic on CPU; mixed precision on CUDA. With `TrainConfig.init_from` the run fine-tunes a trained model
+folder, optionally with the encoder held fixed for the first epochs (`mil.training.finetune`).
 """
 
 from __future__ import annotations
