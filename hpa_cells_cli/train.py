@@ -4,11 +4,17 @@
                           [--epochs N] [--seed S] [--folds K --fold I]
   python scripts/train.py --family dense --cache cells.h5 --out runs/DENSE [--dense-arch fpn|unet]
                           [--dense-encoder tu-resnet10t] [--cell-pool mean|lse] [--dense-input-size 256]
+  python scripts/train.py --init runs/SYNTHETIC --cache real.h5 --out runs/FINETUNED
+                          [--init-standardisation keep|recompute] [--freeze-encoder-epochs N]
 
 --family crop (default): a timm encoder per cell crop, then a pooling head over the cells. --family dense: a
 segmentation-models-pytorch U-Net/FPN over the whole field gives per-pixel class logits, pooled inside each cell
 (--cell-pool), then across cells by the same pooling head (--head); it needs a cache written by this version of
 scripts/segment.py (schema 2, with the full images).
+
+--init MODEL_FOLDER fine-tunes a trained model of either family: every weight (encoder and head) and the
+architecture come from that folder (architecture options given as well must agree with it); the input
+standardisation is the folder's (keep) or measured on the new training cells (recompute).
 
 The result is a model folder (config.json, weights.safetensors, thresholds.json, metrics.json, plus metrics.csv
 and training_curves.png). Rerunning the same command after an interruption resumes from the last epoch.
@@ -18,7 +24,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+CROP_OPTIONS = {"encoder": "encoder", "head": "head", "input_size": "input_size", "no_mask_channel": "use_mask_channel"}
+DENSE_OPTIONS = {"dense_arch": "arch", "dense_encoder": "encoder", "head": "head", "cell_pool": "cell_pool",
+                 "dense_input_size": "input_size", "dense_decoder_channels": "decoder_channels"}
+"""Architecture options of each family -> the model config field each sets."""
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -50,6 +62,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--head", default="class_gated_attention", help="pooling head (default: %(default)s)")
     p.add_argument("--input-size", type=int, default=64, help="crops are resized to this before the encoder (default: %(default)s)")
     p.add_argument("--no-mask-channel", action="store_true", help="do not feed the cell mask as a 5th channel")
+    p.add_argument("--init", type=Path, metavar="MODEL_FOLDER",
+                   help="fine-tune: start from this trained model folder (all weights; its family and architecture)")
+    p.add_argument("--init-standardisation", choices=("keep", "recompute"), default="keep",
+                   help="with --init: keep the folder's input standardisation or measure it on the new training "
+                        "cells (default: %(default)s)")
+    p.add_argument("--freeze-encoder-epochs", type=int, default=0, metavar="N",
+                   help="hold the encoder fixed for the first N epochs, then train everything (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=30, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="bags per step (default: %(default)s)")
     p.add_argument("--max-cells", type=int, default=12,
@@ -73,70 +92,125 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
-    """Run `train` with `argv` (default: sys.argv[1:]); 0 on success, 2 for bad input. Long because it is
-    the straight sequence of option checks, each with its own one-line error, before the one training call."""
-    args = build_parser(prog).parse_args(argv)
-    import logging
+def _explicit_options(argv: list[str] | None, prog: str | None) -> set[str]:
+    """The options given on the command line (their dests), as opposed to those left at their defaults (even an
+    option given with its default value counts: it must then agree with an --init folder)."""
+    parser = build_parser(prog)
+    for action in parser._actions:  # argparse has no public way to drop every default
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
-    from hpa_cells.cache import CellCacheSchemaError
-    from mil.cell_labels import CellLabelError
-    from mil.config import ConfigError, DenseConfig, MILConfig
-    from mil.encoders import EncoderWeightsError
-    from mil.training import TrainConfig, train_model
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not args.cache.is_file():
-        print(f"error: cell cache not found: {args.cache}", file=sys.stderr)
-        return 2
-    try:
-        if args.family == "dense":
-            model_config = DenseConfig(arch=args.dense_arch, encoder=args.dense_encoder, head=args.head,
-                                       cell_pool=args.cell_pool, input_size=args.dense_input_size,
-                                       decoder_channels=args.dense_decoder_channels or None)
-            if args.encoder_weights is not None and args.encoder_weights.is_dir():
-                from mil.families.dense import with_crop_model_statistics
+def _option_value(args: argparse.Namespace, dest: str) -> object:
+    """An architecture option's value as its model config field holds it."""
+    if dest == "no_mask_channel":
+        return not args.no_mask_channel
+    if dest == "dense_decoder_channels":
+        return args.dense_decoder_channels or None
+    return getattr(args, dest)
 
-                model_config = with_crop_model_statistics(model_config, args.encoder_weights)
-        else:
-            model_config = MILConfig(encoder=args.encoder, head=args.head, input_size=args.input_size,
-                                     use_mask_channel=not args.no_mask_channel)
-    except (ConfigError, EncoderWeightsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.dense_window is not None and args.family != "dense":
-        print("error: --dense-window applies to --family dense only", file=sys.stderr)
-        return 2
-    if args.mosaic_bags and args.family != "crop":
-        print("error: --mosaic-bags applies to --family crop only (mosaics mix cell crops of several fields)",
-              file=sys.stderr)
-        return 2
-    if args.dense_window is not None and args.dense_window > args.dense_input_size:
-        print(f"error: --dense-window {args.dense_window} is larger than --dense-input-size {args.dense_input_size}",
-              file=sys.stderr)
-        return 2
-    try:
-        train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_cells=args.max_cells,
-                                   learning_rate=args.lr, loss=args.loss, class_weighting=args.class_weighting,
-                                   val_fraction=args.val_fraction, folds=args.folds, fold=args.fold,
-                                   patience=args.patience, seed=args.seed, num_workers=args.workers,
-                                   device=args.device,
-                                   encoder_weights=str(args.encoder_weights) if args.encoder_weights else None,
-                                   cell_labels=str(args.cell_labels) if args.cell_labels else None,
-                                   dense_window=args.dense_window, mosaic_bags=args.mosaic_bags)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        metrics = train_model(args.cache, args.out, model_config, train_config)
-    except (CellCacheSchemaError, CellLabelError, EncoderWeightsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"\nModel folder: {args.out} ({args.family} family)")
+
+def _requested_config(args: argparse.Namespace):
+    """The model config the architecture options describe (a fresh run's)."""
+    from mil.config import DenseConfig, MILConfig
+
+    if args.family == "dense":
+        config = DenseConfig(**{field: _option_value(args, dest) for dest, field in DENSE_OPTIONS.items()})
+        if args.encoder_weights is not None and args.encoder_weights.is_dir():
+            from mil.families.dense import with_crop_model_statistics
+
+            config = with_crop_model_statistics(config, args.encoder_weights)
+        return config
+    return MILConfig(**{field: _option_value(args, dest) for dest, field in CROP_OPTIONS.items()})
+
+
+def _fine_tune_config(args: argparse.Namespace, explicit: set[str]):
+    """With --init: the folder's model config, with the architecture options given explicitly put in (training
+    refuses any that differ from the folder's). ConfigError for an option of the other family."""
+    from mil.config import ConfigError
+    from mil.training import read_init_source
+
+    source = read_init_source(args.init).model_config
+    if "family" in explicit and args.family != source.family:
+        return _requested_config(args)  # training refuses it, naming both families
+    options = CROP_OPTIONS if source.family == "crop" else DENSE_OPTIONS
+    foreign = sorted((explicit & (set(CROP_OPTIONS) | set(DENSE_OPTIONS))) - set(options))
+    if foreign:
+        names = ", ".join("--" + dest.replace("_", "-") for dest in foreign)
+        raise ConfigError(f"{names}: not an option of the {source.family} family, and --init {args.init} holds a "
+                          f"{source.family} model")
+    return replace(source, **{field: _option_value(args, dest) for dest, field in options.items() if dest in explicit})
+
+
+def _check_options(args: argparse.Namespace, explicit: set[str], model_config) -> str | None:
+    """The first option combination that cannot run, as an error line; None when they all can."""
+    if "init_standardisation" in explicit and args.init is None:
+        return "--init-standardisation applies to fine-tuning (--init) only"
+    if args.dense_window is not None and model_config.family != "dense":
+        return "--dense-window applies to --family dense only"
+    if args.mosaic_bags and model_config.family != "crop":
+        return "--mosaic-bags applies to --family crop only (mosaics mix cell crops of several fields)"
+    if args.dense_window is not None and args.dense_window > model_config.input_size:
+        return f"--dense-window {args.dense_window} is larger than --dense-input-size {model_config.input_size}"
+    return None
+
+
+def _train_config(args: argparse.Namespace):
+    from mil.training import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_cells=args.max_cells,
+                       learning_rate=args.lr, loss=args.loss, class_weighting=args.class_weighting,
+                       val_fraction=args.val_fraction, folds=args.folds, fold=args.fold, patience=args.patience,
+                       seed=args.seed, num_workers=args.workers, device=args.device,
+                       encoder_weights=str(args.encoder_weights) if args.encoder_weights else None,
+                       cell_labels=str(args.cell_labels) if args.cell_labels else None,
+                       dense_window=args.dense_window, init_from=str(args.init) if args.init else None,
+                       init_standardisation=args.init_standardisation,
+                       freeze_encoder_epochs=args.freeze_encoder_epochs, mosaic_bags=args.mosaic_bags)
+
+
+def _print_summary(args: argparse.Namespace, family: str, metrics: dict) -> None:
+    print(f"\nModel folder: {args.out} ({family} family)")
+    if args.init is not None:
+        print(f"  fine-tuned from {args.init} (input standardisation: {args.init_standardisation}; encoder frozen "
+              f"for {args.freeze_encoder_epochs} epoch(s))")
     print(f"  best epoch {metrics['best_epoch']} of {metrics['epochs_run']}; validation loss {metrics['val_loss']:.4f}")
     print(f"  validation macro F1 {metrics['val_macro_f1']:.3f} with fitted thresholds "
           f"({metrics['val_macro_f1_at_0.5']:.3f} at 0.5)")
     print(f"  {metrics['n_train_images']} training / {metrics['n_val_images']} validation images; "
           f"{metrics['train_seconds_this_run']:.0f} s training, {metrics['train_images_per_second']} images/s, "
           f"{metrics['train_cells_per_second']} cells/s")
+
+
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run `train` with `argv` (default: sys.argv[1:]); 0 on success, 2 for bad input."""
+    args = build_parser(prog).parse_args(argv)
+    import logging
+
+    from hpa_cells.cache import CellCacheSchemaError
+    from mil.cell_labels import CellLabelError
+    from mil.config import ConfigError
+    from mil.encoders import EncoderWeightsError
+    from mil.training import InitFolderError, train_model
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not args.cache.is_file():
+        print(f"error: cell cache not found: {args.cache}", file=sys.stderr)
+        return 2
+    explicit = _explicit_options(argv, prog)
+    try:
+        model_config = _fine_tune_config(args, explicit) if args.init else _requested_config(args)
+        problem = _check_options(args, explicit, model_config)
+        train_config = _train_config(args) if problem is None else None
+    except (ConfigError, EncoderWeightsError, InitFolderError, ValueError) as err:
+        problem = str(err)
+    if problem is None:
+        try:
+            metrics = train_model(args.cache, args.out, model_config, train_config)
+        except (CellCacheSchemaError, CellLabelError, EncoderWeightsError, InitFolderError) as err:
+            problem = str(err)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    _print_summary(args, model_config.family, metrics)
     return 0

@@ -23,6 +23,11 @@ from mil.model_files import load_weights
 _FAMILIES: dict[str, ModelFamily] = {}
 
 
+def _encoder_attribute(module: nn.Module) -> nn.Module:
+    """The default `encoder_of`: the module's `encoder` attribute."""
+    return module.encoder
+
+
 @dataclass(frozen=True)
 class TrainingData:
     """What the shared training loop needs to read a cache for one family: `make_dataset(cache_path,
@@ -46,7 +51,8 @@ class ModelFamily:
     `folder` (e.g. its input standardisation). training_data(model_config, train_config): the datasets and
     collate of the training loop (`train_config` is a `mil.training.TrainConfig`). predict_group(module, bags,
     device): one forward pass over a list of `mil.prediction_batches.BagInput` -> `GroupOutput`.
-    pixel_maps: whether predict_group returns per-pixel class maps.
+    pixel_maps: whether predict_group returns per-pixel class maps. encoder_of(module): the module's encoder (the
+    part `--freeze-encoder-epochs` holds fixed; by default its `encoder` attribute).
     """
 
     name: str
@@ -58,6 +64,7 @@ class ModelFamily:
     predict_group: Callable[[nn.Module, list, str | torch.device], Any]
     pixel_maps: bool = False
     load_weights: Callable[[nn.Module, str | os.PathLike[str]], None] = field(default=load_weights)
+    encoder_of: Callable[[nn.Module], nn.Module] = field(default=_encoder_attribute)
 
 
 def register_family(family: ModelFamily) -> ModelFamily:

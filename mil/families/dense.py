@@ -119,5 +119,5 @@ def predict_group(model: DenseMILModel, group: list[BagInput], device: str | tor
 FAMILY = register_family(ModelFamily(
     name="dense", config_class=DenseConfig, inputs="fields", build=build,
     warm_start_config=with_crop_model_statistics, training_data=training_data, predict_group=predict_group,
-    pixel_maps=True,
+    pixel_maps=True, encoder_of=lambda module: module.network.encoder,
 ))

@@ -2,10 +2,12 @@
 trains into a model folder (`train_mil` / `train_dense` check the family first).
 
 config.py: TrainConfig. losses.py: the losses and the class-bias prior. checkpoint.py: the resumable checkpoint.
+finetune.py: starting from a trained model folder (`init_from`) and the frozen-encoder epochs.
 loop.py: the shared loop, the split, the schedule, validation and the curves.
 """
 
 from mil.training.config import SETTINGS_ADDED_LATER, TrainConfig, resolve_device
+from mil.training.finetune import InitFolderError, read_init_source
 from mil.training.loop import (
            learning_rate,
            plot_curves,
@@ -17,6 +19,6 @@ from mil.training.loop import (
 )
 from mil.training.losses import initialise_class_bias, loss_function, negative_cell_loss
 
-__all__ = ["SETTINGS_ADDED_LATER", "TrainConfig", "initialise_class_bias", "learning_rate", "loss_function",
-           "negative_cell_loss", "plot_curves", "predict_bags", "resolve_device", "split_indices", "train_dense",
-           "train_mil", "train_model"]
+__all__ = ["SETTINGS_ADDED_LATER", "InitFolderError", "TrainConfig", "initialise_class_bias", "learning_rate",
+           "loss_function", "negative_cell_loss", "plot_curves", "predict_bags", "read_init_source", "resolve_device",
+           "split_indices", "train_dense", "train_mil", "train_model"]

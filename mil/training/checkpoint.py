@@ -24,6 +24,7 @@ from hpa_cells.checkpoints import (
 )
 from mil.config import ModelConfig
 from mil.training.config import SETTINGS_ADDED_LATER, TrainConfig
+from mil.training.finetune import check_resumed_start
 
 
 def run_settings(model_config: ModelConfig, config: TrainConfig) -> dict:
@@ -53,11 +54,14 @@ def save_training_checkpoint(folder: Path, model: nn.Module, optimizer: torch.op
 
 
 def load_training_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                             settings: dict) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Restore the model and optimizer from `folder`; returns (loop state, best weights). ValueError when the
-    checkpoint was written with other `settings` (training settings added later read as their old defaults);
+                             settings: dict, init_weights_sha256: str | None = None
+                             ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore the model and optimizer from `folder`; returns (loop state, best weights). InitFolderError when
+    the checkpoint's run started from another --init folder (or weights, `init_weights_sha256`); ValueError when
+    it was written with other `settings` (training settings added later read as their old defaults);
     `hpa_cells.checkpoints.CheckpointError` when the pair is torn or incomplete."""
     tensors, state = load_checkpoint(folder)
+    check_resumed_start(folder, state, settings["training"].get("init_from"), init_weights_sha256)
     stored = state.get("settings") or {}
     stored = {**stored, "training": {**SETTINGS_ADDED_LATER, **stored.get("training", {})}}
     if stored != settings:

@@ -8,7 +8,8 @@ import torch
 
 from hpa_cells.qc_flags import DEFAULT_EXCLUDE_FLAGS
 
-SETTINGS_ADDED_LATER = {"dense_window": None, "mosaic_bags": 0}
+SETTINGS_ADDED_LATER = {"dense_window": None, "mosaic_bags": 0, "init_from": None,
+                        "init_standardisation": "keep", "freeze_encoder_epochs": 0}
 """TrainConfig fields added after checkpoints were first written, with the value older runs had in effect."""
 
 
@@ -47,6 +48,15 @@ class TrainConfig:
     """Crop family: this many extra bags per epoch, each mixing the usable cells of 2-4 single-label training
     images with different labels (bag label: the union), drawn afresh every epoch from the training images only
     (`mil.mosaics.BagsWithMosaics`); 0 = none."""
+    init_from: str | None = None
+    """Fine-tuning: a trained model folder of the same family and architecture to start from (all its weights,
+    encoder and head); see `mil.training.finetune`."""
+    init_standardisation: str = "keep"
+    """Fine-tuning: "keep" the `init_from` model's input standardisation, or "recompute" it on the new training
+    cells (as a fresh run does)."""
+    freeze_encoder_epochs: int = 0
+    """The encoder (its parameters and batch-norm statistics) is held fixed for this many first epochs; then
+    everything trains."""
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -66,6 +76,13 @@ class TrainConfig:
             raise ValueError("mosaic bags (mosaic_bags) cannot be combined with per-cell label training (cell_labels)")
         if self.dense_window is not None and (self.dense_window < 32 or self.dense_window % 32):
             raise ValueError(f"dense_window must be a multiple of 32 and >= 32 (or None), got {self.dense_window}")
+        if self.init_standardisation not in ("keep", "recompute"):
+            raise ValueError(f"init_standardisation must be 'keep' or 'recompute', got {self.init_standardisation!r}")
+        if self.freeze_encoder_epochs < 0:
+            raise ValueError(f"freeze_encoder_epochs must be >= 0, got {self.freeze_encoder_epochs}")
+        if self.init_from is not None and self.encoder_weights is not None:
+            raise ValueError("init_from (--init) and encoder_weights (--encoder-weights) exclude each other: a "
+                             "fine-tuned model takes every weight from its --init folder")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -6,7 +6,8 @@ the registry (`mil.families`). The split is multilabel-stratified (iterative str
 cosine schedule, BCE or focal loss with optional class weighting (`mil.training.losses`), early stopping on
 validation loss, per-class thresholds fitted on the validation predictions of the best epoch. A checkpoint
 (`mil.training.checkpoint`) is written after every epoch; rerunning the same command resumes from it. Seeded and
-deterministic on CPU; mixed precision on CUDA.
+deterministic on CPU; mixed precision on CUDA. With `TrainConfig.init_from` the run fine-tunes a trained model
+folder, optionally with the encoder held fixed for the first epochs (`mil.training.finetune`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ from mil.training.checkpoint import (
     save_training_checkpoint,
 )
 from mil.training.config import TrainConfig, resolve_device
+from mil.training.finetune import (
+    InitSource,
+    check_out_folder,
+    read_init_source,
+    set_encoder_frozen,
+    start_config,
+)
 from mil.training.losses import batch_loss, class_pos_weight, initialise_class_bias
 
 logger = logging.getLogger(__name__)
@@ -141,6 +149,7 @@ class _Run:
     pos_weight: torch.Tensor | None
     scaler: torch.amp.GradScaler
     provenance: object
+    source: InitSource | None = None
     cells_seen: int = 0
     images_seen: int = 0
     train_seconds: float = 0.0
@@ -158,10 +167,42 @@ def _split_cache(cache_path: Path, config: TrainConfig) -> tuple[np.ndarray, np.
     return labelled[train_rows], labelled[val_rows], provenance
 
 
+def _model_config(model_config: ModelConfig, config: TrainConfig, source: InitSource | None,
+                  family: ModelFamily, train_set) -> ModelConfig:
+    """The model config with its input standardisation: measured on the training cells unless it is set, or kept
+    from the --init folder (`start_config` set it)."""
+    if source is not None and config.init_standardisation == "keep":
+        logger.info("fine-tuning from %s, keeping its input standardisation", source.folder)
+        return model_config
+    if model_config.channel_mean is None:
+        mean, std = measure_channel_statistics(train_set, family.inputs, seed=config.seed)
+        model_config = replace(model_config, channel_mean=mean, channel_std=std)
+        logger.info("input standardisation measured on the training cells: mean %s, std %s",
+                    ", ".join(f"{v:.4f}" for v in mean), ", ".join(f"{v:.4f}" for v in std))
+    return model_config
+
+
+def _build(family: ModelFamily, model_config: ModelConfig, config: TrainConfig, source: InitSource | None,
+           train_set, device: torch.device) -> nn.Module:
+    """The module to train: every weight from the --init folder, or new (encoder from `encoder_weights` if set)
+    with the class biases at the training labels' prior."""
+    if source is None:
+        model = family.build(model_config, config.encoder_weights)
+        initialise_class_bias(model, train_set.labels.mean(axis=0))
+    else:
+        model = family.build(model_config, None)
+        family.load_weights(model, source.folder)
+    return model.to(device)
+
+
 def _prepare(cache_path: Path, model_config: ModelConfig, config: TrainConfig) -> _Run:
     """Split, datasets, input standardisation, loaders, module, optimizer: every random draw in the same order
     as always (so a seed gives the same run)."""
     family = get_family(model_config.family)
+    source = None
+    if config.init_from is not None:
+        source = read_init_source(config.init_from)
+        model_config = start_config(model_config, source, config.init_standardisation)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     train_idx, val_idx, provenance = _split_cache(cache_path, config)
@@ -171,24 +212,19 @@ def _prepare(cache_path: Path, model_config: ModelConfig, config: TrainConfig) -
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"{cache_path}: after QC exclusion ({', '.join(config.exclude_flags)}) the split has "
                          f"{len(train_set)} training and {len(val_set)} validation images with usable cells")
-    if model_config.channel_mean is None:
-        mean, std = measure_channel_statistics(train_set, family.inputs, seed=config.seed)
-        model_config = replace(model_config, channel_mean=mean, channel_std=std)
-        logger.info("input standardisation measured on the training cells: mean %s, std %s",
-                    ", ".join(f"{v:.4f}" for v in mean), ", ".join(f"{v:.4f}" for v in std))
+    model_config = _model_config(model_config, config, source, family, train_set)
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, collate_fn=data.collate,
                               num_workers=config.num_workers, generator=generator,
                               persistent_workers=False)  # persistent workers keep a stale set_epoch copy
     val_loader = DataLoader(val_set, batch_size=config.batch_size, collate_fn=data.collate,
                             num_workers=config.num_workers)
-    model = family.build(model_config, config.encoder_weights).to(device)
-    initialise_class_bias(model, train_set.labels.mean(axis=0))
+    model = _build(family, model_config, config, source, train_set, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     pos_weight = class_pos_weight(train_set.labels, device) if config.class_weighting else None
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     return _Run(family, model_config, config, device, train_set, val_set, train_loader, val_loader, generator,
-                model, optimizer, pos_weight, scaler, provenance)
+                model, optimizer, pos_weight, scaler, provenance, source)
 
 
 def _train_epoch(run: _Run, epoch: int) -> list[float]:
@@ -202,6 +238,8 @@ def _train_epoch(run: _Run, epoch: int) -> list[float]:
     # dropout draws from the global RNG: seed it per epoch so a resumed run matches an uninterrupted one
     torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0]))
     model.train()
+    if config.freeze_encoder_epochs:
+        set_encoder_frozen(model, run.family, epoch < config.freeze_encoder_epochs)
     steps_per_epoch = max(1, math.ceil(len(run.train_set) / config.batch_size))
     losses = []
     bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
@@ -303,20 +341,25 @@ def _write_history(history: list[dict], out_dir: Path) -> None:
 
 def train_model(cache_path: Path, out_dir: Path, model_config: ModelConfig, config: TrainConfig) -> dict:
     """Train a model of the config's family on a cell cache and write the model folder `out_dir`; returns
-    metrics.json's content. Resumes from `out_dir/checkpoint` when a run with the same settings left one."""
+    metrics.json's content. Resumes from `out_dir/checkpoint` when a run with the same settings left one. With
+    `config.init_from`, fine-tunes the model in that folder (`mil.training.finetune`)."""
     started = time.time()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.init_from is not None:
+        check_out_folder(out_dir, config.init_from)
     run = _prepare(cache_path, model_config, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = out_dir / "checkpoint"
     settings = run_settings(run.model_config, config)
-    state, best_weights = fresh_state(settings), {}
+    init_sha = run.source.weights_sha256 if run.source is not None else None
+    state, best_weights = {**fresh_state(settings), "init_weights_sha256": init_sha}, {}
     if has_checkpoint(checkpoint_dir):
-        state, best_weights = load_training_checkpoint(checkpoint_dir, run.model, run.optimizer, settings)
+        state, best_weights = load_training_checkpoint(checkpoint_dir, run.model, run.optimizer, settings, init_sha)
         logger.info("resuming from epoch %d (%s)", state["epoch"], checkpoint_dir)
     best_weights = _run_epochs(run, checkpoint_dir, state, best_weights)
     run.model.load_state_dict(best_weights)
     metrics, thresholds = _final_metrics(run, state, started)
     _write_history(state["history"], out_dir)
-    save_model_folder(out_dir, run.model, thresholds, metrics,
-                      training={**asdict(config), "cache": str(cache_path), "cache_provenance": run.provenance})
+    training = {**asdict(config), "cache": str(cache_path), "cache_provenance": run.provenance,
+                "init_weights_sha256": init_sha}
+    save_model_folder(out_dir, run.model, thresholds, metrics, training=training)
     return metrics
