@@ -33,8 +33,17 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROWS = (
-    "cells", "cell_area", "nucleus_area", "coverage", "protein_texture", "nucleus_cytoplasm_ratio",
-    *(f"{c}_{k}" for c in ("red", "green", "blue", "yellow") for k in ("p1", "p50", "p99", "background", "cell")),
+    "cells",
+    "cell_area",
+    "nucleus_area",
+    "coverage",
+    "protein_texture",
+    "nucleus_cytoplasm_ratio",
+    *(
+        f"{c}_{k}"
+        for c in ("red", "green", "blue", "yellow")
+        for k in ("p1", "p50", "p99", "background", "cell")
+    ),
 )
 
 
@@ -44,12 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     default_data = Path(os.environ.get("HPA_REAL_DATA", REPO_ROOT.parent / "shared" / "data"))
     parser.add_argument("--data", type=Path, default=default_data, help="real data folder ($HPA_REAL_DATA)")
-    parser.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "realism", help="segmentation cache")
+    parser.add_argument(
+        "--work", type=Path, default=REPO_ROOT / "runs" / "realism", help="segmentation cache"
+    )
     parser.add_argument("--n", type=int, default=40, help="synthetic fields per preset")
     parser.add_argument("--seed", type=int, default=0, help="synthetic seed")
     parser.add_argument("--presets", default="default,hpa2018", help="comma-separated synthetic presets")
     parser.add_argument(
-        "--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "synthetic_realism.json", help="JSON"
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "benchmarks" / "results" / "synthetic_realism.json",
+        help="JSON",
     )
     return parser
 
@@ -156,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO_ROOT))
     from hpa_cells.synthetic.realism import log_ratio_gap, summarise
 
-    per_field = {"real 2018": real_2018(args.data, args.work), "real 2021 /4": real_2021(args.data, args.work)}
+    per_field = {
+        "real 2018": real_2018(args.data, args.work),
+        "real 2021 /4": real_2021(args.data, args.work),
+    }
     seconds_per_field = {}
     for preset in [p for p in args.presets.split(",") if p]:
         name = f"synthetic {preset}"

@@ -59,19 +59,30 @@ class Appearance:
     structure) before imaging: above 1 dims the diffuse fill more than the bright structures (more contrast)."""
 
     def __post_init__(self) -> None:
-        positive = ("cell_scale", "cell_count_scale", "coverage_scale", "nucleus_scale", "noise_scale", "psf_scale",
-                    "protein_haze_scale")
+        positive = (
+            "cell_scale",
+            "cell_count_scale",
+            "coverage_scale",
+            "nucleus_scale",
+            "noise_scale",
+            "psf_scale",
+            "protein_haze_scale",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"appearance {name} must be > 0, got {getattr(self, name)}")
         if self.protein_haze_nuclear < 0:
             raise ValueError(f"appearance protein_haze_nuclear must be >= 0, got {self.protein_haze_nuclear}")
         if len(self.stain_gamma) != 3 or any(not g > 0 for g in self.stain_gamma):
-            raise ValueError(f"appearance stain_gamma needs 3 values > 0 (red, blue, yellow), got {self.stain_gamma!r}")
+            raise ValueError(
+                f"appearance stain_gamma needs 3 values > 0 (red, blue, yellow), got {self.stain_gamma!r}"
+            )
         for name in ("gain_scale", "offset_add", "haze_scale"):
             values = getattr(self, name)
             if len(values) != 4:
-                raise ValueError(f"appearance {name} needs 4 values (red, green, blue, yellow), got {values!r}")
+                raise ValueError(
+                    f"appearance {name} needs 4 values (red, green, blue, yellow), got {values!r}"
+                )
         if any(v <= 0 for v in self.gain_scale) or any(v < 0 for v in self.haze_scale):
             raise ValueError(
                 f"appearance gain_scale must be > 0 and haze_scale >= 0, got {self.gain_scale}, {self.haze_scale}"
@@ -101,13 +112,21 @@ class Appearance:
 
     def apply_to_line(self, line: CellLine) -> CellLine:
         """The cell line with this appearance's morphology (the same object when neutral)."""
-        if (self.cell_scale, self.cell_count_scale, self.coverage_scale, self.nucleus_scale) == (1.0, 1.0, 1.0, 1.0):
+        if (self.cell_scale, self.cell_count_scale, self.coverage_scale, self.nucleus_scale) == (
+            1.0,
+            1.0,
+            1.0,
+            1.0,
+        ):
             return line
         low, high = line.cell_count
         return replace(
             line,
             radius=line.radius * self.cell_scale,
-            cell_count=(max(1, round(low * self.cell_count_scale)), max(1, round(high * self.cell_count_scale))),
+            cell_count=(
+                max(1, round(low * self.cell_count_scale)),
+                max(1, round(high * self.cell_count_scale)),
+            ),
             coverage=tuple(min(1.0, c * self.coverage_scale) for c in line.coverage),  # type: ignore[arg-type]
             nucleus_ratio=tuple(r * self.nucleus_scale for r in line.nucleus_ratio),  # type: ignore[arg-type]
         )

@@ -143,8 +143,12 @@ def summarise(per_field: Sequence[dict[str, float]]) -> dict[str, dict[str, floa
     return out
 
 
-def log_ratio_gap(summary: dict[str, dict[str, float]], reference: dict[str, dict[str, float]],
-                  keys: Sequence[str], floor: float = 5.0) -> float:
+def log_ratio_gap(
+    summary: dict[str, dict[str, float]],
+    reference: dict[str, dict[str, float]],
+    keys: Sequence[str],
+    floor: float = 5.0,
+) -> float:
     """Mean |log((a + f) / (b + f))| over the medians a, b of `keys`: 0 when every median matches.
 
     f = `floor` grey levels for intensity statistics (names starting with a channel), so that a background of
