@@ -34,6 +34,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--min-prevalence", type=float, default=0.03, help="class floor used by --balanced")
     parser.add_argument("--size", type=int, default=512, help="image side in px (cell sizes scale with it)")
+    parser.add_argument(
+        "--preset",
+        default="default",
+        help="appearance preset: default, or hpa2018 (cells, intensities and background tuned toward the real "
+        "2018 competition fields; see BENCHMARKS.md 'Synthetic realism')",
+    )
     parser.add_argument("--workers", type=int, default=1, help="generator processes")
     parser.add_argument(
         "--contact-sheet",
@@ -61,8 +67,8 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     from hpa_cells.synthetic import OutputFolderError, SyntheticConfig, make_contact_sheet, write_dataset
 
     try:
-        config = SyntheticConfig(
-            seed=args.seed, size=args.size, balanced=args.balanced, min_prevalence=args.min_prevalence
+        config = SyntheticConfig.preset(
+            args.preset, seed=args.seed, size=args.size, balanced=args.balanced, min_prevalence=args.min_prevalence
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -77,6 +83,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     print(
         f"  images: {summary.n_images} ({summary.n_written} written, {summary.n_skipped} already complete), "
         f"size {config.size} px, seed {config.seed}, {'balanced' if config.balanced else 'real'} label sets"
+        + ("" if config.appearance.is_neutral else f", preset {config.preset_name}")
     )
     print(
         f"  cells: {summary.n_cells} ({summary.n_cells / summary.n_images:.1f} per image, {summary.n_dividing} dividing)"

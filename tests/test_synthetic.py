@@ -508,3 +508,124 @@ def test_committed_contact_sheet_exists_and_is_small() -> None:
     path = REPO_ROOT / "docs" / "images" / "synthetic_contact_sheet.png"
     assert path.is_file() and path.stat().st_size < 1_500_000
     assert cv2.imread(str(path)) is not None
+
+
+# --------------------------------------------------------------------------------------------------
+# Appearance presets (issue 13) and the realism statistics
+# --------------------------------------------------------------------------------------------------
+
+# sha256 of image + cell mask + nucleus mask bytes of image {index} at seed 7, 128 px, computed on the commit before presets existed (f6cf60a)
+# with this project's numpy / OpenCV: the neutral appearance must leave default images byte-identical.
+BASE_HASHES = {
+    0: "0333a16989908117856dbd8d342d791706cf9eecfc259ead4a590cd069256f00",
+    3: "e588395f7467bc8ab5d60a83fc13bcc33b25f7f7542260c83f2984421c2c1110",
+}
+BASE_DATASET_HASH = "edac01d7ca15bfb46f21cd3790dee10a3e5a01e9ff44e9916422491b0b22fa0d"
+"""sha256 over (name, bytes) of every file of `write_dataset(folder, 3, SyntheticConfig(seed=1, size=128))`."""
+
+
+def _sample_hash(sample: SyntheticSample) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for array in (sample.image, sample.cell_mask, sample.nucleus_mask):
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def test_default_output_is_byte_identical_to_before_presets(tmp_path: Path) -> None:
+    import hashlib
+
+    for config in (SyntheticConfig(seed=7, size=128), SyntheticConfig.preset("default", seed=7, size=128)):
+        generator = SyntheticGenerator(config)
+        for index, expected in BASE_HASHES.items():
+            assert _sample_hash(generator.generate(index)) == expected, (config, index)
+    write_dataset(tmp_path / "d", 3, SyntheticConfig(seed=1, size=128))
+    digest = hashlib.sha256()
+    for path in sorted((tmp_path / "d").iterdir()):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    assert digest.hexdigest() == BASE_DATASET_HASH
+    assert "appearance" not in json.loads((tmp_path / "d" / "synthetic.json").read_text())["settings"]
+
+
+def test_hpa2018_preset_exists_is_deterministic_and_changes_the_images() -> None:
+    from hpa_cells.synthetic import PRESETS
+
+    config = SyntheticConfig.preset("hpa2018", seed=7, size=128)
+    assert config.appearance == PRESETS["hpa2018"] and not config.appearance.is_neutral
+    assert config.preset_name == "hpa2018" and SyntheticConfig().preset_name == "default"
+    first, again = (SyntheticGenerator(config).generate(3) for _ in range(2))
+    assert _sample_hash(first) == _sample_hash(again)
+    assert _sample_hash(first) != BASE_HASHES[3]
+    default = SyntheticGenerator(SyntheticConfig(seed=7, size=128)).generate(3)
+    assert first.labels == default.labels  # the label stream is untouched; only sizes and pixels change
+    assert np.median(first.image[2][first.cell_mask == 0]) == 0  # black background, as in real 2018 fields
+    with pytest.raises(ValueError, match="unknown synthetic preset 'hpa2019'; known: default, hpa2018"):
+        SyntheticConfig.preset("hpa2019")
+
+
+def test_preset_settings_round_trip_through_synthetic_json(tmp_path: Path) -> None:
+    config = SyntheticConfig.preset("hpa2018", seed=3, size=128)
+    summary = write_dataset(tmp_path / "p", 2, config)
+    document = json.loads((tmp_path / "p" / "synthetic.json").read_text())
+    assert document["preset"] == "hpa2018"
+    assert SyntheticConfig.from_dict(document["settings"]) == config
+    assert summary.n_written == 2 and write_dataset(tmp_path / "p", 2, config).n_skipped == 2
+    with pytest.raises(OutputFolderError, match=r"appearance: 'preset hpa2018' there, 'preset default' now"):
+        write_dataset(tmp_path / "p", 2, SyntheticConfig(seed=3, size=128))
+
+
+def test_appearance_rejects_bad_settings() -> None:
+    from hpa_cells.synthetic import Appearance
+
+    with pytest.raises(ValueError, match="appearance cell_scale must be > 0, got 0.0"):
+        Appearance(cell_scale=0.0)
+    with pytest.raises(ValueError, match=r"appearance gain_scale needs 4 values \(red, green, blue, yellow\)"):
+        Appearance(gain_scale=(1.0, 1.0))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"stain_gamma needs 3 values > 0"):
+        Appearance(stain_gamma=(1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match=r"unknown appearance settings \['shine'\]"):
+        Appearance.from_dict({"shine": 2})
+
+
+def test_cli_preset_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main = _load_main()
+    assert main(["--n", "1", "--out", str(tmp_path / "o"), "--size", "128", "--quiet", "--preset", "hpa2018"]) == 0
+    assert "real label sets, preset hpa2018" in capsys.readouterr().out
+    assert main(["--n", "1", "--out", str(tmp_path / "x"), "--preset", "nope", "--quiet"]) == 2
+    assert "unknown synthetic preset 'nope'" in capsys.readouterr().err
+
+
+def test_realism_statistics_on_tiny_fields() -> None:
+    from hpa_cells.synthetic import realism
+
+    image = np.zeros((4, 1, 5), dtype=np.uint8)
+    image[:, 0, :] = [0, 1, 2, 3, 4]
+    stats = realism.channel_percentiles(image)
+    assert stats["red_p1"] == pytest.approx(0.04) and stats["green_p50"] == 2 and stats["yellow_p99"] == pytest.approx(3.96)
+    cells = np.array([[0, 1, 1, 2, 0]])
+    medians = realism.region_medians(image, cells)
+    assert medians["blue_background"] == 2.0 and medians["blue_cell"] == 2.0  # outside 0, 4; inside 1, 2, 3
+    cells = np.array([[1, 1, 0, 0], [1, 1, 0, 2], [0, 0, 0, 2]])
+    nuclei = np.array([[1, 0, 0, 0], [0, 0, 0, 2], [0, 0, 0, 0]])
+    assert realism.morphology(cells, nuclei) == {"cells": 2.0, "cell_area": 3.0, "coverage": 0.5, "nucleus_area": 1.0}
+    one_cell = np.ones((5, 5), dtype=np.int32)
+    assert realism.interior(one_cell).sum() == 9  # the 3x3 centre; the border touches the outside
+    ramp = np.tile(10.0 + 2.0 * np.arange(5), (5, 1))  # gradient 2 everywhere; mean over columns 1-3 is 14
+    assert realism.protein_texture(ramp, one_cell) == pytest.approx(2 / 14)
+    green = np.array([[8.0, 2.0], [2.0, 2.0]])
+    assert realism.nucleus_cytoplasm_ratio(green, np.ones((2, 2), int), np.array([[1, 0], [0, 0]])) == 4.0
+    assert np.isnan(realism.nucleus_cytoplasm_ratio(green, np.ones((2, 2), int), np.zeros((2, 2), int)))
+
+
+def test_realism_summary_and_gap() -> None:
+    from hpa_cells.synthetic import realism
+
+    summary = realism.summarise([{"cells": 1.0}, {"cells": 2.0}, {"cells": 3.0}, {"cells": float("nan")}])
+    assert summary["cells"] == pytest.approx({"median": 2.0, "p10": 1.2, "p90": 2.8, "n": 3.0})
+    a = {"cells": {"median": 20.0}, "green_p50": {"median": 5.0}}
+    b = {"cells": {"median": 10.0}, "green_p50": {"median": 0.0}}
+    assert realism.log_ratio_gap(a, b, ["cells", "green_p50"]) == pytest.approx(np.log(2.0))  # 20/10; (5+5)/(0+5)
+    with pytest.raises(ValueError, match=r"cell mask shape \(3, 3\) does not match the image's \(1, 5\)"):
+        realism.field_statistics(image=np.zeros((4, 1, 5)), cells=np.zeros((3, 3), int), nuclei=None)

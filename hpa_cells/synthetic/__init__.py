@@ -12,9 +12,12 @@ shapes), `cell_plans` (one cell's plan per stage: interphase, metaphase, anaphas
 `field_layout` (the rasterised field and per-cell geometry), `anatomy` (nucleoli, MTOC, fibres, spindle,
 bridge, ER network), `reference_channels` (red/blue/yellow), `patterns` (the 28 green generators),
 `cell_labels` (which cells carry which labels), `microscope` (blur, noise, 8-bit), `label_sets` (real
-2018 label-set table, balancing), `dataset` (generator and dataset writer), `contact_sheet`.
+2018 label-set table, balancing), `appearance` (named presets such as "hpa2018" that rescale morphology and
+image formation toward a real layout), `dataset` (generator and dataset writer), `realism` (field statistics
+compared with real fields), `contact_sheet`.
 """
 
+from hpa_cells.synthetic.appearance import PRESETS, Appearance, preset_appearance
 from hpa_cells.synthetic.cell_lines import CELL_LINE_NAMES, CELL_LINES, CellLine
 from hpa_cells.synthetic.contact_sheet import make_contact_sheet
 from hpa_cells.synthetic.dataset import (
@@ -60,8 +63,10 @@ __all__ = [
     "DIVIDING_CLASSES",
     "LABELS_FILE",
     "PATTERN_GENERATORS",
+    "PRESETS",
     "REQUIRED_STAGES",
     "SETTINGS_FILE",
+    "Appearance",
     "BalancingError",
     "CellLine",
     "CellRecord",
@@ -83,6 +88,7 @@ __all__ = [
     "is_complete",
     "load_real_label_sets",
     "make_contact_sheet",
+    "preset_appearance",
     "read_label_set_table",
     "sample_paths",
     "write_dataset",

@@ -39,6 +39,7 @@ from hpa_cells.classes import NUM_CLASSES
 from hpa_cells.images import write_label_mask, write_sample
 from hpa_cells.labels import write_labels_2018
 from hpa_cells.synthetic.anatomy import build_field_anatomy
+from hpa_cells.synthetic.appearance import PRESETS, Appearance, preset_appearance
 from hpa_cells.synthetic.cell_labels import LabelAssignmentError, assign_cell_labels, plan_mitotic_carriers
 from hpa_cells.synthetic.cell_lines import CELL_LINE_NAMES, cell_line_by_name
 from hpa_cells.synthetic.field_layout import FieldLayout, LayoutError
@@ -97,7 +98,9 @@ class SyntheticConfig:
     """Settings that determine the images (together with the image index).
 
     `cell_lines` restricts the cell lines drawn from (all by default); `balanced` reweights the real
-    label sets so every class is in at least `min_prevalence` of the images.
+    label sets so every class is in at least `min_prevalence` of the images. `appearance` rescales
+    morphology and image formation (`SyntheticConfig.preset(name)` takes a named one); the neutral default
+    is left out of `to_dict`, so default settings files are as before.
     """
 
     seed: int = 0
@@ -105,6 +108,17 @@ class SyntheticConfig:
     balanced: bool = False
     min_prevalence: float = DEFAULT_MIN_PREVALENCE
     cell_lines: tuple[str, ...] = CELL_LINE_NAMES
+    appearance: Appearance = Appearance()
+
+    @classmethod
+    def preset(cls, name: str, **settings: object) -> SyntheticConfig:
+        """Settings with the named appearance preset (`appearance.PRESETS`); other settings as keywords."""
+        return cls(appearance=preset_appearance(name), **settings)  # type: ignore[arg-type]
+
+    @property
+    def preset_name(self) -> str:
+        """The name of the preset whose appearance this is, or "custom"."""
+        return next((name for name, look in PRESETS.items() if look == self.appearance), "custom")
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -119,6 +133,10 @@ class SyntheticConfig:
     def to_dict(self) -> dict[str, object]:
         values = asdict(self)
         values["cell_lines"] = list(self.cell_lines)
+        if self.appearance.is_neutral:
+            del values["appearance"]
+        else:
+            values["appearance"] = self.appearance.to_dict()
         return values
 
     @classmethod
@@ -130,6 +148,8 @@ class SyntheticConfig:
         values = dict(values)
         if "cell_lines" in values:
             values["cell_lines"] = tuple(values["cell_lines"])  # type: ignore[arg-type]
+        if "appearance" in values:
+            values["appearance"] = Appearance.from_dict(values["appearance"])  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
 
 
@@ -245,7 +265,7 @@ class SyntheticGenerator:
         if any(not 0 <= c < NUM_CLASSES for c in labels):
             raise ValueError(f"image {index}: label ids {labels} outside 0-{NUM_CLASSES - 1}")
         line_name = cell_line or self.config.cell_lines[int(rng.integers(0, len(self.config.cell_lines)))]
-        line = cell_line_by_name(line_name)
+        line = self.config.appearance.apply_to_line(cell_line_by_name(line_name))
         problems = []
         for _ in range(MAX_LAYOUT_ATTEMPTS):
             dividing = plan_mitotic_carriers(rng, labels)
@@ -270,19 +290,24 @@ class SyntheticGenerator:
     def _render(self, rng: np.random.Generator, plan: FieldPlan) -> SyntheticSample:
         layout = plan.layout
         size = layout.size
-        acquisition = draw_acquisition(rng, size)
+        acquisition = self.config.appearance.apply_to_acquisition(draw_acquisition(rng, size))
         anatomy = build_field_anatomy(rng, layout)
         signal = np.empty((4, size, size), dtype=np.float32)
         red, blue, yellow = render_reference_channels(rng, anatomy)
+        self.config.appearance.apply_to_stains(red, blue, yellow)
         signal[0], signal[2], signal[3] = red, blue, yellow
         # Green: faint non-specific background in every cell, then each carried label's pattern.
         exposure = float(np.exp(rng.uniform(np.log(EXPOSURE_RANGE[0]), np.log(EXPOSURE_RANGE[1]))))
         haze = float(np.exp(rng.uniform(np.log(HAZE_RANGE[0]), np.log(HAZE_RANGE[1]))))
+        haze *= self.config.appearance.protein_haze_scale
         n_cells = len(layout.cells)
         haze_per_cell = np.zeros(n_cells + 1, dtype=np.float32)
         haze_per_cell[1:] = haze * np.exp(rng.normal(0.0, 0.4, n_cells))
         cell_ids = layout.cell_mask.astype(np.uint8) if n_cells < 256 else layout.cell_mask
         signal[1] = per_cell_map(haze_per_cell, cell_ids) * (np.float32(0.6) + np.float32(0.4) * yellow)
+        if self.config.appearance.protein_haze_nuclear > 0:
+            nuclear = per_cell_map(haze_per_cell, cell_ids) * (layout.nucleus_mask > 0)
+            signal[1] += np.float32(self.config.appearance.protein_haze_nuclear) * nuclear
         expression = exposure * np.exp(rng.normal(0.0, EXPRESSION_SPREAD, n_cells))
         for index, labels in enumerate(plan.cell_labels):
             if not labels:
@@ -361,14 +386,22 @@ def is_complete(out_dir: Path, image_id: str) -> bool:
 
 
 def _settings_document(config: SyntheticConfig, n_images: int) -> dict[str, object]:
+    preset = {} if config.appearance.is_neutral else {"preset": config.preset_name}
     return {
         "generator": GENERATOR_NAME,
         "version": GENERATOR_VERSION,
+        **preset,
         "settings": config.to_dict(),
         "n_images": n_images,
         "image_ids": "synth-s{seed}-{index:06d}",
         "files": "{id}_{red,green,blue,yellow}.png, {id}_cells.png, {id}_nuclei.png, train.csv, cells.csv",
     }
+
+
+def _appearance_label(config: SyntheticConfig) -> str:
+    """A preset's name, or a custom appearance's settings (for messages)."""
+    name = config.preset_name
+    return f"preset {name}" if name != "custom" else f"custom appearance {config.appearance.to_dict()}"
 
 
 def check_output_folder(out_dir: Path, config: SyntheticConfig) -> bool:
@@ -409,10 +442,12 @@ def check_output_folder(out_dir: Path, config: SyntheticConfig) -> bool:
     except (TypeError, ValueError, KeyError) as error:
         raise OutputFolderError(f"{settings_path}: unreadable settings ({error})") from error
     if previous != config:
+        now, there = config.to_dict(), previous.to_dict()
+        now["appearance"], there["appearance"] = _appearance_label(config), _appearance_label(previous)
         differences = ", ".join(
-            f"{key}: {value!r} there, {config.to_dict()[key]!r} now"
-            for key, value in previous.to_dict().items()
-            if config.to_dict()[key] != value
+            f"{key}: {there.get(key)!r} there, {now.get(key)!r} now"
+            for key in sorted(set(now) | set(there))
+            if now.get(key) != there.get(key)
         )
         raise OutputFolderError(
             f"{out_dir} holds a synthetic dataset with other settings ({differences}); use a new folder"
