@@ -213,8 +213,12 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     if args.maps is not None or args.report is not None:
         from hpa_cells.report import write_maps_and_report
 
+        from hpa_cells_cli.maps import failure_lines
+
         drawn = write_maps_and_report(args.out, args.maps, args.report, map_classes)
         print(f"  {'maps':14s} {drawn.maps_dir} ({len(drawn.maps)} images, {drawn.seconds:.1f} s)")
+        for line in failure_lines(drawn.failures, drawn.maps_dir):
+            print(line)
         if drawn.report_index is not None:
             print(f"  {'report':14s} {drawn.report_index}")
     return 0
