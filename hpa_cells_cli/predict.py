@@ -212,7 +212,6 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
               f"submission.csv with an empty prediction (manifest.json: unpredicted)")
     if args.maps is not None or args.report is not None:
         from hpa_cells.report import write_maps_and_report
-
         from hpa_cells_cli.maps import failure_lines
 
         drawn = write_maps_and_report(args.out, args.maps, args.report, map_classes)
