@@ -10,6 +10,10 @@ that cache is kept, so rerunning the command resumes the segmentation and a late
 --model bundled, the default, is the model that ships with the package (mil/models/bundled/); any folder written by
 scripts/train.py can be given instead.
 
+The cache must be made like the model's training cache: whole fields vs cells, and for crop models the crop size
+(refused otherwise, naming both; model folders that do not record it get a warning). submission.csv holds every
+test id: the cache's skipped fields (and images without cells) get an empty prediction, and their count is printed.
+
 Writes submission.csv (Kaggle Id,Predicted), images.csv, cells.csv (+ cells.parquet), attention.h5 and
 manifest.json into --out, plus pixel_probabilities.h5 when a model is dense (see hpa_cells/predictions/writer.py and
 data/README.md). A cell's class probability is, by default, sqrt(its own probability x its image's) (--cell-score
