@@ -165,7 +165,8 @@ def unpredicted_fields(predictions, cache_path: Path, skipped: dict[str, str]) -
     with CellCache(cache_path) as cache:
         cached = cache.image_ids
     predicted = set(predictions.image_ids)
-    return {**{i: "no cells" for i in cached if i not in predicted}, **skipped}
+    missing = {i: "no cells" for i in cached if i not in predicted}
+    return {**missing, **{i: reason for i, reason in skipped.items() if i not in predicted}}
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:

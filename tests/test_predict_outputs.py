@@ -98,6 +98,12 @@ def test_a_whole_field_cache_for_a_cell_model_is_refused_and_vice_versa(model: P
         "(segmenter whole_field); segment with the model's segmenter or give a model trained on cells\n")
 
 
+def test_the_whole_field_name_is_the_segmenters() -> None:
+    from segmentation.whole_field import WholeFieldSegmenter
+
+    assert WholeFieldSegmenter.name == WHOLE_FIELD_SEGMENTER
+
+
 def test_an_old_model_folder_without_the_record_warns_and_predicts(model: Path, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     old = tmp_path / "old_model"
