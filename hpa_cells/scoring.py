@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+SHOWN_IDS = 5
+"""How many ids of the labelled images without a prediction are named."""
+
 _EXTRA = {"json": False}
 """Field metadata of `FolderScores` entries left out of `to_dict` (arrays and curves for figures)."""
 
@@ -60,6 +63,13 @@ class FolderScores:
     image_macro_f1: float
     per_class_f1: dict[str, float | None]
     images_without_labels: int = 0
+    labelled_without_prediction: int = 0
+    """Labelled images that are not in images.csv (not scored): skipped while segmenting, without cells, or not
+    in the predicted cache at all."""
+    labelled_without_prediction_ids: list[str] = field(default_factory=list)
+    """The first `SHOWN_IDS` of them, in the label file's order."""
+    labelled_unpredicted: int = 0
+    """How many of them the prediction folder lists as without a prediction (manifest `unpredicted`)."""
     cell_map: float | None = None
     cell_map_true_masks: float | None = None
     per_class_cell_ap: dict[str, float | None] = field(default_factory=dict)
@@ -87,6 +97,8 @@ class FolderScores:
     def lines(self) -> list[str]:
         out = [f"images scored: {self.n_images} (predicted images without labels: {self.images_without_labels})",
                f"image-level macro F1: {self.image_macro_f1:.4f}"]
+        if self.labelled_without_prediction:
+            out.insert(1, self.without_prediction_line())
         if self.cell_map is not None:
             out.append(f"cell scores: {self.cell_score}")
             out.append(f"cell-level mAP, project segmentation: {self.cell_map:.4f} "
@@ -103,6 +115,14 @@ class FolderScores:
                         f" {_cell_text(self.per_class_cell_ap_true_masks.get(name), 3):>8s}")
             out.append(row)
         return out
+
+
+    def without_prediction_line(self) -> str:
+        """The line naming the labelled images that have no prediction (not scored)."""
+        shown = ", ".join(self.labelled_without_prediction_ids)
+        more = ", ..." if self.labelled_without_prediction > len(self.labelled_without_prediction_ids) else ""
+        return (f"labelled images without a prediction (not scored): {self.labelled_without_prediction} ({shown}{more}; "
+                f"{self.labelled_unpredicted} of them skipped while segmenting or without cells)")
 
 
 def _cell_text(value: float | None, digits: int) -> str:
@@ -172,6 +192,18 @@ def score_cells(folder: PredictionFolder, truth_dir: Path, truth: Mapping[str, M
                       result.n_pred_cells, ids)
 
 
+def _count_without_prediction(scores: FolderScores, labels: Mapping[str, Sequence[int]], predicted: set[str],
+                              folder: PredictionFolder) -> None:
+    """Fill the `labelled_without_prediction*` fields: the labelled images missing from images.csv."""
+    missing = [i for i in labels if i not in predicted]
+    unpredicted = folder.unpredicted if folder.has_manifest else {}
+    scores.labelled_without_prediction = len(missing)
+    scores.labelled_without_prediction_ids = missing[:SHOWN_IDS]
+    scores.labelled_unpredicted = sum(1 for i in missing if i in unpredicted)
+    if missing:
+        logger.info(scores.without_prediction_line())
+
+
 def score_prediction_folder(folder: str | os.PathLike[str] | PredictionFolder,
                             labels: str | os.PathLike[str] | Mapping[str, Sequence[int]] | None,
                             truth_dir: str | os.PathLike[str] | None = None,
@@ -189,6 +221,8 @@ def score_prediction_folder(folder: str | os.PathLike[str] | PredictionFolder,
     images = folder.images
     scores = score_images(images, label_map) if label_map is not None else \
         FolderScores(0, float("nan"), named_scores(np.full(NUM_CLASSES, np.nan)), len(images))
+    if label_map is not None:
+        _count_without_prediction(scores, label_map, set(images["image_id"]), folder)
     if truth_dir is None:
         return scores
     truth_dir = Path(truth_dir)

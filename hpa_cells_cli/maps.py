@@ -7,8 +7,10 @@ For each image, --maps gets {id}/overview.png (composite, cells tinted by top lo
 {id}/class_NN.png (cells painted by their probability for each predicted or requested class),
 {id}/attention.png and the OME-TIFFs cells.ome.tif + probabilities.ome.tif at the original resolution
 (see hpa_cells/maps.py). --report writes a static HTML folder (open report/index.html; no server needed).
-The cell cache and the input images are found through the prediction folder's manifest.json; --cache and
---images override them when the files have moved.
+The cell cache is found through the prediction folder's manifest.json (--cache overrides it when it moved). The
+fields are drawn from the pixels the cache stores (schema 2), so the input images are not needed; a schema-1 cache
+stores none, and its input folder (recorded in the cache, or --images) is read instead: an image whose file is
+missing is named on one line and in maps_index.csv, and the other images are drawn.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--h5ad", action="store_true",
                    help="also write {pred}/cells.h5ad (needs: pip install 'hpa-cells[anndata]')")
     p.add_argument("--cache", type=Path, help="cell cache, when it moved since prediction")
-    p.add_argument("--images", type=Path, help="input images folder, when it moved since segmentation")
+    p.add_argument("--images", type=Path,
+                   help="input images folder, when it moved since segmentation (read only for a schema-1 cache, "
+                        "which stores no pixels)")
     p.add_argument("--limit", type=int, help="draw only the first N images")
     return p
 
@@ -45,6 +49,14 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     if args.maps is None and args.report is None and not args.h5ad:
         parser.error("nothing to do: give --maps, --report and/or --h5ad")
     return args
+
+
+def failure_lines(failures: dict[str, str], maps_dir: Path) -> list[str]:
+    """The lines naming the images whose maps could not be drawn (empty when none)."""
+    if not failures:
+        return []
+    return [f"  {len(failures)} images could not be drawn (kind 'error' in {maps_dir / 'maps_index.csv'}):",
+            *(f"    {error}" for error in failures.values())]
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
@@ -74,6 +86,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
                          f"images/s) -> {result.maps_dir}")
             if result.report_index is not None:
                 lines.append(f"  report: {result.report_index}  (open in a browser; no server needed)")
+            lines += failure_lines(result.failures, result.maps_dir)
         if args.h5ad:
             lines.append(f"  h5ad:   {write_h5ad(args.pred)}")
     except ExportDependencyError as err:

@@ -10,6 +10,10 @@ that cache is kept, so rerunning the command resumes the segmentation and a late
 --model bundled, the default, is the model that ships with the package (mil/models/bundled/); any folder written by
 scripts/train.py can be given instead.
 
+The cache must be made like the model's training cache: whole fields vs cells, and for crop models the crop size
+(refused otherwise, naming both; model folders that do not record it get a warning). submission.csv holds every
+test id: the cache's skipped fields (and images without cells) get an empty prediction, and their count is printed.
+
 Writes submission.csv (Kaggle Id,Predicted), images.csv, cells.csv (+ cells.parquet), attention.h5 and
 manifest.json into --out, plus pixel_probabilities.h5 when a model is dense (see hpa_cells/predictions/writer.py and
 data/README.md). A cell's class probability is, by default, sqrt(its own probability x its image's) (--cell-score
@@ -119,13 +123,59 @@ def print_summary(predictions, members: list, seconds: float, out: Path, paths: 
         print(f"  {name:14s} {path}")
 
 
+def check_cache(members: list, cache_path: Path) -> tuple[dict[str, int], dict[str, str]] | str:
+    """(the cache's QC flag names, its skipped fields: id -> reason), or the one-line error: a cache that cannot be
+    read (truncated, not HDF5), one where every field was skipped, one made otherwise than a model's training
+    cache (crop size, whole fields vs cells; `mil.inference.check_cache_matches_model`). Warnings are printed."""
+    from hpa_cells.cache import CellCache, CellCacheError
+    from mil.inference import CacheModelMismatchError, check_cache_matches_model
+
+    if not cache_path.is_file():
+        return f"cell cache not found: {cache_path}"
+    try:
+        with CellCache(cache_path) as cache:
+            flag_names, skipped = cache.qc_flag_names, cache.skipped
+            num_images, crop_size, segmenter = cache.num_images, cache.crop_size, str(cache.provenance["segmenter"])
+            num_cells = len(cache)
+    except (CellCacheError, OSError, KeyError, ValueError) as err:
+        return f"cell cache {cache_path} cannot be read ({err}); segment the fields again into a new file"
+    skipped_reasons = dict(zip(skipped["image_id"], skipped["reason"], strict=True))
+    if num_images == 0:
+        first = next(iter(skipped_reasons.items()), None)
+        detail = f" (first: {first[0]}: {first[1]})" if first else ""
+        return (f"cell cache {cache_path} holds no field to predict: all {len(skipped_reasons)} fields were skipped "
+                f"while segmenting{detail}")
+    if num_cells == 0:
+        return f"cell cache {cache_path} holds no cells in any of its {num_images} fields: nothing to predict"
+    try:
+        for loaded in members:
+            warning = check_cache_matches_model(loaded, cache_path, crop_size, segmenter)
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
+    except CacheModelMismatchError as err:
+        return str(err)
+    return flag_names, skipped_reasons
+
+
+def unpredicted_fields(predictions, cache_path: Path, skipped: dict[str, str]) -> dict[str, str]:
+    """image id -> reason of the cache's fields without a prediction: its skipped fields and its images without
+    cells (both go into submission.csv with an empty prediction)."""
+    from hpa_cells.cache import CellCache
+
+    with CellCache(cache_path) as cache:
+        cached = cache.image_ids
+    predicted = set(predictions.image_ids)
+    missing = {i: "no cells" for i in cached if i not in predicted}
+    return {**missing, **{i: reason for i, reason in skipped.items() if i not in predicted}}
+
+
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     """Run `predict` with `argv` (default: sys.argv[1:]); 0 on success, 2 for bad input."""
     args = build_parser(prog).parse_args(argv)
     if (args.cache is None) == (args.images is None):
         print(f"error: {ONE_INPUT_ERROR}", file=sys.stderr)
         return 2
-    from hpa_cells.cache import CellCache, CellCacheSchemaError
+    from hpa_cells.cache import CellCacheError
     from hpa_cells.maps import class_id_of
     from hpa_cells.predictions import write_prediction_folder
     from mil.ensemble import predict_members
@@ -148,24 +198,31 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
             return cache
         args.cache = cache
         started = time.time()  # the prediction's own speed below
-    if not args.cache.is_file():
-        print(f"error: cell cache not found: {args.cache}", file=sys.stderr)
+    checked = check_cache(members, args.cache)
+    if isinstance(checked, str):
+        print(f"error: {checked}", file=sys.stderr)
         return 2
+    flag_names, skipped = checked
     try:
         predictions, manifest = predict_members(members, args.cache, args.out, args.batch_size, args.device,
                                                 cell_score=args.cell_score)
-    except CellCacheSchemaError as err:
+    except (CellCacheError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    with CellCache(args.cache) as cache:
-        flag_names = cache.qc_flag_names
-    paths = write_prediction_folder(predictions, args.out, manifest, flag_names)
+    unpredicted = unpredicted_fields(predictions, args.cache, skipped)
+    paths = write_prediction_folder(predictions, args.out, manifest, flag_names, unpredicted)
     print_summary(predictions, members, time.time() - started, args.out, paths)
+    if unpredicted:
+        print(f"  {len(unpredicted)} fields without a prediction (skipped while segmenting, or without cells) are in "
+              f"submission.csv with an empty prediction (manifest.json: unpredicted)")
     if args.maps is not None or args.report is not None:
         from hpa_cells.report import write_maps_and_report
+        from hpa_cells_cli.maps import failure_lines
 
         drawn = write_maps_and_report(args.out, args.maps, args.report, map_classes)
         print(f"  {'maps':14s} {drawn.maps_dir} ({len(drawn.maps)} images, {drawn.seconds:.1f} s)")
+        for line in failure_lines(drawn.failures, drawn.maps_dir):
+            print(line)
         if drawn.report_index is not None:
             print(f"  {'report':14s} {drawn.report_index}")
     return 0

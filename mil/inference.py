@@ -162,6 +162,41 @@ def predict_bags(loaded: LoadedModel, bags: Iterable[BagInput], batch_size: int 
                        np.vstack(attention_rows), loaded.thresholds, cell_score)
 
 
+WHOLE_FIELD_SEGMENTER = "whole_field"
+"""The cache `segmenter` of `segmentation.whole_field` (one "cell" per field: no segmentation)."""
+
+
+class CacheModelMismatchError(ValueError):
+    """A cell cache made otherwise than the model's training cache (crop size, or whole fields vs cells)."""
+
+
+def _cache_kind(segmenter: object) -> str:
+    return "whole fields" if segmenter == WHOLE_FIELD_SEGMENTER else "cells"
+
+
+def check_cache_matches_model(loaded: LoadedModel, cache_path: Path, crop_size: int, segmenter: str) -> str | None:
+    """CacheModelMismatchError naming both values when the cache (its `crop_size`, its `segmenter`) differs from the
+    model's training cache, as its config.json `training.cache_provenance` records it: whole fields vs cells (any
+    family), or another crop size (crop family: a dense model reads whole fields, not crops). A model folder
+    without that record (written before it was kept) cannot be checked: the warning line is returned instead."""
+    trained = loaded.training.get("cache_provenance")
+    if not isinstance(trained, dict) or "crop_size" not in trained or "segmenter" not in trained:
+        return (f"model {loaded.folder} does not record the crop size and segmenter of its training cache (an older "
+                f"model folder): {cache_path} cannot be checked against it")
+    kind, trained_kind = _cache_kind(segmenter), _cache_kind(trained["segmenter"])
+    if kind != trained_kind:
+        raise CacheModelMismatchError(
+            f"{cache_path} holds {kind} (segmenter {segmenter}) but model {loaded.folder} was trained on "
+            f"{trained_kind} (segmenter {trained['segmenter']}); segment with the model's segmenter or give a model "
+            f"trained on {kind}")
+    if get_family(loaded.config.family).inputs == "crops" and int(trained["crop_size"]) != int(crop_size):
+        raise CacheModelMismatchError(
+            f"{cache_path} holds {crop_size} px crops but model {loaded.folder} was trained on "
+            f"{int(trained['crop_size'])} px crops; re-segment with --crop-size {int(trained['crop_size'])} or give "
+            f"a model trained on {crop_size} px crops")
+    return None
+
+
 def model_exclude_flags(loaded: LoadedModel) -> tuple[str, ...]:
     """The QC flags the model was trained without (its training config), else the default."""
     return tuple(loaded.training.get("exclude_flags", DEFAULT_EXCLUDE_FLAGS))

@@ -302,6 +302,8 @@ def test_compare_cell_map_bootstraps_two_prediction_folders(run: dict[str, Path]
     other = Path(shutil.copytree(root / "pred_dense", tmp_path / "fewer"))
     cells = pd.read_csv(other / "cells.csv")
     cells.iloc[1:].to_csv(other / "cells.csv", index=False)
+    manifest = json.loads((other / "manifest.json").read_text())  # a whole folder with other cells, not a cut file
+    (other / "manifest.json").write_text(json.dumps({**manifest, "n_cells": len(cells) - 1}))
     assert compare.main(["--a", str(root / "pred_crop"), "--b", str(other), "--truth", synthetic]) == 2
     assert capsys.readouterr().err == (f"error: {root / 'pred_crop'} and {other} hold different cells (image_id, "
                                        "cell_id); compare predictions of the same cache\n")

@@ -96,3 +96,39 @@ def test_evaluate_script_prints_json(pipeline: dict[str, Path], capsys: pytest.C
     bad = module.main(["--pred", str(pipeline["root"]), "--labels", str(synthetic / "train.csv")])
     assert bad == 2
     assert "is not a prediction folder: images.csv is missing" in capsys.readouterr().err
+
+
+def test_evaluate_names_the_labelled_images_without_a_prediction(pipeline: dict[str, Path],
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16: 2 of 6 labelled images predicted, the 4 others were never mentioned."""
+    images = pd.read_csv(pipeline["pred"] / "images.csv", dtype={"image_id": str}, keep_default_na=False)
+    kept = list(images["image_id"][:2])
+    labels = read_labels(pipeline["synthetic"] / "train.csv")
+    partial = pipeline["root"] / "partial"
+    from hpa_cells.predictions import read_prediction_folder
+
+    folder = read_prediction_folder(pipeline["pred"])
+    partial.mkdir()
+    for name in ("cells.csv", "attention.h5", "submission.csv"):
+        (partial / name).write_bytes((pipeline["pred"] / name).read_bytes())
+    images[images["image_id"].isin(kept)].to_csv(partial / "images.csv", index=False)
+    (partial / "manifest.json").write_text(json.dumps({**folder.manifest, "n_images": 2}))
+    assert evaluate_command.main(["--pred", str(partial), "--labels", str(pipeline["synthetic"] / "train.csv")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    missing = [i for i in labels if i not in kept]
+    assert printed[0] == "images scored: 2 (predicted images without labels: 0)"
+    assert printed[1] == (f"labelled images without a prediction (not scored): 4 ({', '.join(missing)}; 0 of them "
+                          "skipped while segmenting or without cells)")
+
+
+def test_evaluate_refuses_an_images_table_cut_mid_row(pipeline: dict[str, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    cut = shutil.copytree(pipeline["pred"], tmp_path / "cut")
+    data = (cut / "images.csv").read_bytes()
+    (cut / "images.csv").write_bytes(data[:-3])
+    n_lines = data.count(b"\n")
+    assert evaluate_command.main(["--pred", str(cut), "--labels", str(pipeline["synthetic"] / "train.csv")]) == 2
+    assert capsys.readouterr().err == (f"error: {cut / 'images.csv'}, line {n_lines}: the file ends mid-row (no line "
+                                       "end after the last row: cut while copying or writing?)\n")

@@ -218,7 +218,8 @@ def test_write_maps_files_and_index(run: PredictionRun, tmp_path: Path) -> None:
     with open(tmp_path / "maps" / "maps_index.csv") as handle:
         index = list(csv.DictReader(handle))
     assert len(index) == 8 + 7
-    assert {"image_id": "fieldB", "kind": "class_panel", "class_id": "1", "path": "fieldB/class_01.png"} in index
+    assert {"image_id": "fieldB", "kind": "class_panel", "class_id": "1", "path": "fieldB/class_01.png",
+            "error": ""} in index
     assert all((tmp_path / "maps" / row["path"]).is_file() for row in index)
 
 
@@ -259,3 +260,112 @@ def _ome_channels(ome_xml: str) -> list[dict[str, str]]:
 
 def test_thresholds_come_from_the_manifest(run: PredictionRun) -> None:
     np.testing.assert_array_equal(run.thresholds, THRESHOLDS)
+
+
+# ----- pixels from the cache (issue 16) ----------------------------------------------------------------
+
+
+def _schema_1_copy(fixture: PredictionFixture, root: Path, images: Path) -> Path:
+    """A copy of the fixture's prediction folder whose cache is schema 1 (no stored pixels) reading `images`."""
+    import h5py
+
+    from hpa_cells.images import read_sample
+
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(fixture.images, images)
+    cache = Path(shutil.copy(fixture.cache, root / "old.h5"))
+    with h5py.File(cache, "r+") as f:
+        del f["image_pixels"]
+        f.attrs["schema_version"] = 1
+        parameters = json.loads(f.attrs["parameters_json"])
+        f.attrs["parameters_json"] = json.dumps({**parameters, "images_dir": str(images)}, sort_keys=True)
+    pred = shutil.copytree(fixture.pred, root / "pred")
+    manifest = json.loads((pred / "manifest.json").read_text())
+    (pred / "manifest.json").write_text(json.dumps({**manifest, "cache": str(cache)}))
+    assert read_sample(images, "fieldA", size=WORKING_HW).shape == (4, *WORKING_HW)
+    return pred
+
+
+def _same_maps(first: Path, second: Path) -> None:
+    """Every file of two maps folders equal: PNGs and the index byte for byte, OME-TIFFs pixel for pixel (their
+    metadata holds a per-file UUID)."""
+    names = sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(second).as_posix() for p in second.rglob("*") if p.is_file())
+    for name in names:
+        if name.endswith(".tif"):
+            np.testing.assert_array_equal(tifffile.imread(first / name), tifffile.imread(second / name), name)
+        else:
+            assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_maps_need_no_input_files_and_match_the_maps_drawn_from_the_files(fixture: PredictionFixture,
+                                                                          tmp_path: Path) -> None:
+    """Issue 16: one input file deleted after segmenting stopped the maps with a traceback. A schema-2 cache
+    stores the pixels as segmented; maps drawn from them equal the maps drawn from the files at working size."""
+    from hpa_cells.images import read_sample
+
+    old_pred = _schema_1_copy(fixture, tmp_path / "old", tmp_path / "old_images")
+    with PredictionRun(old_pred) as from_files:
+        write_maps(from_files, tmp_path / "from_files")
+    pred = shutil.copytree(fixture.pred, tmp_path / "pred")
+    images = fixture.images
+    with PredictionRun(pred) as run:
+        for image_id in run.image_ids:
+            np.testing.assert_array_equal(run.field(image_id).image_chw, read_sample(images, image_id, size=WORKING_HW))
+    moved = tmp_path / "moved_images"
+    shutil.copytree(images, moved)
+    shutil.rmtree(images)
+    try:
+        with PredictionRun(pred) as run:
+            drawn = write_maps(run, tmp_path / "from_cache")
+        assert drawn.failures == {} and [m.image_id for m in drawn] == ["fieldA", "fieldB"]
+        _same_maps(tmp_path / "from_cache", tmp_path / "from_files")
+    finally:
+        shutil.copytree(moved, images)
+
+
+def test_a_schema_1_cache_with_a_missing_file_names_it_and_draws_the_others(fixture: PredictionFixture,
+                                                                            tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    pred = _schema_1_copy(fixture, tmp_path / "old", images)
+    (images / "fieldA_green.png").unlink()
+    with PredictionRun(pred) as run:
+        drawn = write_maps(run, tmp_path / "maps")
+    message = (f"image fieldA: sample fieldA: missing channel 'green' (looked for fieldA_green.png/.jpg/.jpeg/.tif/"
+               f".tiff in {images}) (a schema_version 1 cache stores no pixels, so its maps read the input files)")
+    assert [m.image_id for m in drawn] == ["fieldB"] and drawn.failures == {"fieldA": message}
+    with open(tmp_path / "maps" / "maps_index.csv") as handle:
+        index = list(csv.DictReader(handle))
+    assert index[-1] == {"image_id": "fieldA", "kind": "error", "class_id": "", "path": "", "error": message}
+    assert not (tmp_path / "maps" / "fieldA").exists() and (tmp_path / "maps" / "fieldB" / "overview.png").is_file()
+
+
+def test_make_maps_prints_the_images_it_could_not_draw(fixture: PredictionFixture, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import hpa_cells_cli.maps as make_maps
+
+    images = tmp_path / "images"
+    pred = _schema_1_copy(fixture, tmp_path / "old", images)
+    (images / "fieldB_red.png").unlink()
+    assert make_maps.main(["--pred", str(pred), "--maps", str(tmp_path / "maps"), "--report",
+                           str(tmp_path / "report")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("Drew maps of 1 images in ")
+    assert printed[2:] == [f"  1 images could not be drawn (kind 'error' in {tmp_path / 'maps' / 'maps_index.csv'}):",
+                           "    image fieldB: sample fieldB: missing channel 'red' (looked for fieldB_red.png/.jpg/"
+                           f".jpeg/.tif/.tiff in {images}) (a schema_version 1 cache stores no pixels, so its maps "
+                           "read the input files)"]
+    assert (tmp_path / "report" / "index.html").is_file()
+
+
+def test_a_schema_1_cache_without_its_images_folder_says_how_to_pass_it(fixture: PredictionFixture,
+                                                                        tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    pred = _schema_1_copy(fixture, tmp_path / "old", images)
+    shutil.rmtree(images)
+    with pytest.raises(PredictionFolderError) as caught:
+        PredictionRun(pred)
+    assert str(caught.value) == (
+        f"input images folder {images} (recorded in {tmp_path / 'old' / 'old.h5'}) not found; this schema_version 1 "
+        "cache stores no pixels, so the maps read the input files: pass the folder's new location "
+        "(scripts/make_maps.py --images DIR), or segment again for a cache that stores them")

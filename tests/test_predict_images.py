@@ -21,14 +21,17 @@ from mil.training import TrainConfig, train_mil
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 WEBSITE_IDS = ("1234_A1_1", "1234_A1_2")
+CROP_SIZE = 128
+"""segment.py's default --crop-size."""
 DISPLAY_COLOURS_BGR = {"red": (0, 0, 1), "green": (0, 1, 0), "blue": (1, 0, 0), "yellow": (0, 1, 1)}
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A complete model folder (with its model card) trained in seconds on hand-made bags."""
+    """A complete model folder (with its model card) trained in seconds on hand-made bags of segment.py's default
+    crop size (predict.py refuses a cache of another crop size than the training cache's)."""
     root = tmp_path_factory.mktemp("tiny_model")
-    cache = write_bag_cache(root / "bags.h5", random_bags(8, seed=3))
+    cache = write_bag_cache(root / "bags.h5", random_bags(8, seed=3, crop_size=CROP_SIZE))
     model = root / "model"
     train_mil(cache, model, MILConfig(encoder="test_resnet", input_size=16, dropout=0.0),
               TrainConfig(epochs=1, batch_size=4, max_cells=4, val_fraction=0.25, device="cpu"))
@@ -111,7 +114,7 @@ def test_an_explicit_model_folder_with_a_cache_still_works(tiny_model: Path, web
                                                            monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(predict_command, "BUNDLED_MODEL_DIR", tmp_path / "not-installed")
-    cache = write_bag_cache(tmp_path / "bags.h5", random_bags(3, seed=9))
+    cache = write_bag_cache(tmp_path / "bags.h5", random_bags(3, seed=9, crop_size=CROP_SIZE))
     assert predict_command.main(["--model", str(tiny_model), "--cache", str(cache), "--out", str(tmp_path / "p")]) == 0
     assert "Predicted 3 images, " in capsys.readouterr().out
     assert set(pd.read_csv(tmp_path / "p" / "images.csv")["image_id"]) == {b.image_id for b in random_bags(3, seed=9)}

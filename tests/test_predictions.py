@@ -164,3 +164,37 @@ def test_missing_columns_are_named(copy: Path) -> None:
     pd.read_csv(copy / "images.csv").drop(columns=["predicted"]).to_csv(copy / "images.csv", index=False)
     with pytest.raises(PredictionFolderError, match=r"images.csv: missing columns \['predicted'\]"):
         _ = read_prediction_folder(copy).images
+
+
+@pytest.mark.parametrize("cut", [1, 3, 8])
+def test_an_images_table_cut_inside_its_last_number_is_refused(copy: Path, cut: int) -> None:
+    """Cut inside the last row's last number, the row still parses ('0.10000' -> '0.1'): the missing line end
+    tells the cut (issue 16: such a file was accepted)."""
+    path = copy / "images.csv"
+    path.write_bytes(path.read_bytes()[:-cut])
+    with pytest.raises(PredictionFolderError) as caught:
+        _ = read_prediction_folder(copy).images
+    assert str(caught.value) == (f"{path}, line 3: the file ends mid-row (no line end after the last row: cut while "
+                                 "copying or writing?)")
+
+
+def test_a_table_cut_at_a_row_end_is_refused_by_the_manifest_count(copy: Path) -> None:
+    path = copy / "images.csv"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]))
+    with pytest.raises(PredictionFolderError) as caught:
+        _ = read_prediction_folder(copy).images
+    assert str(caught.value) == (f"{path}: 1 rows but {copy / 'manifest.json'} records n_images 2 (a cut or "
+                                 "replaced file?)")
+    cells = copy / "cells.csv"
+    cells.write_text("".join(cells.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(PredictionFolderError, match=r"cells.csv: 4 rows but .* records n_cells 5"):
+        _ = read_prediction_folder(copy).cells
+
+
+def test_unpredicted_fields_read_back_and_old_folders_have_none(copy: Path) -> None:
+    assert read_prediction_folder(copy).unpredicted == {}
+    _edit_manifest(copy, unpredicted=[{"image_id": "0007", "reason": "no cells"}])
+    assert read_prediction_folder(copy).unpredicted == {"0007": "no cells"}
+    _edit_manifest(copy, unpredicted=["0007"])
+    with pytest.raises(PredictionFolderError, match="'unpredicted' must list objects with an 'image_id'"):
+        _ = read_prediction_folder(copy).unpredicted

@@ -210,3 +210,27 @@ def test_predict_draws_maps_and_report(fixture: PredictionFixture, tmp_path: Pat
     check_links(tmp_path / "report")
     assert predict.main(["--model", str(tmp_path / "model"), "--cache", str(fixture.cache), "--out",
                          str(tmp_path / "p2"), "--map-classes", "99"]) == 2
+
+
+def test_predict_maps_with_an_input_file_deleted_after_segmenting(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16: one input file deleted after segmenting stopped `predict.py --maps` at that image with a
+    traceback; the maps are drawn from the cache's stored pixels now."""
+    import torch
+
+    from mil.config import MILConfig
+    from mil.model_folder import build_model, save_model_folder
+
+    fixture = write_prediction_fixture(tmp_path / "run")
+    (fixture.images / "fieldA_green.png").unlink()
+    torch.manual_seed(0)
+    model = build_model(MILConfig(encoder="resnet10t", input_size=16, dropout=0.0)).eval()
+    save_model_folder(tmp_path / "model", model, np.full(NUM_CLASSES, 0.5), {}, training={})
+    assert predict_command.main(["--model", str(tmp_path / "model"), "--cache", str(fixture.cache), "--out",
+                                 str(tmp_path / "pred"), "--maps", str(tmp_path / "maps"), "--report",
+                                 str(tmp_path / "report")]) == 0
+    captured = capsys.readouterr()
+    assert "could not be drawn" not in captured.out and "Traceback" not in captured.err
+    for image_id in CELL_BOXES:
+        assert (tmp_path / "maps" / image_id / "overview.png").is_file()
+    check_links(tmp_path / "report")

@@ -24,10 +24,12 @@ from hpa_cells.metrics import cell_level_map, class_curve, macro_f1, per_class_f
 from hpa_cells.predictions import read_prediction_folder
 from hpa_cells.scoring import FolderScores, score_prediction_folder
 
-EVALUATION_KEYS = ["n_images", "image_macro_f1", "per_class_f1", "images_without_labels", "cell_map",
+EVALUATION_KEYS = ["n_images", "image_macro_f1", "per_class_f1", "images_without_labels",
+                   "labelled_without_prediction", "labelled_without_prediction_ids", "labelled_unpredicted", "cell_map",
                    "cell_map_true_masks", "per_class_cell_ap", "per_class_cell_ap_true_masks", "cells_true",
                    "cells_matched", "cells_predicted", "cell_score"]
-"""evaluate.py's JSON keys (as written by main): scoring must not add or drop one."""
+"""evaluate.py's JSON keys (as written by main): scoring must not add or drop one (issue 16 added the three
+`labelled_*` keys: the labelled images that have no prediction)."""
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +103,24 @@ def test_folder_scores_without_cells_print_the_image_table() -> None:
     lines = scores.lines()
     assert lines[:2] == ["images scored: 3 (predicted images without labels: 0)", "image-level macro F1: 0.5000"]
     assert len(lines) == 3 + NUM_CLASSES and lines[3].endswith(" -")
+
+
+def test_labelled_images_without_a_prediction_are_counted_and_named(fixture: PredictionFixture, tmp_path) -> None:
+    """Issue 16: evaluate scored 2 of 6 labelled images and never mentioned the 4 without a prediction."""
+    import shutil
+
+    pred = shutil.copytree(fixture.pred, tmp_path / "pred")
+    manifest = json.loads((pred / "manifest.json").read_text())
+    manifest["unpredicted"] = [{"image_id": "fieldC", "reason": "no cells"}]
+    (pred / "manifest.json").write_text(json.dumps(manifest))
+    labels = {**IMAGE_LABELS, "fieldC": (1,), "fieldD": (2,), "fieldE": (3,), "fieldF": (0,), "fieldG": (4,),
+              "fieldH": (5,)}
+    scores = score_prediction_folder(pred, labels)
+    assert scores.n_images == 2
+    assert scores.labelled_without_prediction == 6 and scores.labelled_unpredicted == 1
+    assert scores.labelled_without_prediction_ids == ["fieldC", "fieldD", "fieldE", "fieldF", "fieldG"]
+    assert scores.lines()[1] == ("labelled images without a prediction (not scored): 6 (fieldC, fieldD, fieldE, "
+                                 "fieldF, fieldG, ...; 1 of them skipped while segmenting or without cells)")
+    complete = score_prediction_folder(pred, IMAGE_LABELS)
+    assert complete.labelled_without_prediction == 0
+    assert not any("without a prediction" in line for line in complete.lines())

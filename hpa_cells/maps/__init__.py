@@ -13,7 +13,13 @@ For each image `write_maps` writes, into `{maps}/{image_id}/`:
 | `class_{id:02d}_pixels.png` | dense models only (the prediction folder has `pixel_probabilities.h5`), for the same classes as the class panels: the per-pixel probability map of the class inside each cell (same colour map and 0-1 range), showing where inside a cell the evidence sits |
 | `pixel_probabilities.ome.tif` | dense models only: uint8 `CYX` at the original image size, one plane per class: each pixel's own probability (round(255 x p), bilinear from the model's resolution) inside cells, background 0 |
 
-and `{maps}/maps_index.csv` (image_id, kind, class_id, path relative to the maps folder) listing every file.
+and `{maps}/maps_index.csv` (image_id, kind, class_id, path relative to the maps folder, error) listing every file,
+and one row of kind `error` (its one-line message in `error`) per image that could not be drawn.
+
+The fields are drawn from the cache's stored pixels (`image_pixels`, schema 2: exactly what was segmented, at the
+working size), so deleting or moving the input files after segmenting does not stop the maps; the files are not
+read even when present. A schema-1 cache stores no pixels: its fields are read from the input files (at the
+working size, as before), and an image whose file is missing gets an `error` row instead of stopping the run.
 
 The label images are the working-size masks enlarged by nearest neighbour (`hpa_cells.images.resize_mask`), so
 cell boundaries are as precise as the working size. Probabilities are stored as uint8 (resolution 1/255) to keep
@@ -49,7 +55,7 @@ from hpa_cells.maps.panels import (
     render_class_panel,
     render_pixel_panel,
 )
-from hpa_cells.maps.prediction_run import FieldView, PredictionRun
+from hpa_cells.maps.prediction_run import FieldInputError, FieldView, PredictionRun
 from hpa_cells.maps.style import (
     BACKGROUND,
     MUTED_TEXT,
@@ -61,8 +67,10 @@ from hpa_cells.maps.style import (
 )
 from hpa_cells.maps.writer import (
     MAPS_INDEX,
+    MAPS_INDEX_COLUMNS,
     THUMBNAIL_PX,
     ImageMaps,
+    WrittenMaps,
     panel_classes,
     save_png,
     thumbnail_of,
@@ -72,11 +80,11 @@ from hpa_cells.maps.writer import (
 from hpa_cells.predictions import PredictionFolderError
 
 __all__ = [
-    "BACKGROUND", "CELLS_TIFF", "CELLS_TIFF_CHANNELS", "CLASS_COLOURS", "MAPS_INDEX",
+    "BACKGROUND", "CELLS_TIFF", "CELLS_TIFF_CHANNELS", "CLASS_COLOURS", "FieldInputError", "MAPS_INDEX", "MAPS_INDEX_COLUMNS",
     "MUTED_TEXT", "PIXEL_PROBABILITIES_TIFF", "PROBABILITIES_TIFF", "QC_GREY", "SHORT_NAMES",
     "TEXT", "THUMBNAIL_PX", "FieldView", "ImageMaps", "MapStyle", "PanelCanvas", "PanelOverlay",
     "PredictionFolderError", "PredictionRun", "class_colour_table", "class_id_of", "colour_lut", "inner_boundaries",
     "original_size_pixel_planes", "original_size_planes", "paint_overview", "panel_classes", "render_attention_panel",
     "render_class_panel", "render_overview", "render_pixel_panel", "save_png", "thumbnail_of", "write_image_maps",
-    "write_maps", "write_ome_maps", "write_pixel_ome_map",
+    "write_maps", "write_ome_maps", "write_pixel_ome_map", "WrittenMaps",
 ]

@@ -1,7 +1,13 @@
 """Inputs of the maps: a prediction folder (images.csv, cells.csv, manifest.json, an optional pixel map file),
-read through the one reader (`hpa_cells.predictions.read_prediction_folder`) and opened with its cell cache and
-input images (`PredictionRun`), and one image's view of it (`FieldView`). Problems are the prediction folder's
-one error class, `hpa_cells.predictions.PredictionFolderError`."""
+read through the one reader (`hpa_cells.predictions.read_prediction_folder`) and opened with its cell cache
+(`PredictionRun`), and one image's view of it (`FieldView`). Problems are the prediction folder's one error
+class, `hpa_cells.predictions.PredictionFolderError`; one image whose pixels cannot be had is a `FieldInputError`
+(a subclass), which `write_maps` records for that image and goes on.
+
+Where the pixels come from: a schema-2 cache stores each field as segmented (`image_pixels`, working size), and
+the maps are drawn from it, so they need no input file (moved or deleted files do not matter; the files are not
+read even when present). A schema-1 cache stores no pixels: its fields are read from the input folder recorded in
+the cache (or `images_dir`) at the working size."""
 
 from __future__ import annotations
 
@@ -15,9 +21,14 @@ import pandas as pd
 
 from hpa_cells.cache import CellCache
 from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
-from hpa_cells.images import read_sample
+from hpa_cells.images import ImageReadError, read_sample
 from hpa_cells.pixel_maps import PixelMaps
 from hpa_cells.predictions import PredictionFolder, PredictionFolderError, read_prediction_folder
+
+
+class FieldInputError(PredictionFolderError):
+    """One image's pixels cannot be read (a schema-1 cache whose input file is missing or unreadable); the
+    message names the image and the file."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,8 @@ class PredictionRun:
     tables, read and checked when the run is opened.
 
     `cache_path` / `images_dir` override the locations recorded in manifest.json and the cache (for a moved
-    folder). A context manager: closes the cache handle.
+    folder); the input images are needed only for a schema-1 cache (a schema-2 cache stores the pixels, see the
+    module docstring). A context manager: closes the cache handle.
     """
 
     def __init__(self, pred_dir: str | os.PathLike[str] | PredictionFolder,
@@ -101,11 +113,13 @@ class PredictionRun:
         self.provenance = self.cache.provenance
         recorded_images = self.provenance["parameters"].get("images_dir")
         self.images_dir = Path(images_dir) if images_dir is not None else Path(recorded_images or "")
-        if not self.images_dir.is_dir():
+        if not self.cache.has_full_images and not self.images_dir.is_dir():
             self.cache.close()
             raise PredictionFolderError(
-                f"input images folder {self.images_dir} (recorded in {self.cache_path}) not found; "
-                "pass the folder's new location"
+                f"input images folder {self.images_dir} (recorded in {self.cache_path}) not found; this schema_version "
+                f"{self.cache.schema_version} cache stores no pixels, so the maps read the input files: pass the "
+                "folder's new location (scripts/make_maps.py --images DIR), or segment again for a cache that stores "
+                "them"
             )
         table = self.cache.image_table().set_index("image_id")
         self._original_hw = {i: (int(r.original_h), int(r.original_w)) for i, r in table.iterrows()}
@@ -124,7 +138,7 @@ class PredictionRun:
         if image_id not in self._rows:
             raise KeyError(f"image {image_id!r} is not in {self.pred_dir / 'images.csv'}")
         cells_hw, nuclei_hw = self.cache.full_masks(image_id)
-        image = read_sample(self.images_dir, image_id, size=tuple(cells_hw.shape))
+        image = self.pixels(image_id, tuple(cells_hw.shape))
         row = self.images.iloc[self._rows[image_id]]
         cells = self.cells.iloc[self._cells_of.get(image_id, [])].reset_index(drop=True)
         pixel_probs = None
@@ -143,6 +157,18 @@ class PredictionRun:
             thresholds=self.thresholds,
             pixel_probs=pixel_probs,
         )
+
+    def pixels(self, image_id: str, shape_hw: tuple[int, int]) -> np.ndarray:
+        """The image's `4,H,W` uint8 field at working size: the cache's stored pixels (schema 2), else its input
+        files (schema 1; FieldInputError naming the image and the file when one is missing or unreadable)."""
+        if self.cache.has_full_images:
+            return self.cache.full_image(image_id)
+        try:
+            return read_sample(self.images_dir, image_id, size=shape_hw)
+        except (ImageReadError, OSError) as err:
+            raise FieldInputError(
+                f"image {image_id}: {err} (a schema_version {self.cache.schema_version} cache stores no pixels, so "
+                "its maps read the input files)") from err
 
     def close(self) -> None:
         self.cache.close()

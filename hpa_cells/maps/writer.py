@@ -1,5 +1,7 @@
 """Writing the maps: every file of one image (`write_image_maps`) and of a whole prediction folder with its
-`maps_index.csv` (`write_maps`); PNGs as 256-colour palette images, each file written atomically."""
+`maps_index.csv` (`write_maps`); PNGs as 256-colour palette images, each file written atomically. An image whose
+pixels cannot be read (`FieldInputError`: a schema-1 cache whose input file is gone) does not stop the run: it gets
+one `error` row in the index (kind `error`, the one-line message in the `error` column) and no files."""
 
 from __future__ import annotations
 
@@ -19,12 +21,15 @@ from hpa_cells.classes import NUM_CLASSES
 from hpa_cells.maps.exports import write_ome_maps, write_pixel_ome_map
 from hpa_cells.maps.overview import paint_overview, render_overview
 from hpa_cells.maps.panels import PanelCanvas, render_attention_panel, render_class_panel, render_pixel_panel
-from hpa_cells.maps.prediction_run import FieldView, PredictionRun
+from hpa_cells.maps.prediction_run import FieldInputError, FieldView, PredictionRun
 from hpa_cells.maps.style import MapStyle
 
 logger = logging.getLogger(__name__)
 
 MAPS_INDEX = "maps_index.csv"
+MAPS_INDEX_COLUMNS = ("image_id", "kind", "class_id", "path", "error")
+"""maps_index.csv: one row per file (`error` empty), and one row of kind `error` (`path` empty) per image whose
+maps could not be drawn."""
 THUMBNAIL_PX = 320
 
 
@@ -121,25 +126,44 @@ def write_image_maps(view: FieldView, out_dir: Path, extra_classes: Iterable[int
                      pixel_tiff)
 
 
+class WrittenMaps(list):
+    """The `ImageMaps` of the images drawn (a list, in order) and `failures`: image id -> the one-line error of
+    each image that could not be drawn."""
+
+    def __init__(self, maps: Iterable[ImageMaps] = (), failures: dict[str, str] | None = None) -> None:
+        super().__init__(maps)
+        self.failures: dict[str, str] = dict(failures or {})
+
+
 def write_maps(run: PredictionRun, maps_dir: Path, extra_classes: Sequence[int] = (), write_tiff: bool = True,
                style: MapStyle | None = None, image_ids: Sequence[str] | None = None,
-               show_progress: bool = False) -> list[ImageMaps]:
-    """Maps of every image of `run` (or of `image_ids`) into `maps_dir/{image_id}/`, plus `maps_index.csv`."""
+               show_progress: bool = False) -> WrittenMaps:
+    """Maps of every image of `run` (or of `image_ids`) into `maps_dir/{image_id}/`, plus `maps_index.csv`; an
+    image whose pixels cannot be read is recorded (index row, `failures`, a logged warning) and skipped."""
     from tqdm import tqdm
 
     maps_dir = Path(maps_dir)
     maps_dir.mkdir(parents=True, exist_ok=True)
     wanted = list(image_ids) if image_ids is not None else run.image_ids
-    written: list[ImageMaps] = []
+    written = WrittenMaps()
     for image_id in tqdm(wanted, desc="maps", unit="image", disable=not show_progress):
-        written.append(write_image_maps(run.field(image_id), maps_dir / image_id, extra_classes, write_tiff, style))
+        try:
+            view = run.field(image_id)
+        except FieldInputError as err:
+            written.failures[image_id] = str(err)
+            logger.warning("maps of %s not drawn: %s", image_id, err)
+            continue
+        written.append(write_image_maps(view, maps_dir / image_id, extra_classes, write_tiff, style))
     index = io.StringIO(newline="")
     writer = csv.writer(index)
-    writer.writerow(["image_id", "kind", "class_id", "path"])
+    writer.writerow(MAPS_INDEX_COLUMNS)
     for maps in written:
         for kind, class_id, path in maps.files():
             writer.writerow([maps.image_id, kind, "" if class_id is None else class_id,
-                             Path(path).relative_to(maps_dir).as_posix()])
+                             Path(path).relative_to(maps_dir).as_posix(), ""])
+    for image_id, error in written.failures.items():
+        writer.writerow([image_id, "error", "", "", error])
     write_text_atomic(maps_dir / MAPS_INDEX, index.getvalue())
-    logger.info("wrote maps of %d images into %s", len(written), maps_dir)
+    logger.info("wrote maps of %d images into %s (%d could not be drawn)", len(written), maps_dir,
+                len(written.failures))
     return written

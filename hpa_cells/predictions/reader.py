@@ -3,7 +3,9 @@
 `read_prediction_folder(path)` returns a `PredictionFolder`; each table is read and checked the first time it
 is asked for, so a tool that needs only cells.csv (the exports) does not require images.csv, and the first
 missing file a tool needs is the one its error names. Every problem is a `PredictionFolderError` naming the file,
-and the line for a damaged row (a cut row, a number that is not one, a bad `predicted` field).
+and the line for a damaged row (a cut row, a number that is not one, a bad `predicted` field). A table that does
+not end with a line end was cut mid-row (the writer always ends one), and a table whose row count differs from
+the manifest's `n_images` / `n_cells` was cut at a row end or replaced: both are refused too.
 
 Folders written before a manifest entry existed still read: no `cell_score` means the cells' own probabilities
 (`cell`), no `models` means the single `model`, no `pixel_maps` means none.
@@ -42,10 +44,29 @@ _FIRST_DATA_LINE = 2
 """CSV line number of a table's first row (line 1 is the header)."""
 
 
+def _require_line_end(path: Path) -> None:
+    """PredictionFolderError naming the file and its last line unless the file ends with a line end: the writer
+    always ends a table with one, so a file without it was cut mid-row (perhaps inside its last number, which
+    would otherwise still read as a number)."""
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return  # an empty file: the parser's own error below
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return
+        handle.seek(0)
+        lines = sum(1 for _ in handle)
+    raise PredictionFolderError(f"{path}, line {lines}: the file ends mid-row (no line end after the last row: "
+                                "cut while copying or writing?)")
+
+
 def _read_table(path: Path, required: Sequence[str], numbers: Sequence[str]) -> pd.DataFrame:
-    """A CSV of the folder with `required` columns, every `numbers` column numeric in every row."""
+    """A CSV of the folder with `required` columns, every `numbers` column numeric in every row, ending with a
+    line end (else it was cut mid-row)."""
     if not path.is_file():
         raise PredictionFolderError(f"{path.parent} is not a prediction folder: {path.name} is missing")
+    _require_line_end(path)
     try:
         frame = pd.read_csv(path, dtype=TEXT_COLUMNS, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
@@ -102,17 +123,43 @@ class PredictionFolder:
             raise PredictionFolderError(f"{path}: expected a JSON object, found {type(record).__name__}")
         return record
 
+    def _require_rows(self, path: Path, frame: pd.DataFrame, count_key: str) -> None:
+        """PredictionFolderError when the manifest records another row count for the table (a file cut at a row
+        end, or replaced); folders without a manifest or without the count are not checked."""
+        if not self.has_manifest or count_key not in self.manifest:
+            return
+        expected = self.manifest[count_key]
+        if isinstance(expected, int) and expected != len(frame):
+            raise PredictionFolderError(f"{path}: {len(frame)} rows but {self.manifest_path} records {count_key} "
+                                        f"{expected} (a cut or replaced file?)")
+
     @cached_property
     def images(self) -> pd.DataFrame:
         path = self.folder / IMAGES_FILE
         frame = _read_table(path, IMAGE_COLUMNS, IMAGE_NUMBERS)
+        self._require_rows(path, frame, "n_images")
         frame["predicted_ids"] = [parse_predicted_ids(text, f"{path}, line {row + _FIRST_DATA_LINE}")
                                   for row, text in enumerate(frame["predicted"])]
         return frame
 
     @cached_property
     def cells(self) -> pd.DataFrame:
-        return _read_table(self.folder / CELLS_FILE, CELL_COLUMNS, CELL_NUMBERS)
+        path = self.folder / CELLS_FILE
+        frame = _read_table(path, CELL_COLUMNS, CELL_NUMBERS)
+        self._require_rows(path, frame, "n_cells")
+        return frame
+
+    @property
+    def unpredicted(self) -> dict[str, str]:
+        """image id -> reason of the fields that have no prediction (skipped while segmenting, or without
+        cells): submission.csv lists them with an empty prediction; images.csv and cells.csv do not. Folders
+        written before this was recorded: empty."""
+        rows = self.manifest.get("unpredicted") or []
+        try:
+            return {str(row["image_id"]): str(row.get("reason", "")) for row in rows}
+        except (TypeError, KeyError, AttributeError):
+            raise PredictionFolderError(f"{self.manifest_path}: 'unpredicted' must list objects with an "
+                                        "'image_id'") from None
 
     @cached_property
     def thresholds(self) -> np.ndarray:

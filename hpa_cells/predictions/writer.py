@@ -2,13 +2,13 @@
 
 | file | content |
 |---|---|
-| `submission.csv` | Kaggle 2018 format `Id,Predicted`: class ids at or above each class's fitted threshold |
+| `submission.csv` | Kaggle 2018 format `Id,Predicted`: class ids at or above each class's fitted threshold; every test id: the predicted images, then the fields without a prediction (skipped while segmenting, or without cells) with an empty `Predicted` |
 | `images.csv` | `image_id`, `n_cells`, `n_cells_pooled`, `predicted` (ids, space-separated), 28 probability columns named by class |
 | `cells.csv` | one row per cell: `image_id`, `cell_id`, bbox, `centroid_y`, `centroid_x` (working-size px), `area`, `nucleus_area`, `qc_flags`, `qc_flag_names`, `used_for_image`, 28 class-probability columns (by the manifest's `cell_score`), `top_label_id`, `top_label`, `top_probability`, `attention` |
 | `cells.parquet` | the same table (when pyarrow is installed) |
 | `attention.h5` | `attention` `C,A` float32: each cell's raw attention (A = 1, or 28 for per-class heads), rows as in cells.csv |
 | `pixel_probabilities.h5` | dense models only: per-pixel class probabilities of each image (see `hpa_cells.pixel_maps`) |
-| `manifest.json` | `model` (the first model folder), `models` (every member; several = an ensemble), `families`, `cache`, `pixel_maps`, `cell_score` and `cell_score_rule` (what the cells' class probabilities are: `gated` = sqrt(cell x image probability), or `cell`), `ensemble_rule` (ensembles), thresholds, counts, package version |
+| `manifest.json` | `model` (the first model folder), `models` (every member; several = an ensemble), `families`, `cache`, `pixel_maps`, `cell_score` and `cell_score_rule` (what the cells' class probabilities are: `gated` = sqrt(cell x image probability), or `cell`), `ensemble_rule` (ensembles), thresholds, counts (`n_images` = rows of images.csv, `n_cells`, `n_unpredicted`), `unpredicted` (`image_id`, `reason` of each field in submission.csv only), package version |
 
 Every file is written atomically (`hpa_cells.atomic_files`), the manifest last: a folder with a manifest is whole.
 """
@@ -16,6 +16,7 @@ Every file is written atomically (`hpa_cells.atomic_files`), the manifest last: 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -104,8 +105,13 @@ def _write_attention(attention: np.ndarray, path: Path) -> Path:
 
 
 def write_prediction_folder(predictions: Predictions, out_dir: Path, manifest: dict,
-                            qc_flag_names: dict[str, int]) -> dict[str, Path]:
+                            qc_flag_names: dict[str, int], unpredicted: Mapping[str, str] | None = None
+                            ) -> dict[str, Path]:
     """Write every file of the table above into `out_dir`; returns name -> path.
+
+    `unpredicted`: image id -> reason of the test fields without a prediction (the cache's skipped fields, images
+    without cells): submission.csv lists them with an empty prediction, the manifest records them; images.csv and
+    cells.csv hold the predicted images only. An id both predicted and unpredicted is a ValueError.
 
     `manifest` holds the run's entries (`model`, `models`, `families`, `cache`, `pixel_maps`, ...); the writer adds
     the cell score and its rule, the thresholds, the counts and the package version. A pixel-map file named by
@@ -115,7 +121,11 @@ def write_prediction_folder(predictions: Predictions, out_dir: Path, manifest: d
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     labels = predictions.predicted_labels()
-    paths["submission"] = write_submission(out_dir / SUBMISSION_FILE, labels)
+    unpredicted = dict(unpredicted or {})
+    both = [i for i in unpredicted if i in labels]
+    if both:
+        raise ValueError(f"images {both[:5]} are both predicted and listed as without a prediction")
+    paths["submission"] = write_submission(out_dir / SUBMISSION_FILE, {**labels, **{i: () for i in unpredicted}})
     cells = cell_table(predictions, qc_flag_names)
     images = image_table(predictions, cells, labels)
     paths["images"] = _write_csv(images, out_dir / IMAGES_FILE)
@@ -126,7 +136,9 @@ def write_prediction_folder(predictions: Predictions, out_dir: Path, manifest: d
     paths["attention"] = _write_attention(predictions.cell_attention, out_dir / ATTENTION_FILE)
     record = {**manifest, "cell_score": predictions.cell_score, "cell_score_rule": CELL_SCORES[predictions.cell_score],
               "thresholds": [float(t) for t in predictions.thresholds], "n_images": len(images),
-              "n_cells": len(cells), "package_version": __version__}
+              "n_cells": len(cells), "n_unpredicted": len(unpredicted),
+              "unpredicted": [{"image_id": i, "reason": r} for i, r in unpredicted.items()],
+              "package_version": __version__}
     if manifest.get("pixel_maps") and (out_dir / PIXEL_MAPS_FILE).is_file():
         paths["pixel_maps"] = out_dir / PIXEL_MAPS_FILE
     paths["manifest"] = write_json_atomic(out_dir / MANIFEST_FILE, record, default=str)

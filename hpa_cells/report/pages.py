@@ -108,6 +108,7 @@ def summary(run: PredictionRun, scores: FolderScores, label_source: str, truth_d
         "working_size": parameters.get("working_size", "?"),
         "images_dir": str(run.images_dir.resolve()),
         "n_images": len(run.images),
+        "n_unpredicted": len(run.folder.unpredicted),
         "cells": f"{len(cells)} ({pooled} pooled for image predictions, {flagged} QC-flagged); per image: "
                  f"min {per_image.min()}, median {per_image.median():.0f}, max {per_image.max()}",
         "scores": None, "truth": None,
@@ -115,7 +116,9 @@ def summary(run: PredictionRun, scores: FolderScores, label_source: str, truth_d
         "version": run.manifest.get("package_version", "?"),
     }
     if image_scores_shown(scores):
-        out["scores"] = {"source": label_source, "n_images": scores.n_images, "macro_f1": fmt(scores.image_macro_f1)}
+        out["scores"] = {"source": label_source, "n_images": scores.n_images, "macro_f1": fmt(scores.image_macro_f1),
+                         "without_prediction": (scores.without_prediction_line()
+                                                if scores.labelled_without_prediction else None)}
     if cell_scores_shown(scores) and truth_dir is not None:
         out["truth"] = {"dir": str(truth_dir.resolve()), "n_matched": scores.cells_matched,
                         "n_true": scores.cells_true, "n_pred": scores.cells_predicted, "mean_ap": fmt(scores.cell_map)}

@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpa_cells.atomic_files import atomic_output, write_text_atomic
@@ -80,6 +80,8 @@ class MapsAndReport:
     maps_dir: Path
     report_index: Path | None
     seconds: float
+    failures: dict[str, str] = field(default_factory=dict)
+    """image id -> one-line error of each image whose maps could not be drawn (also in maps_index.csv)."""
 
 
 def write_maps_and_report(pred_dir: str | os.PathLike[str], maps_dir: Path | None = None,
@@ -99,4 +101,4 @@ def write_maps_and_report(pred_dir: str | os.PathLike[str], maps_dir: Path | Non
                           image_ids=run.image_ids[:limit] if limit is not None else None,
                           show_progress=show_progress)
         index = write_report(run, maps, report_dir, labels_path, truth_dir) if report_dir is not None else None
-    return MapsAndReport(maps, target, index, time.perf_counter() - started)
+    return MapsAndReport(list(maps), target, index, time.perf_counter() - started, dict(maps.failures))
