@@ -65,6 +65,7 @@ from hpa_cells.cache.schema import (
     normalise_qc_flag_names,
     package_version,
     provenance_attrs,
+    read_skipped,
     read_strings,
 )
 from hpa_cells.crops import CellCrops
@@ -130,7 +131,8 @@ class CellCacheWriter:
             "qc_flag_names": _qc_names_json(normalise_qc_flag_names(qc_flag_names)),
         }
         self._created = _utc_now()
-        self._done: set[str] = set()
+        self._images: set[str] = set()
+        self._skipped: dict[str, tuple[str, str]] = {}
         self._next_seq = 0
         self._closed = False
         self._lock = CacheLock(lock_path_of(self.path))
@@ -185,8 +187,7 @@ class CellCacheWriter:
                 ) from error
             with main as f:
                 self._check_compatible(f, self.path)
-                self._done.update(read_strings(f["images/id"]))
-                self._done.update(read_strings(f["skipped/image_id"]))
+                self._note_contents(f)
                 existing_compression = _compression_name(f["crops"])
             if existing_compression != self.compression:
                 logger.info("%s uses %s compression; new cells follow it", self.path, existing_compression)
@@ -196,8 +197,7 @@ class CellCacheWriter:
             try:
                 with h5py.File(shard, "r") as f:
                     self._check_compatible(f, shard)
-                    self._done.update(read_strings(f["images/id"]))
-                    self._done.update(read_strings(f["skipped/image_id"]))
+                    self._note_contents(f)
             except OSError as error:
                 raise CellCacheError(
                     f"journal shard {shard} cannot be read ({error}); move it away and rerun"
@@ -208,15 +208,33 @@ class CellCacheWriter:
                 "resuming %s: %d finished images in its journal %s", self.path, len(shards), self.journal_dir
             )
 
+    def _note_contents(self, f: h5py.File) -> None:
+        """Fold one file's images and skipped rows (main file first, then shards in order) into what is done."""
+        for image_id in read_strings(f["images/id"]):
+            self._images.add(image_id)
+            self._skipped.pop(image_id, None)
+        for image_id, row in read_skipped(f).items():
+            if image_id not in self._images:
+                self._skipped[image_id] = row
+
     # ----- adding ------------------------------------------------------------------------
     def done_image_ids(self) -> frozenset[str]:
-        """Ids already in the cache or its journal, with cells or skipped: the caller skips these."""
-        return frozenset(self._done)
+        """Ids already in the cache or its journal, with cells or skipped."""
+        return frozenset(self._images | set(self._skipped))
+
+    def image_ids_with_cells(self) -> frozenset[str]:
+        """Ids already in the cache or its journal with cells: never added again."""
+        return frozenset(self._images)
+
+    def skipped_records(self) -> dict[str, tuple[str, str]]:
+        """Skipped ids (cache and journal, latest record): id -> (reason, files JSON, "" when not recorded). Such
+        an id may be added again, with cells or as skipped (a retry): the merge keeps the latest."""
+        return dict(self._skipped)
 
     def _root_attrs(self) -> dict[str, Any]:
         return {**self._provenance, "package_version": package_version(), "created": self._created}
 
-    def _write_shard(self, rows: ImageRows | None, skipped: tuple[str, str] | None) -> Path:
+    def _write_shard(self, rows: ImageRows | None, skipped: tuple[str, str, str] | None) -> Path:
         """Write one image or one skipped row as a journal shard: temp name, fsync, atomic rename."""
 
         def fill(f: h5py.File) -> None:
@@ -233,7 +251,7 @@ class CellCacheWriter:
             raise CellCacheError(f"writer for {self.path} is closed")
         if not isinstance(image_id, str) or not image_id:
             raise CellCacheInputError(f"image id must be a non-empty string, got {image_id!r}")
-        if image_id in self._done:
+        if image_id in self._images:
             raise DuplicateImageError(
                 f"image {image_id!r} is already in {self.path} or its journal; skip the ids in done_image_ids()"
             )
@@ -264,7 +282,8 @@ class CellCacheWriter:
             image_id, self.crop_size, crops, masks, cell_records, cells_hw, nuclei_hw, image_chw, original_hw, labels
         )
         self._write_shard(rows, None)
-        self._done.add(image_id)
+        self._images.add(image_id)
+        self._skipped.pop(image_id, None)
 
     def add_cell_crops(
         self,
@@ -290,13 +309,15 @@ class CellCacheWriter:
             image_chw=image_chw,
         )
 
-    def add_skipped(self, image_id: str, reason: str) -> None:
-        """Record an image that yields no cells (no cells found, unreadable, missing channel)."""
+    def add_skipped(self, image_id: str, reason: str, files: str = "") -> None:
+        """Record an image that yields no cells (no cells found, unreadable, missing channel, a failure while
+        segmenting or cropping it), with its files' fingerprint (`hpa_cells.images.files_fingerprint`) so a
+        rerun can tell whether they changed. Replaces an earlier skip of the same id."""
         self._check_open_and_new(image_id)
         if not reason:
             raise CellCacheInputError(f"image {image_id!r}: a skipped image needs a reason")
-        self._write_shard(None, (image_id, str(reason)))
-        self._done.add(image_id)
+        self._write_shard(None, (image_id, str(reason), str(files)))
+        self._skipped[image_id] = (str(reason), str(files))
 
     # ----- finishing ---------------------------------------------------------------------
     def _merge(self) -> None:
