@@ -167,6 +167,14 @@ class CellCacheLockedError(CellCacheError):
     """Another live writer holds the cache's lock file."""
 
 
+class CellCacheSpaceError(CellCacheError):
+    """The disk lacks the space a cache write needs (checked before writing); `needed` and `free` in bytes."""
+
+    def __init__(self, message: str, *, path: Path, needed: int, free: int) -> None:
+        super().__init__(message)
+        self.path, self.needed, self.free = path, needed, free
+
+
 class DuplicateImageError(CellCacheError):
     """An image id is added to a cache that already holds it (or lists it as skipped)."""
 
