@@ -193,6 +193,23 @@ class CellCacheWriter:
             self._lock.release()
             raise
 
+    @classmethod
+    def for_existing(cls, path: str | os.PathLike[str]) -> CellCacheWriter:
+        """A writer for an existing cache with the cache's own crop size, provenance and QC flags (for changes
+        that are not segmentation, such as `update_labels`). Raises CellCacheError for a missing or foreign file."""
+        path = Path(path)
+        if not path.is_file():
+            raise CellCacheError(f"{path} is a folder, not a cache file" if path.is_dir() else f"no cache at {path}")
+        try:
+            with h5py.File(path, "r") as f:
+                check_schema(f, path, for_writing=True)
+                attrs = provenance_attrs(f)
+                crop_size = int(f.attrs["crop_size"])
+        except OSError as error:
+            raise CellCacheError(f"{path} cannot be opened as HDF5 ({error})") from error
+        provenance = CacheProvenance(attrs["segmenter"], attrs["model_sha256"], json.loads(attrs["parameters_json"]))
+        return cls(path, crop_size, provenance, json.loads(attrs["qc_flag_names"]))
+
     # ----- opening and repair -------------------------------------------------------------
     def _check_compatible(self, f: h5py.File, file_path: Path) -> None:
         """Raise CellCacheMismatchError if `f` was written with other settings than this writer's."""
