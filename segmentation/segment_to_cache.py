@@ -220,6 +220,8 @@ def _cache_provenance(job: SegmentJob, segmenter: Segmenter) -> CacheProvenance:
         model_sha256=str(cell_model.get("sha256", "")) if isinstance(cell_model, dict) else "",
         parameters={**provenance, "working_size": job.working_size, "crop": job.crop.__dict__,
                     "images_dir": str(job.images_dir.resolve()),
+                    # recorded only when not the default, so caches made before the option still match
+                    **({"scaling": job.scaling} if job.scaling != "full_range" else {}),
                     # each image's own working size is in the cache's images/working_hw
                     **({"working_size_rule": AUTO_WORKING_SIZE_RULE} if job.working_size == "auto" else {})},
     )

@@ -500,13 +500,14 @@ class CellCacheWriter:
         finally:
             self._lock.release()
 
-    def abandon(self) -> None:
-        """Release the lock without merging; the journal stays and the next writer resumes from it."""
+    def abandon(self, *, quiet: bool = False) -> None:
+        """Release the lock without merging; the journal stays and the next writer resumes from it. `quiet` logs
+        that at info level (the caller's own error says it, e.g. disk full)."""
         if self._closed:
             return
         self._closed = True
         self._lock.release()
-        logger.warning(
+        (logger.info if quiet else logger.warning)(
             "%s: writer stopped early; %d finished images stay in %s for the next run",
             self.path,
             len(journal_shards(self.journal_dir)),
@@ -522,7 +523,7 @@ class CellCacheWriter:
         if exc_type is None:
             self.close()
         elif isinstance(exc, CellCacheSpaceError) or (isinstance(exc, OSError) and exc.errno in DISK_ERRNOS):
-            self.abandon()  # the disk is full or read-only: a merge would fail too; the next run merges
+            self.abandon(quiet=True)  # the disk is full or read-only: a merge would fail too; the next run merges
         elif issubclass(exc_type, Exception):
             # An error in the caller's loop: the finished images are complete, so merge them now and
             # let the caller's exception propagate (a failing merge is logged, its journal kept).
