@@ -2,10 +2,16 @@
 
   python scripts/segment.py --images DIR [--labels CSV] --out cells.h5 [--segmenter cellpose|watershed|masks|whole-field]
                             [--model NAME|PATH] [--working-size auto|N] [--crop-size N] [--export-masks DIR]
-                            [--limit N] [--strict]
+                            [--limit N] [--strict] [--retry-skipped] [--scaling full_range|per_image_max]
 
 Rerunning the same command resumes: images already in the cache are skipped. With no arguments it runs on the
 embedded default (a small synthetic set generated into demo_output/) and says so.
+
+One bad field never stops a run: a field that cannot be read, segmented or cropped (missing or unreadable
+channel files, a channel in two formats, a field too small to segment) is recorded in the cache's skipped table
+with the reason and its files, and the run goes on (--strict stops at it). A rerun tries a skipped field again
+when its files changed, or every skipped field with --retry-skipped. --labels on an existing cache also updates
+the labels of the images already in it (and says how many changed); `hpa-cells relabel` does only that.
 
 Working size (--working-size auto, the default): each field is resized so its cells have about the same pixel
 size as in a 2048 px field shrunk to 512 px, whatever the layout: 2018 Kaggle 512 px fields stay 512 px;
@@ -61,14 +67,24 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="working size: 'auto' picks one per field so cells have a similar pixel size (512 px "
                              "fields kept, full-resolution 2048/3072 px fields shrunk 4x); N resizes every field's "
                              "longer side to N px (default: %(default)s)")
-    parser.add_argument("--crop-size", type=int, default=128, help="side of the per-cell crops in px (default: %(default)s)")
+    parser.add_argument("--crop-size", type=int_option("--crop-size", MIN_CROP_SIZE), default=128,
+                        help=f"side of the per-cell crops in px, at least {MIN_CROP_SIZE} (default: %(default)s)")
     parser.add_argument("--keep-neighbours", action="store_true",
                         help="keep other cells' pixels inside each crop (default: they are zeroed)")
     parser.add_argument("--export-masks", type=Path, metavar="DIR",
                         help="also write {id}_cells.png / {id}_nuclei.png 16-bit masks at the original resolution")
-    parser.add_argument("--limit", type=int, help="segment at most this many new images")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per network pass (default: %(default)s)")
-    parser.add_argument("--strict", action="store_true", help="stop at the first unreadable/empty image")
+    parser.add_argument("--limit", type=int_option("--limit", 0), help="segment at most this many new images (>= 0)")
+    parser.add_argument("--batch-size", type=int_option("--batch-size", 1), default=8,
+                        help="images per network pass (default: %(default)s)")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first field that would be skipped (unreadable, empty, failing)")
+    parser.add_argument("--retry-skipped", action="store_true",
+                        help="try every field skipped by an earlier run again (default: only those whose files "
+                             "changed)")
+    parser.add_argument("--scaling", choices=("full_range", "per_image_max"), default="full_range",
+                        help="16-bit intensity scaling (data/README.md): full_range maps 0-65535 to 0-255; "
+                             "per_image_max maps each channel's maximum to 255, for 12-bit data in 16-bit files "
+                             "(default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device for Cellpose, e.g. cuda (default: %(default)s)")
     return parser
 
@@ -86,6 +102,26 @@ def working_size_option(text: str) -> int | str:
     return value
 
 
+MIN_CROP_SIZE = 4
+"""The smallest crop side the cache takes (`hpa_cells.crops.CropConfig`)."""
+
+
+def int_option(name: str, minimum: int):
+    """An argparse type for a whole number >= `minimum`; the message names the option and the minimum."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
 class OptionError(ValueError):
     """An option value argparse cannot check by itself (the command prints it and exits with code 2)."""
 
@@ -101,7 +137,8 @@ def build_segmenter(args: argparse.Namespace):
             CellposeSettings,
         )
 
-        if args.diameter_tolerance != 0 and args.diameter_tolerance <= 1:
+        tolerance = args.diameter_tolerance
+        if tolerance != 0 and not 1 < tolerance < float("inf"):  # NaN fails too
             raise OptionError(f"--diameter-tolerance must be 0 (off) or > 1, got {args.diameter_tolerance}")
         # auto: every field is at the 512 px reference scale whatever its working size, so the object sizes are too
         fixed = ({"cell_diameter": CELL_DIAMETER_AT_512, "nucleus_diameter": NUCLEUS_DIAMETER_AT_512}
@@ -122,9 +159,18 @@ def build_segmenter(args: argparse.Namespace):
     return WatershedSegmenter()
 
 
-def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
-    """Run `segment` with `argv` (default: sys.argv[1:]); 0 on success, 1 for a --strict stop, 2 for bad input."""
-    args = build_parser(prog).parse_args(argv)
+def disk_error_message(err: OSError, out: Path) -> str:
+    """The one-line error for a disk that cannot take the cache's writes (full, over quota, read-only)."""
+    from hpa_cells.cache import format_bytes, merge_space_needed
+
+    where = err.filename or out
+    return (f"cannot write {where}: {err.strerror or err}; the cache {out} and its journal are kept as they were "
+            f"for a resume: free space (the journal merge needs about {format_bytes(merge_space_needed(out))} free "
+            f"in {out.parent}, plus room for the fields still to segment) and rerun the same command")
+
+
+def _defaults(args: argparse.Namespace) -> str | None:
+    """Fill in the embedded default (no --images); the error message when the options do not fit."""
     if args.images is None:
         from hpa_cells.synthetic.dataset import SyntheticConfig, write_dataset
 
@@ -134,7 +180,19 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         print(f"No --images given: using the embedded default, a synthetic set in {args.images}")
         write_dataset(args.images, 24, SyntheticConfig(seed=0, size=512, balanced=True), show_progress=True)
     elif args.out is None:
-        print("error: --out is required with --images", file=sys.stderr)
+        return "--out is required with --images"
+    if args.out.is_dir():
+        return f"--out {args.out} is a folder, not a cache file (give a file such as {args.out / 'cells.h5'})"
+    return None
+
+
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run `segment` with `argv` (default: sys.argv[1:]); 0 on success, 1 for a --strict stop, 2 for bad input
+    and for a disk that cannot take the cache (full or read-only)."""
+    args = build_parser(prog).parse_args(argv)
+    problem = _defaults(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
 
     from hpa_cells.cache import CellCacheError
@@ -155,7 +213,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
                                      # the whole field needs no context margin around it
                                      **({"margin_fraction": 0.0} if args.segmenter == "whole-field" else {})),
                      export_masks_dir=args.export_masks, limit=args.limit, strict=args.strict,
-                     batch_size=args.batch_size)
+                     batch_size=args.batch_size, retry_skipped=args.retry_skipped, scaling=args.scaling)
     if args.working_size == "auto":
         from hpa_cells.images import AUTO_WORKING_SIZE_RULE
 
@@ -167,6 +225,9 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         return 1
     except (FileNotFoundError, LabelFileError, CellCacheError) as err:  # bad paths, a locked or mismatched cache
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the disk is full or read-only: the cache stays valid
+        print(f"error: {disk_error_message(err, args.out)}", file=sys.stderr)
         return 2
     print(f"\nSegmented {args.images} with {segmenter.name} -> {args.out}")
     for line in summary.lines():

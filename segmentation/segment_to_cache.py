@@ -1,8 +1,12 @@
 """Segment a folder of HPA fields and write every cell into the HDF5 cell cache (the `segment.py` job).
 
 Resumable: images already in the cache (or its journal) are skipped, so rerunning the same command after a
-crash or Ctrl-C continues where it stopped. Unreadable images, missing channels and images without cells are
-recorded in the cache's `skipped` table and the summary, and do not stop the run unless `strict`.
+crash or Ctrl-C continues where it stopped. One bad field never stops the run: any failure while reading,
+segmenting, post-processing or cropping a field (unreadable or missing channel files, a channel in two formats,
+a field too small to segment, no cells found, ...) is recorded in the cache's `skipped` table with the reason and
+the field's files (size and mtime), and the run goes on (`strict` stops at it instead). A skipped field is tried
+again on a later run when its files changed, or always with `retry_skipped`; if it then yields cells it leaves
+the skipped table. Only the cache's own failures (disk full, a locked cache) stop a run.
 Reading the next batch overlaps with segmenting the current one (a background thread).
 """
 
@@ -18,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from hpa_cells.cache import CacheProvenance, CellCacheWriter
+from hpa_cells.cache import CacheProvenance, CellCacheInputError, CellCacheWriter
 from hpa_cells.crops import CropConfig, extract_cell_crops
 from hpa_cells.images import (
     AUTO_WORKING_SIZE_RULE,
+    SCALINGS,
     ImageReadError,
     auto_working_size,
+    files_fingerprint,
     read_sample_files,
     resize_image,
     resize_mask,
@@ -50,8 +56,18 @@ class SegmentRunSummary:
 
     images_found: int = 0
     images_already_done: int = 0
+    """Fields already in the cache with cells (not segmented again)."""
     images_done: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
+    """Fields skipped by this run: id -> reason."""
+    skipped_earlier: int = 0
+    """Fields skipped by an earlier run and not retried (files unchanged, no `retry_skipped`)."""
+    retried: int = 0
+    """Fields skipped earlier and tried again now (files changed, or `retry_skipped`)."""
+    dim_16_bit: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Fields with a 16-bit channel holding 12-bit data (max <= 4095) read with full_range: id -> (file, max)."""
+    labels_changed: int | None = None
+    """Images already in the cache whose stored labels the run's label file changed (None: no label file)."""
     cells_kept: int = 0
     cells_flagged: Counter = field(default_factory=Counter)
     cells_per_image: list[int] = field(default_factory=list)
@@ -67,9 +83,11 @@ class SegmentRunSummary:
 
     def lines(self) -> list[str]:
         counts = np.asarray(self.cells_per_image or [0])
+        earlier = (f"; skipped earlier, not retried: {self.skipped_earlier} (files unchanged; --retry-skipped "
+                   "retries them)" if self.skipped_earlier else "")
         out = [
             f"images found: {self.images_found}; already in the cache: {self.images_already_done}; "
-            f"segmented now: {self.images_done}; skipped now: {len(self.skipped)}",
+            f"segmented now: {self.images_done}; skipped now: {len(self.skipped)}{earlier}",
             f"cells kept: {self.cells_kept}; cells per image min/median/max: "
             f"{counts.min()}/{int(np.median(counts))}/{counts.max()}",
             "cells flagged: " + (", ".join(f"{k} {v}" for k, v in sorted(self.cells_flagged.items())) or "none"),
@@ -80,6 +98,14 @@ class SegmentRunSummary:
             out.append("working size: " + ", ".join(
                 f"{h}x{w} -> {wh}x{ww} ({n} image{'s' if n != 1 else ''})"
                 for (h, w, wh, ww), n in sorted(self.working_sizes.items())))
+        if self.retried:
+            out.append(f"retried {self.retried} field(s) skipped earlier")
+        if self.labels_changed is not None:
+            out.append(f"labels changed for {self.labels_changed} image(s) already in the cache")
+        if self.dim_16_bit:
+            first = next(iter(self.dim_16_bit.items()))
+            out.append(f"12-bit data in 16-bit files: {len(self.dim_16_bit)} field(s), e.g. {first[0]} "
+                       f"({first[1][0]}, max {first[1][1]}); --scaling per_image_max stretches each channel")
         if self.labels_without_images or self.images_without_labels:
             out.append(f"labels without images: {self.labels_without_images}; "
                        f"images without labels: {self.images_without_labels}")
@@ -106,20 +132,45 @@ class SegmentJob:
     limit: int | None = None
     strict: bool = False
     batch_size: int = 8
+    retry_skipped: bool = False
+    """Try every field skipped earlier again (by default only those whose files changed)."""
+    scaling: str = "full_range"
+    """Intensity scaling of the channel files (`hpa_cells.images`: full_range or per_image_max)."""
 
     def __post_init__(self) -> None:
         size = self.working_size
         if size != "auto" and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise ValueError(f"working_size must be a positive int or 'auto', got {size!r}")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit must be >= 0, got {self.limit}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
 
 
-def _read_batch(paths: Sequence[tuple[str, dict]],
-                working_size: int | str) -> list[tuple[str, np.ndarray | None, tuple[int, int], str]]:
-    """Read images (at working size) with their original shapes; failures become a reason string."""
+def _files_text(image_id: str, files: Sequence[Path]) -> str:
+    """A field's files in a reason: `X_{red,green,blue,yellow}.png` when they share an extension, else names."""
+    suffixes = {Path(p).suffix for p in files}
+    if len(files) == 4 and len(suffixes) == 1:
+        return f"{image_id}_{{red,green,blue,yellow}}{suffixes.pop()}"
+    return ", ".join(Path(p).name for p in files) or "no files"
+
+
+def _failure(stage: str, image_id: str, files: Sequence[Path], error: BaseException) -> str:
+    """The skip reason for an unexpected failure of one field: stage, its files, the error in one line."""
+    text = " ".join(str(error).split()) or "(no message)"
+    return f"{stage} failed for {_files_text(image_id, files)}: {type(error).__name__}: {text}"
+
+
+def _read_batch(paths: Sequence[tuple[str, dict]], working_size: int | str, scaling: str = "full_range",
+                on_dim_data=None) -> list[tuple[str, np.ndarray | None, tuple[int, int], str]]:
+    """Read images (at working size) with their original shapes; any failure becomes a reason string."""
     out = []
     for sample_id, files in paths:
         try:
-            image = read_sample_files(files, sample_id=sample_id, size=None)
+            image = read_sample_files(files, sample_id=sample_id, size=None, scaling=scaling,
+                                      on_dim_data=on_dim_data)
             original = image.shape[1:]
             size = auto_working_size(*original) if working_size == "auto" else working_size
             if max(original) != size:
@@ -127,6 +178,8 @@ def _read_batch(paths: Sequence[tuple[str, dict]],
             out.append((sample_id, image, original, ""))
         except ImageReadError as err:
             out.append((sample_id, None, (0, 0), f"unreadable: {err}"))
+        except Exception as err:  # noqa: BLE001 - one bad field never stops the run
+            out.append((sample_id, None, (0, 0), _failure("reading", sample_id, list(files.values()), err)))
     return out
 
 
@@ -135,20 +188,26 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start:start + size]
 
 
-def _masks_by_id(segmenter, good: list, skip) -> tuple[list, list]:
-    """Results of a segmenter that reads each image's masks by id; an image whose masks are missing or wrong is
+def _one_by_one(segmenter, good: list, skip, files_of: Callable[[str], Sequence[Path]]) -> tuple[list, list]:
+    """Segment each image on its own (masks read by id, or after a batch failed); an image that fails is
     skipped with the reason (the run goes on)."""
     from segmentation.mask_folder import MaskFileError
 
+    by_id = getattr(segmenter, "reads_masks_by_id", False)
     kept, results = [], []
     for entry in good:
         image_id, image, _ = entry
         try:
-            results.append(segmenter.segment_batch([image], image_ids=[image_id])[0])
+            result = (segmenter.segment_batch([image], image_ids=[image_id]) if by_id
+                      else segmenter.segment_batch([image]))[0]
         except MaskFileError as err:
             skip(image_id, str(err))
             continue
+        except Exception as err:  # noqa: BLE001 - one bad field never stops the run
+            skip(image_id, _failure("segmentation", image_id, files_of(image_id), err))
+            continue
         kept.append(entry)
+        results.append(result)
     return kept, results
 
 
@@ -161,45 +220,71 @@ def _cache_provenance(job: SegmentJob, segmenter: Segmenter) -> CacheProvenance:
         model_sha256=str(cell_model.get("sha256", "")) if isinstance(cell_model, dict) else "",
         parameters={**provenance, "working_size": job.working_size, "crop": job.crop.__dict__,
                     "images_dir": str(job.images_dir.resolve()),
+                    # recorded only when not the default, so caches made before the option still match
+                    **({"scaling": job.scaling} if job.scaling != "full_range" else {}),
                     # each image's own working size is in the cache's images/working_hw
                     **({"working_size_rule": AUTO_WORKING_SIZE_RULE} if job.working_size == "auto" else {})},
     )
 
 
 def _read_ahead(reader: ThreadPoolExecutor, batches: Sequence[Sequence[tuple[str, dict]]],
-                size: int | str) -> Iterator[list[tuple[str, np.ndarray | None, tuple[int, int], str]]]:
+                read: Callable[[Sequence[tuple[str, dict]]], list]) -> Iterator[list]:
     """The read batches in order, the next one read in `reader`'s thread while the caller segments this one."""
-    pending: Future | None = reader.submit(_read_batch, batches[0], size) if batches else None
+    pending: Future | None = reader.submit(read, batches[0]) if batches else None
     for index in range(len(batches)):
         loaded = pending.result()
-        pending = reader.submit(_read_batch, batches[index + 1], size) if index + 1 < len(batches) else None
+        pending = reader.submit(read, batches[index + 1]) if index + 1 < len(batches) else None
         yield loaded
 
 
-def _segment_loaded(segmenter: Segmenter, loaded: list, skip: Callable[[str, str], None]) -> list[tuple]:
-    """((image_id, image, original shape), result) for the readable images of a batch; unreadable ones skipped."""
+def _segment_loaded(segmenter: Segmenter, loaded: list, skip: Callable[[str, str], None],
+                    files_of: Callable[[str], Sequence[Path]]) -> list[tuple]:
+    """((image_id, image, original shape), result) for the readable images of a batch; unreadable ones skipped.
+    A batch whose segmentation fails is segmented again image by image, so only the bad field is skipped."""
     good = [(i, im, orig) for i, im, orig, reason in loaded if im is not None]
     for image_id, _, _, reason in loaded:
         if reason:
             skip(image_id, reason)
     if getattr(segmenter, "reads_masks_by_id", False):  # masks made elsewhere, one file per image
-        good, results = _masks_by_id(segmenter, good, skip)
+        good, results = _one_by_one(segmenter, good, skip, files_of)
     else:
-        results = segmenter.segment_batch([im for _, im, _ in good]) if good else []
+        try:
+            results = segmenter.segment_batch([im for _, im, _ in good]) if good else []
+        except Exception as err:  # noqa: BLE001 - find the field at fault
+            logger.info("segmenting a batch failed (%s); segmenting its %d images one by one", err, len(good))
+            good, results = _one_by_one(segmenter, good, skip, files_of)
     return list(zip(good, results, strict=True))
 
 
-def _store_image(writer: CellCacheWriter, job: SegmentJob, labels: dict | None, summary: SegmentRunSummary,
-                 entry: tuple[str, np.ndarray, tuple[int, int]], result: SegmentationResult) -> None:
-    """Crop one segmented image's cells into the cache (and export its masks); count it in `summary`."""
+def _crop_image(job: SegmentJob, labels: dict | None, entry: tuple[str, np.ndarray, tuple[int, int]],
+                result: SegmentationResult) -> tuple:
+    """The arguments of `CellCacheWriter.add_cell_crops` for one segmented image (post-processing, cropping)."""
     image_id, image, original = entry
     flags = dict(zip(result.qc.cell_id.tolist(), result.qc.flags.tolist(), strict=True))
     crops = extract_cell_crops(image, result.cells, result.nuclei, config=job.crop, qc_flags=flags)
     label_vector = None
     if labels is not None and image_id in labels:
         label_vector = to_multi_hot([labels[image_id]])[0]
-    writer.add_cell_crops(image_id, crops, result.cells, result.nuclei, tuple(original), label_vector,
-                          image_chw=image)
+    return image_id, crops, result.cells, result.nuclei, tuple(original), label_vector
+
+
+def _store_image(writer: CellCacheWriter, job: SegmentJob, labels: dict | None, summary: SegmentRunSummary,
+                 entry: tuple[str, np.ndarray, tuple[int, int]], result: SegmentationResult,
+                 skip: Callable[[str, str], None], files_of: Callable[[str], Sequence[Path]]) -> None:
+    """Crop one segmented image's cells into the cache (and export its masks); count it in `summary`. A failure
+    while cropping (or data the cache refuses) skips the field; the cache's own errors (disk full) propagate."""
+    image_id, image, original = entry
+    try:
+        args = _crop_image(job, labels, entry, result)
+    except Exception as err:  # noqa: BLE001 - one bad field never stops the run
+        skip(image_id, _failure("cropping", image_id, files_of(image_id), err))
+        return
+    try:
+        writer.add_cell_crops(*args, image_chw=image)
+    except CellCacheInputError as err:  # checked before anything is written
+        skip(image_id, _failure("storing", image_id, files_of(image_id), err))
+        return
+    crops = args[1]
     if job.export_masks_dir is not None:
         write_label_mask(job.export_masks_dir / f"{image_id}_cells.png", resize_mask(result.cells, tuple(original)))
         write_label_mask(job.export_masks_dir / f"{image_id}_nuclei.png", resize_mask(result.nuclei, tuple(original)))
@@ -211,15 +296,87 @@ def _store_image(writer: CellCacheWriter, job: SegmentJob, labels: dict | None, 
         summary.cells_flagged.update(names_of_bits(value))
 
 
-def segment_folder(job: SegmentJob, segmenter: Segmenter) -> SegmentRunSummary:
-    """Run the job; returns this run's summary (progress is shown with tqdm)."""
+def _plan(job: SegmentJob, writer: CellCacheWriter, scan, summary: SegmentRunSummary) -> list[str]:
+    """The ids to segment now: new fields, and fields skipped earlier whose files changed (all of them with
+    `retry_skipped`); counts the others in `summary`."""
+    all_ids = sorted(set(scan.complete) | set(scan.incomplete) | set(scan.duplicated))
+    cached = writer.image_ids_with_cells()
+    earlier = writer.skipped_records()
+    todo = []
+    for image_id in all_ids:
+        if image_id in cached:
+            summary.images_already_done += 1
+        elif image_id not in earlier:
+            todo.append(image_id)
+        elif job.retry_skipped or earlier[image_id][1] != files_fingerprint(scan.sample_files.get(image_id, ())):
+            summary.retried += 1
+            todo.append(image_id)
+        else:
+            summary.skipped_earlier += 1
+    return todo if job.limit is None else todo[: job.limit]
+
+
+def _dim_data_hook(summary: SegmentRunSummary) -> Callable[[str, Path, int], None]:
+    """Record fields whose 16-bit channels hold 12-bit data; warn once per run, naming the first."""
+
+    def hook(sample_id: str, path: Path, peak: int) -> None:
+        if not summary.dim_16_bit:
+            logger.warning("%s: 16-bit channel peaks at %d (12-bit data?): with --scaling full_range its values "
+                           "become 0-%d of 255; --scaling per_image_max stretches each channel (warned once per run)",
+                           path, peak, round(peak / 257))
+        summary.dim_16_bit.setdefault(sample_id, (path.name, peak))
+
+    return hook
+
+
+def _run(job: SegmentJob, segmenter: Segmenter, writer: CellCacheWriter, scan, labels: dict | None,
+         summary: SegmentRunSummary) -> None:
+    """Segment the fields `_plan` picks into `writer`, skipping (or, strict, stopping at) bad ones."""
     from tqdm import tqdm
 
+    def files_of(image_id: str) -> tuple[Path, ...]:
+        return scan.sample_files.get(image_id, ())
+
+    def skip(image_id: str, reason: str) -> None:
+        if job.strict:
+            raise StrictModeError(f"image {image_id!r} in {job.images_dir}: {reason} (--strict stops here; "
+                                  f"{summary.images_done} images already written are kept)")
+        logger.warning("skipping %s: %s", image_id, reason)
+        writer.add_skipped(image_id, reason, files_fingerprint(files_of(image_id)))
+        summary.skipped[image_id] = reason
+
+    readable = []
+    for image_id in _plan(job, writer, scan, summary):
+        if image_id in scan.duplicated:
+            skip(image_id, f"duplicate channel file: {scan.duplicated[image_id]}")
+        elif image_id in scan.incomplete:
+            skip(image_id, f"missing channel(s): {', '.join(scan.incomplete[image_id])}")
+        else:
+            readable.append((image_id, scan.complete[image_id]))
+    hook = _dim_data_hook(summary)
+
+    def read(batch: Sequence[tuple[str, dict]]) -> list:
+        return _read_batch(batch, job.working_size, job.scaling, hook)
+
+    bar = tqdm(total=len(readable), desc="segment", unit="image")
+    with bar, ThreadPoolExecutor(max_workers=1) as reader:  # the bar closes on errors too
+        for loaded in _read_ahead(reader, list(_batches(readable, job.batch_size)), read):
+            for entry, result in _segment_loaded(segmenter, loaded, skip, files_of):
+                if result.n_cells == 0:
+                    skip(entry[0], "no cells found")
+                    continue
+                _store_image(writer, job, labels, summary, entry, result, skip, files_of)
+            bar.update(len(loaded))
+
+
+def segment_folder(job: SegmentJob, segmenter: Segmenter) -> SegmentRunSummary:
+    """Run the job; returns this run's summary (progress is shown with tqdm). With a label file, the labels of
+    images already in the cache are updated too (`summary.labels_changed`)."""
     started = time.time()
     summary = SegmentRunSummary()
-    scan = scan_folder(job.images_dir)
+    scan = scan_folder(job.images_dir, duplicates="report")
     labels = read_labels(job.labels_path) if job.labels_path else None
-    all_ids = sorted(set(scan.complete) | set(scan.incomplete))
+    all_ids = sorted(set(scan.complete) | set(scan.incomplete) | set(scan.duplicated))
     summary.images_found = len(all_ids)
     if labels is not None:
         match = match_labels_to_images(labels, all_ids)
@@ -228,34 +385,9 @@ def segment_folder(job: SegmentJob, segmenter: Segmenter) -> SegmentRunSummary:
     if job.export_masks_dir is not None:
         job.export_masks_dir.mkdir(parents=True, exist_ok=True)
     with CellCacheWriter(job.out_path, job.crop.crop_size, _cache_provenance(job, segmenter), QC_FLAG_NAMES) as writer:
-        done = writer.done_image_ids()
-        todo = [i for i in all_ids if i not in done]
-        summary.images_already_done = len(all_ids) - len(todo)
-        if job.limit is not None:
-            todo = todo[: job.limit]
-
-        def skip(image_id: str, reason: str) -> None:
-            if job.strict:
-                raise StrictModeError(f"image {image_id!r} in {job.images_dir}: {reason} (--strict stops here; "
-                                      f"{summary.images_done} images already written are kept)")
-            logger.warning("skipping %s: %s", image_id, reason)
-            writer.add_skipped(image_id, reason)
-            summary.skipped[image_id] = reason
-
-        readable = []
-        for image_id in todo:
-            if image_id in scan.incomplete:
-                skip(image_id, f"missing channel(s): {', '.join(scan.incomplete[image_id])}")
-            else:
-                readable.append((image_id, scan.complete[image_id]))
-        bar = tqdm(total=len(readable), desc="segment", unit="image")
-        with bar, ThreadPoolExecutor(max_workers=1) as reader:  # the bar closes on errors too
-            for loaded in _read_ahead(reader, list(_batches(readable, job.batch_size)), job.working_size):
-                for entry, result in _segment_loaded(segmenter, loaded, skip):
-                    if result.n_cells == 0:
-                        skip(entry[0], "no cells found")
-                        continue
-                    _store_image(writer, job, labels, summary, entry, result)
-                bar.update(len(loaded))
+        if labels is not None:
+            writer.update_labels(labels)
+        _run(job, segmenter, writer, scan, labels, summary)
+    summary.labels_changed = writer.labels_changed
     summary.seconds = time.time() - started
     return summary

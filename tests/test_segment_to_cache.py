@@ -105,9 +105,14 @@ def test_missing_channel_unreadable_and_empty_images_are_skipped(images: Path, t
         skipped = dict(zip(cache.skipped.image_id, cache.skipped.reason, strict=True))
     assert skipped == summary.skipped
     assert f"  skipped {ids[1]}: missing channel(s): yellow" in summary.lines()
-    # Skipped images count as done: a rerun does not retry them.
+    # A rerun does not retry skipped fields whose files are unchanged, and counts them apart from the cached ones
+    # (issue 16: they were counted as "already in the cache").
     again = segment_folder(SegmentJob(images_dir=images, out_path=out, working_size=256), WatershedSegmenter())
-    assert (again.images_already_done, again.images_done, again.skipped) == (N_IMAGES + 1, 0, {})
+    assert (again.images_already_done, again.images_done, again.skipped) == (N_IMAGES - 2, 0, {})
+    assert (again.skipped_earlier, again.retried) == (3, 0)
+    assert again.lines()[0] == (f"images found: {N_IMAGES + 1}; already in the cache: {N_IMAGES - 2}; segmented now: "
+                                "0; skipped now: 0; skipped earlier, not retried: 3 (files unchanged; --retry-skipped "
+                                "retries them)")
 
 
 def test_strict_mode_stops_at_the_first_bad_image_and_keeps_the_finished_ones(images: Path, tmp_path: Path) -> None:
@@ -180,6 +185,22 @@ def test_labels_for_some_images_only(images: Path, tmp_path: Path) -> None:
         assert cache.image_table().label_ids.tolist() == [(0, 25), (), (7,), (), ()]
 
 
+class FailingWrites:
+    """Replaces the cache's shard writer: the `fail_on`-th shard write raises `error` (a crash, a full disk)."""
+
+    def __init__(self, fail_on: int, error: BaseException) -> None:
+        from hpa_cells.cache import writer as writer_module
+
+        self.real = writer_module.write_shard
+        self.fail_on, self.error, self.calls = fail_on, error, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise self.error
+        return self.real(*args, **kwargs)
+
+
 class FailingSegmenter:
     """The watershed segmenter (same name and provenance) that raises on its `fail_on`-th batch."""
 
@@ -200,11 +221,17 @@ class FailingSegmenter:
         return self.inner.provenance()
 
 
-def test_a_crash_mid_run_keeps_finished_images_and_a_rerun_completes(images: Path, tmp_path: Path) -> None:
+def test_a_crash_mid_run_keeps_finished_images_and_a_rerun_completes(images: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # A failing segmenter no longer stops the run (the field is skipped, see test_a_failing_batch_skips_only_the_bad
+    # _field); the crash is now simulated where it still stops a run: in the cache's own writes.
     out = tmp_path / "cells.h5"
     job = SegmentJob(images_dir=images, out_path=out, working_size=256, batch_size=1)
+    monkeypatch.setattr("hpa_cells.cache.writer.write_shard",
+                        FailingWrites(3, RuntimeError("simulated crash in the segmenter")))
     with pytest.raises(RuntimeError, match="^simulated crash in the segmenter$"):
-        segment_folder(job, FailingSegmenter(fail_on=3))
+        segment_folder(job, FailingSegmenter(fail_on=0))
+    monkeypatch.undo()
     ids = ids_in(images)
     with CellCache(out) as cache:
         assert cache.image_ids == ids[:2]

@@ -19,9 +19,10 @@ from hpa_cells.cache.schema import (
     CellCacheLockedError,
     CellCacheMismatchError,
     CellCacheSchemaError,
+    CellCacheSpaceError,
     DuplicateImageError,
 )
-from hpa_cells.cache.writer import CellCacheWriter
+from hpa_cells.cache.writer import CellCacheWriter, format_bytes, merge_space_needed
 
 __all__ = [
     "CacheProvenance",
@@ -31,6 +32,9 @@ __all__ = [
     "CellCacheLockedError",
     "CellCacheMismatchError",
     "CellCacheSchemaError",
+    "CellCacheSpaceError",
     "CellCacheWriter",
     "DuplicateImageError",
+    "format_bytes",
+    "merge_space_needed",
 ]

@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-from hpa_cells.cache.schema import CellCacheLockedError
+from hpa_cells.cache.schema import CellCacheError, CellCacheLockedError
 
 __all__ = ["STALE_EMPTY_LOCK_S", "CacheLock", "lock_path_of", "pid_alive"]
 
@@ -99,6 +99,11 @@ class CacheLock:
                 if self._holder_is_stale():
                     self.lock_path.unlink(missing_ok=True)
                 continue
+            except OSError as error:  # read-only folder or disk, no permission, disk full
+                raise CellCacheError(
+                    f"cannot create the lock file {self.lock_path} ({error.strerror or error}): adding to a cache "
+                    f"needs a writable folder; the cache can still be read"
+                ) from error
             with os.fdopen(fd, "w") as handle:
                 handle.write(self.token)
                 handle.flush()

@@ -33,6 +33,7 @@ from hpa_cells.cache.schema import (
     CellCacheError,
     CellCacheSchemaError,
     check_schema,
+    read_skipped,
     read_strings,
 )
 
@@ -270,6 +271,17 @@ class CellCache:
         return pd.DataFrame(
             {"image_id": read_strings(group["image_id"]), "reason": read_strings(group["reason"])}
         )
+
+    @property
+    def skipped_files(self) -> pd.DataFrame:
+        """The skipped table with each field's files: image_id, reason, files (the file names recorded with the
+        skip, a tuple; empty for files written before `skipped/files` existed)."""
+        rows = read_skipped(self._h5())
+        return pd.DataFrame({
+            "image_id": list(rows),
+            "reason": [reason for reason, _ in rows.values()],
+            "files": [tuple(sorted(json.loads(files))) if files else () for _, files in rows.values()],
+        })
 
     @property
     def qc_flag_names(self) -> dict[str, int]:

@@ -53,7 +53,11 @@ Datasets (every 1-D/2-D table is chunked and resizable along its first axis):
 | `image_masks/nuclei` | P | uint16 | full nucleus label masks, same layout |
 | `image_pixels` | P,4 | uint8 | full images at working size (what was segmented), same ragged layout: image i is `[mask_offset[i] : mask_offset[i] + H*W]` reshaped H,W,4 (channels last on disk, `CellCache.full_image()` returns 4,H,W); gzip 1 |
 | `skipped/image_id` | K | utf-8 str | images that yielded no cells |
-| `skipped/reason` | K | utf-8 str | why (no cells, unreadable, missing channel, ...) |
+| `skipped/reason` | K | utf-8 str | why (no cells, unreadable, missing channel, duplicate channel file, segmentation or cropping failed, ...), naming the file where one is at fault |
+| `skipped/files` | K | utf-8 str | the field's files when it was skipped: JSON `{file name: [size, mtime_ns]}` (`hpa_cells.images.files_fingerprint`); a rerun retries the field when this changed; `""` in files written before it existed (absent there: readers and writers treat it as all `""`) |
+
+A skipped image that is retried and then yields cells leaves `skipped/` (the merge drops its row); retried and
+skipped again, its row is replaced by the new reason and files.
 
 Version 1 files (written before the full images were stored) lack `image_pixels` and are otherwise the same:
 they stay readable for everything built on crops and masks (the crop MIL); `full_image()` on them raises a
@@ -139,7 +143,10 @@ IMAGE_DATASETS: dict[str, tuple[Any, tuple[int, ...]]] = {
 SKIPPED_DATASETS: dict[str, tuple[Any, tuple[int, ...]]] = {
     "image_id": (STRING_DTYPE, ()),
     "reason": (STRING_DTYPE, ()),
+    "files": (STRING_DTYPE, ()),
 }
+SKIPPED_FILES = "skipped/files"
+"""Added within schema version 2: files written before it lack it (read as all "")."""
 FULL_MASK_KINDS = ("cells", "nuclei")
 PROVENANCE_ATTRS = ("segmenter", "model_sha256", "parameters_json", "qc_flag_names")
 
@@ -158,6 +165,14 @@ class CellCacheMismatchError(CellCacheError):
 
 class CellCacheLockedError(CellCacheError):
     """Another live writer holds the cache's lock file."""
+
+
+class CellCacheSpaceError(CellCacheError):
+    """The disk lacks the space a cache write needs (checked before writing); `needed` and `free` in bytes."""
+
+    def __init__(self, message: str, *, path: Path, needed: int, free: int) -> None:
+        super().__init__(message)
+        self.path, self.needed, self.free = path, needed, free
 
 
 class DuplicateImageError(CellCacheError):
@@ -302,15 +317,16 @@ def create_layout(
     root_attrs: Mapping[str, Any],
     *,
     image: ImageRows | None = None,
-    skipped: tuple[str, str] | None = None,
+    skipped: tuple[str, str] | tuple[str, str, str] | None = None,
 ) -> None:
     """Create every dataset and the root attributes of a current-version cache in an empty file, holding
-    nothing, or one image and/or one skipped row (a journal shard)."""
+    nothing, or one image and/or one skipped row (a journal shard): (image id, reason[, files JSON])."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compression!r}; choose one of {sorted(COMPRESSIONS)}")
     contents = _image_contents(image) if image is not None else {}
     if skipped is not None:
         contents["skipped/image_id"], contents["skipped/reason"] = [skipped[0]], [skipped[1]]
+        contents[SKIPPED_FILES] = [skipped[2] if len(skipped) > 2 else ""]
     for path, (dtype, trailing, chunk_rows, filters) in _dataset_specs(crop_size, compression).items():
         data = contents.get(path)
         rows = len(data) if data is not None else 0
@@ -402,7 +418,33 @@ def copy_rows(src: h5py.Dataset, src_start: int, dst: h5py.Dataset, count: int) 
     return dst_start
 
 
-TABLE_GROUPS = {"cells": CELL_DATASETS, "images": IMAGE_DATASETS, "skipped": SKIPPED_DATASETS}
+TABLE_GROUPS = {"cells": CELL_DATASETS, "images": IMAGE_DATASETS}
+
+
+def read_skipped(f: h5py.File) -> dict[str, tuple[str, str]]:
+    """The skipped table of cache `f`: image id -> (reason, files JSON), in table order ("" for files written
+    before `skipped/files` existed)."""
+    ids = read_strings(f["skipped/image_id"])
+    reasons = read_strings(f["skipped/reason"])
+    files = read_strings(f[SKIPPED_FILES]) if SKIPPED_FILES in f else [""] * len(ids)
+    return {image_id: (reason, text) for image_id, reason, text in zip(ids, reasons, files, strict=True)}
+
+
+def _rewrite_skipped(dst: h5py.File, rows: Mapping[str, tuple[str, str]]) -> None:
+    """Replace `dst`'s whole skipped table by `rows` (creating `skipped/files` in an older file)."""
+    columns = {
+        "skipped/image_id": list(rows),
+        "skipped/reason": [reason for reason, _ in rows.values()],
+        SKIPPED_FILES: [files for _, files in rows.values()],
+    }
+    if SKIPPED_FILES not in dst:
+        dst.create_dataset(SKIPPED_FILES, shape=(0,), dtype=STRING_DTYPE, maxshape=(None,),
+                           chunks=(TABLE_CHUNK_ROWS,))
+    for path, values in columns.items():
+        dataset = dst[path]
+        dataset.resize(len(values), axis=0)
+        if values:
+            dataset[:] = np.array(values, dtype=object)
 
 
 class CacheAppender:
@@ -410,7 +452,9 @@ class CacheAppender:
 
     Crops, masks and full masks are copied as they come (raw compressed chunks when the filters
     match); the small tables are collected and written once by `finish()`, so merging thousands of
-    one-image shards costs one resize per table.
+    one-image shards costs one resize per table. The skipped table is kept whole in memory: a later
+    skipped row of an id replaces the earlier one (a retried field skipped again), and an image added with
+    cells removes its id's skipped row (a retried field that succeeded).
     """
 
     def __init__(self, dst: h5py.File) -> None:
@@ -422,24 +466,23 @@ class CacheAppender:
         self._tables = {f"{g}/{n}": dst[f"{g}/{n}"] for g, datasets in TABLE_GROUPS.items() for n in datasets}
         self._pending: dict[str, list[Any]] = {path: [] for path in self._tables}
         self.known_image_ids = set(read_strings(dst["images/id"]))
-        self.known_skipped_ids = set(read_strings(dst["skipped/image_id"]))
+        self.skipped_rows = read_skipped(dst)
+        self._skipped_changed = SKIPPED_FILES not in dst
         self._next_image = dst["images/id"].shape[0]
         self.added_images = 0
         self.added_skipped = 0
+        self.retried_ok = 0
 
     def add_from(self, src: h5py.File) -> None:
         """Queue every image and skipped row of cache `src` whose id this cache does not hold yet."""
         src_ids = read_strings(src["images/id"])
         if any(image_id not in self.known_image_ids for image_id in src_ids):
             self._add_images(src, src_ids)
-        for image_id, reason in zip(
-            read_strings(src["skipped/image_id"]), read_strings(src["skipped/reason"]), strict=True
-        ):
-            if image_id in self.known_skipped_ids or image_id in self.known_image_ids:
+        for image_id, row in read_skipped(src).items():
+            if image_id in self.known_image_ids or self.skipped_rows.get(image_id) == row:
                 continue
-            self._pending["skipped/image_id"].append([image_id])
-            self._pending["skipped/reason"].append([reason])
-            self.known_skipped_ids.add(image_id)
+            self.skipped_rows[image_id] = row
+            self._skipped_changed = True
             self.added_skipped += 1
 
     def _add_images(self, src: h5py.File, src_ids: list[str]) -> None:
@@ -477,6 +520,9 @@ class CacheAppender:
             for name in ("count", "original_hw", "working_hw", "labels", "has_labels"):
                 pending[f"images/{name}"].append(tables[f"images/{name}"][i : i + 1])
             self.known_image_ids.add(image_id)
+            if self.skipped_rows.pop(image_id, None) is not None:
+                self._skipped_changed = True
+                self.retried_ok += 1
             self._next_image += 1
             self.added_images += 1
 
@@ -494,6 +540,9 @@ class CacheAppender:
             dataset.resize(start + len(values), axis=0)
             dataset[start:] = values
             parts.clear()
+        if self._skipped_changed:
+            _rewrite_skipped(self.dst, self.skipped_rows)
+            self._skipped_changed = False
 
 
 def provenance_attrs(f: h5py.File) -> dict[str, str]:

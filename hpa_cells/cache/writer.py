@@ -17,11 +17,22 @@ main file `cells.h5` is never modified in place:
    the same cache; a lock whose pid is dead on this host is taken over with a warning (`hpa_cells.cache.lock`).
 
 Resuming is the same command run again: `done_image_ids()` lists every image in the main file or
-the journal (with cells or skipped), and the caller skips those.
+the journal (with cells or skipped), and the caller skips those (or retries a skipped one: its latest record
+wins at the merge, and an image added with cells removes its skipped row).
+
+Labels are data, not part of segmentation: `update_labels()` sets the image-level labels of images already in
+the cache (applied during the merge, so under the same crash-safety), and `labels_changed` says afterwards how
+many images' labels changed.
+
+Disk space: a shard is refused before h5py starts writing when the disk lacks room for it
+(`CellCacheSpaceError`, nothing half-written), and the merge checks before starting that the cache's folder has
+room for the merged copy (about the main file's size plus the journal's; `merge_space_needed`). Either way the
+main file and the journal stay valid for a resume once space is freed.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -58,6 +69,7 @@ from hpa_cells.cache.schema import (
     CellCacheError,
     CellCacheInputError,
     CellCacheMismatchError,
+    CellCacheSpaceError,
     DuplicateImageError,
     ImageRows,
     check_schema,
@@ -65,15 +77,48 @@ from hpa_cells.cache.schema import (
     normalise_qc_flag_names,
     package_version,
     provenance_attrs,
+    read_skipped,
     read_strings,
 )
 from hpa_cells.crops import CellCrops
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CellCacheWriter"]
+__all__ = ["CellCacheWriter", "format_bytes", "merge_space_needed"]
 
 MERGE_PROGRESS_EVERY = 1000
+SPACE_MARGIN_BYTES = 16 * 2**20
+"""Free space kept beyond an estimate before writing a shard or merging (HDF5 metadata, other writers)."""
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+"""OSErrors meaning the disk cannot take more data (full, over quota, read-only, file too large)."""
+
+
+def format_bytes(count: int) -> str:
+    """A byte count for people: '1.4 GB', '310 MB', '12 kB'."""
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
+
+
+def merge_space_needed(path: Path) -> int:
+    """Free bytes the journal merge of cache `path` needs in its folder: a copy of the main file plus the journal's
+    contents (the old main file and the journal stay until the merged copy replaces them), plus a margin."""
+    from hpa_cells.cache.journal import journal_dir_of, journal_shards
+
+    main = path.stat().st_size if path.is_file() else 0
+    return main + sum(p.stat().st_size for p in journal_shards(journal_dir_of(path))) + SPACE_MARGIN_BYTES
+
+
+def _check_space(folder: Path, needed: int, what: str, target: Path) -> None:
+    """Raise CellCacheSpaceError unless `folder`'s disk has `needed` bytes free."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise CellCacheSpaceError(
+            f"{target}: {what} needs about {format_bytes(needed)} free in {folder} but only {format_bytes(free)} "
+            "is free; free some space and rerun (the cache and its journal are kept for the resume)",
+            path=target, needed=needed, free=free,
+        )
 
 
 def _utc_now() -> str:
@@ -130,9 +175,16 @@ class CellCacheWriter:
             "qc_flag_names": _qc_names_json(normalise_qc_flag_names(qc_flag_names)),
         }
         self._created = _utc_now()
-        self._done: set[str] = set()
+        self._label_updates: dict[str, np.ndarray] | None = None
+        self.labels_changed: int | None = None
+        """After close: images already in the cache whose labels `update_labels` changed (None: no update)."""
+        self._images: set[str] = set()
+        self._skipped: dict[str, tuple[str, str]] = {}
         self._next_seq = 0
         self._closed = False
+        if self.path.is_dir():
+            raise CellCacheError(f"{self.path} is a folder, not a cache file: give a file name such as "
+                                 f"{self.path / 'cells.h5'}")
         self._lock = CacheLock(lock_path_of(self.path))
         self._lock.acquire()
         try:
@@ -140,6 +192,23 @@ class CellCacheWriter:
         except BaseException:
             self._lock.release()
             raise
+
+    @classmethod
+    def for_existing(cls, path: str | os.PathLike[str]) -> CellCacheWriter:
+        """A writer for an existing cache with the cache's own crop size, provenance and QC flags (for changes
+        that are not segmentation, such as `update_labels`). Raises CellCacheError for a missing or foreign file."""
+        path = Path(path)
+        if not path.is_file():
+            raise CellCacheError(f"{path} is a folder, not a cache file" if path.is_dir() else f"no cache at {path}")
+        try:
+            with h5py.File(path, "r") as f:
+                check_schema(f, path, for_writing=True)
+                attrs = provenance_attrs(f)
+                crop_size = int(f.attrs["crop_size"])
+        except OSError as error:
+            raise CellCacheError(f"{path} cannot be opened as HDF5 ({error})") from error
+        provenance = CacheProvenance(attrs["segmenter"], attrs["model_sha256"], json.loads(attrs["parameters_json"]))
+        return cls(path, crop_size, provenance, json.loads(attrs["qc_flag_names"]))
 
     # ----- opening and repair -------------------------------------------------------------
     def _check_compatible(self, f: h5py.File, file_path: Path) -> None:
@@ -185,8 +254,7 @@ class CellCacheWriter:
                 ) from error
             with main as f:
                 self._check_compatible(f, self.path)
-                self._done.update(read_strings(f["images/id"]))
-                self._done.update(read_strings(f["skipped/image_id"]))
+                self._note_contents(f)
                 existing_compression = _compression_name(f["crops"])
             if existing_compression != self.compression:
                 logger.info("%s uses %s compression; new cells follow it", self.path, existing_compression)
@@ -196,8 +264,7 @@ class CellCacheWriter:
             try:
                 with h5py.File(shard, "r") as f:
                     self._check_compatible(f, shard)
-                    self._done.update(read_strings(f["images/id"]))
-                    self._done.update(read_strings(f["skipped/image_id"]))
+                    self._note_contents(f)
             except OSError as error:
                 raise CellCacheError(
                     f"journal shard {shard} cannot be read ({error}); move it away and rerun"
@@ -208,15 +275,33 @@ class CellCacheWriter:
                 "resuming %s: %d finished images in its journal %s", self.path, len(shards), self.journal_dir
             )
 
+    def _note_contents(self, f: h5py.File) -> None:
+        """Fold one file's images and skipped rows (main file first, then shards in order) into what is done."""
+        for image_id in read_strings(f["images/id"]):
+            self._images.add(image_id)
+            self._skipped.pop(image_id, None)
+        for image_id, row in read_skipped(f).items():
+            if image_id not in self._images:
+                self._skipped[image_id] = row
+
     # ----- adding ------------------------------------------------------------------------
     def done_image_ids(self) -> frozenset[str]:
-        """Ids already in the cache or its journal, with cells or skipped: the caller skips these."""
-        return frozenset(self._done)
+        """Ids already in the cache or its journal, with cells or skipped."""
+        return frozenset(self._images | set(self._skipped))
+
+    def image_ids_with_cells(self) -> frozenset[str]:
+        """Ids already in the cache or its journal with cells: never added again."""
+        return frozenset(self._images)
+
+    def skipped_records(self) -> dict[str, tuple[str, str]]:
+        """Skipped ids (cache and journal, latest record): id -> (reason, files JSON, "" when not recorded). Such
+        an id may be added again, with cells or as skipped (a retry): the merge keeps the latest."""
+        return dict(self._skipped)
 
     def _root_attrs(self) -> dict[str, Any]:
         return {**self._provenance, "package_version": package_version(), "created": self._created}
 
-    def _write_shard(self, rows: ImageRows | None, skipped: tuple[str, str] | None) -> Path:
+    def _write_shard(self, rows: ImageRows | None, skipped: tuple[str, str, str] | None) -> Path:
         """Write one image or one skipped row as a journal shard: temp name, fsync, atomic rename."""
 
         def fill(f: h5py.File) -> None:
@@ -224,6 +309,10 @@ class CellCacheWriter:
                 f, self.crop_size, self.compression, self._root_attrs(), image=rows, skipped=skipped
             )
 
+        raw = 0 if rows is None else sum(a.nbytes for a in (rows.crops, rows.masks, rows.cells_hw, rows.nuclei_hw,
+                                                             rows.image_chw))
+        folder = self.journal_dir if self.journal_dir.is_dir() else self.path.parent
+        _check_space(folder, raw + SPACE_MARGIN_BYTES, "writing the next journal shard", self.journal_dir)
         final = write_shard(self.journal_dir, self._next_seq, fill)
         self._next_seq += 1
         return final
@@ -233,7 +322,7 @@ class CellCacheWriter:
             raise CellCacheError(f"writer for {self.path} is closed")
         if not isinstance(image_id, str) or not image_id:
             raise CellCacheInputError(f"image id must be a non-empty string, got {image_id!r}")
-        if image_id in self._done:
+        if image_id in self._images:
             raise DuplicateImageError(
                 f"image {image_id!r} is already in {self.path} or its journal; skip the ids in done_image_ids()"
             )
@@ -264,7 +353,8 @@ class CellCacheWriter:
             image_id, self.crop_size, crops, masks, cell_records, cells_hw, nuclei_hw, image_chw, original_hw, labels
         )
         self._write_shard(rows, None)
-        self._done.add(image_id)
+        self._images.add(image_id)
+        self._skipped.pop(image_id, None)
 
     def add_cell_crops(
         self,
@@ -290,21 +380,63 @@ class CellCacheWriter:
             image_chw=image_chw,
         )
 
-    def add_skipped(self, image_id: str, reason: str) -> None:
-        """Record an image that yields no cells (no cells found, unreadable, missing channel)."""
+    def add_skipped(self, image_id: str, reason: str, files: str = "") -> None:
+        """Record an image that yields no cells (no cells found, unreadable, missing channel, a failure while
+        segmenting or cropping it), with its files' fingerprint (`hpa_cells.images.files_fingerprint`) so a
+        rerun can tell whether they changed. Replaces an earlier skip of the same id."""
         self._check_open_and_new(image_id)
         if not reason:
             raise CellCacheInputError(f"image {image_id!r}: a skipped image needs a reason")
-        self._write_shard(None, (image_id, str(reason)))
-        self._done.add(image_id)
+        self._write_shard(None, (image_id, str(reason), str(files)))
+        self._skipped[image_id] = (str(reason), str(files))
+
+    def update_labels(self, labels: Mapping[str, Sequence[int]]) -> None:
+        """Set the labels (image id -> class ids) of the images this cache holds when it is closed: applied in
+        the merge, to images already in the cache and to those added now. Images not in `labels` keep theirs."""
+        from hpa_cells.labels import to_multi_hot
+
+        ids = list(labels)
+        matrix = to_multi_hot([labels[i] for i in ids]) if ids else np.zeros((0, 0), np.uint8)
+        self._label_updates = {image_id: matrix[row] for row, image_id in enumerate(ids)}
+
+    def _apply_label_updates(self, f: h5py.File) -> int:
+        """Write the pending label updates into open cache `f`; the number of images whose labels changed."""
+        if not self._label_updates:
+            return 0
+        ids = read_strings(f["images/id"])
+        labels, has = f["images/labels"][:], f["images/has_labels"][:]
+        changed = 0
+        for row, image_id in enumerate(ids):
+            new = self._label_updates.get(image_id)
+            if new is None or (has[row] and np.array_equal(labels[row], new)):
+                continue
+            labels[row], has[row] = new, 1
+            changed += 1
+        if changed:
+            f["images/labels"][:] = labels
+            f["images/has_labels"][:] = has
+        return changed
+
+    def _labels_would_change(self) -> int:
+        """How many images of the main file the pending label updates change (read only)."""
+        if not self._label_updates or not self.path.exists():
+            return 0
+        with h5py.File(self.path, "r") as f:
+            ids = read_strings(f["images/id"])
+            labels, has = f["images/labels"][:], f["images/has_labels"][:]
+        return sum(1 for row, image_id in enumerate(ids) if image_id in self._label_updates and not (
+            has[row] and np.array_equal(labels[row], self._label_updates[image_id])))
 
     # ----- finishing ---------------------------------------------------------------------
     def _merge(self) -> None:
         """Fold the main file and all journal shards into a new main file (see the module docstring)."""
         shards = journal_shards(self.journal_dir)
-        if not shards and self.path.exists():
+        if not shards and self.path.exists() and not self._labels_would_change():
             logger.info("%s: nothing new to merge", self.path)
+            if self._label_updates is not None:
+                self.labels_changed = 0
             return
+        _check_space(self.path.parent, merge_space_needed(self.path), "merging the journal", self.path)
         try:
             totals = self._merge_into_tmp(shards)
         except BaseException:
@@ -343,6 +475,9 @@ class CellCacheWriter:
                 if done % MERGE_PROGRESS_EVERY == 0:
                     logger.info("merging into %s: %d / %d journal shards", self.tmp_path, done, len(shards))
             appender.finish()
+            changed = self._apply_label_updates(tmp)
+            if self._label_updates is not None:
+                self.labels_changed = changed
             tmp.attrs["modified"] = _utc_now()
             return (
                 appender.added_images,
@@ -365,13 +500,14 @@ class CellCacheWriter:
         finally:
             self._lock.release()
 
-    def abandon(self) -> None:
-        """Release the lock without merging; the journal stays and the next writer resumes from it."""
+    def abandon(self, *, quiet: bool = False) -> None:
+        """Release the lock without merging; the journal stays and the next writer resumes from it. `quiet` logs
+        that at info level (the caller's own error says it, e.g. disk full)."""
         if self._closed:
             return
         self._closed = True
         self._lock.release()
-        logger.warning(
+        (logger.info if quiet else logger.warning)(
             "%s: writer stopped early; %d finished images stay in %s for the next run",
             self.path,
             len(journal_shards(self.journal_dir)),
@@ -386,6 +522,8 @@ class CellCacheWriter:
     ) -> None:
         if exc_type is None:
             self.close()
+        elif isinstance(exc, CellCacheSpaceError) or (isinstance(exc, OSError) and exc.errno in DISK_ERRNOS):
+            self.abandon(quiet=True)  # the disk is full or read-only: a merge would fail too; the next run merges
         elif issubclass(exc_type, Exception):
             # An error in the caller's loop: the finished images are complete, so merge them now and
             # let the caller's exception propagate (a failing merge is logged, its journal kept).

@@ -40,7 +40,13 @@ from hpa_cells.images.decoding import (
     read_raw,
     to_greyscale,
 )
-from hpa_cells.images.discovery import FolderScan, find_sample_files, parse_channel_filename, scan_folder
+from hpa_cells.images.discovery import (
+    FolderScan,
+    files_fingerprint,
+    find_sample_files,
+    parse_channel_filename,
+    scan_folder,
+)
 from hpa_cells.images.errors import (
     ChannelShapeError,
     DuplicateChannelError,
@@ -51,7 +57,7 @@ from hpa_cells.images.errors import (
     NotGreyscaleError,
     UnreadableImageError,
 )
-from hpa_cells.images.reading import read_sample, read_sample_files
+from hpa_cells.images.reading import DIM_16_BIT_MAX, DimDataHook, read_sample, read_sample_files
 from hpa_cells.images.scaling import (
     AUTO_WORKING_SIZE_RULE,
     FULL_RESOLUTION_SHRINK,
@@ -72,6 +78,7 @@ from hpa_cells.images.writing import MAX_PNG_LABEL, PNG_COMPRESSION_LEVEL, write
 __all__ = [
     "AUTO_WORKING_SIZE_RULE",
     "CHANNELS",
+    "DIM_16_BIT_MAX",
     "DISPLAY_PLANES",
     "FULL_RESOLUTION_SHRINK",
     "IMAGE_EXTENSIONS",
@@ -83,6 +90,7 @@ __all__ = [
     "SMALL_FIELD_WORKING_SIZE",
     "TIFF_EXTENSIONS",
     "ChannelShapeError",
+    "DimDataHook",
     "DuplicateChannelError",
     "FolderScan",
     "ImageReadError",
@@ -95,6 +103,7 @@ __all__ = [
     "UnreadableImageError",
     "auto_working_size",
     "display_colour_plane",
+    "files_fingerprint",
     "find_sample_files",
     "parse_channel_filename",
     "read_greyscale",

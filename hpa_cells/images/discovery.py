@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpa_cells.channels import CHANNELS, IMAGE_EXTENSIONS
 from hpa_cells.images.errors import DuplicateChannelError, MissingChannelError
 
-__all__ = ["FolderScan", "find_sample_files", "missing_channel_error", "parse_channel_filename", "scan_folder"]
+__all__ = [
+    "FolderScan",
+    "files_fingerprint",
+    "find_sample_files",
+    "missing_channel_error",
+    "parse_channel_filename",
+    "scan_folder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +60,32 @@ def missing_channel_error(
     return MissingChannelError(f"sample {sample_id}: " + "; ".join(parts), sample_id, missing)
 
 
+def _duplicate_error(sample_id: str, channel: str, paths: Iterable[Path]) -> DuplicateChannelError:
+    first, second = sorted(paths)[:2]
+    return DuplicateChannelError(
+        f"sample {sample_id}: channel '{channel}' exists in two formats: {first} and {second}; keep one"
+    )
+
+
 def _add_channel_file(found: dict[str, dict[str, Path]], sample_id: str, channel: str, path: Path) -> None:
     channels = found.setdefault(sample_id, {})
     if channel in channels:
-        first, second = sorted([channels[channel], path])
-        raise DuplicateChannelError(
-            f"sample {sample_id}: channel '{channel}' exists in two formats: {first} and {second}; keep one"
-        )
+        raise _duplicate_error(sample_id, channel, [channels[channel], path])
     channels[channel] = path
+
+
+def files_fingerprint(paths: Iterable[Path]) -> str:
+    """What a sample's files are now, to notice a later change: JSON `{file name: [size, mtime_ns]}` (sorted;
+    a file gone since it was listed is `[-1, -1]`). Stored with a skipped field, so a rerun retries it once
+    its files changed."""
+    out: dict[str, list[int]] = {}
+    for path in sorted(Path(p) for p in paths):
+        try:
+            stat = path.stat()
+            out[path.name] = [int(stat.st_size), int(stat.st_mtime_ns)]
+        except OSError:
+            out[path.name] = [-1, -1]
+    return json.dumps(out, sort_keys=True)
 
 
 def _files_in(folder: Path, prefix: str = "") -> list[Path]:
@@ -76,12 +103,17 @@ class FolderScan:
     `incomplete`: sample id -> the channels that are missing, ids sorted.
     `ignored`: files whose names do not match `{id}_{red|green|blue|yellow}.{image extension}` (composites such
         as `{id}_blue_red_green.jpg` included), sorted.
+    `duplicated`: (only with `scan_folder(..., duplicates="report")`) sample id -> the error naming a channel
+        that exists in two formats; such samples are in neither `complete` nor `incomplete`.
+    `sample_files`: sample id -> every channel file found for it (duplicates included), sorted.
     """
 
     folder: Path
     complete: dict[str, dict[str, Path]]
     incomplete: dict[str, tuple[str, ...]]
     ignored: tuple[Path, ...]
+    duplicated: dict[str, DuplicateChannelError] = field(default_factory=dict)
+    sample_files: dict[str, tuple[Path, ...]] = field(default_factory=dict)
 
     @property
     def ids(self) -> list[str]:
@@ -89,23 +121,37 @@ class FolderScan:
         return list(self.complete)
 
 
-def scan_folder(folder: Path) -> FolderScan:
+def scan_folder(folder: Path, *, duplicates: str = "raise") -> FolderScan:
     """List the samples in a flat folder of channel files (subfolders are not entered).
 
-    Raises `FileNotFoundError` if `folder` is not a directory and `DuplicateChannelError` when one
-    channel of a sample exists in two formats.
+    Raises `FileNotFoundError` if `folder` is not a directory. When one channel of a sample exists in two
+    formats: `duplicates="raise"` raises `DuplicateChannelError`; `"report"` lists that sample in
+    `FolderScan.duplicated` (with the error) and goes on, so one such sample does not stop a whole run.
     """
+    if duplicates not in ("raise", "report"):
+        raise ValueError(f"duplicates must be 'raise' or 'report', got {duplicates!r}")
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist or is not a directory")
-    found: dict[str, dict[str, Path]] = {}
+    files: dict[str, dict[str, list[Path]]] = {}
     ignored: list[Path] = []
     for path in _files_in(folder):
         parsed = parse_channel_filename(path.name)
         if parsed is None:
             ignored.append(path)
             continue
-        _add_channel_file(found, parsed[0], parsed[1], path)
+        files.setdefault(parsed[0], {}).setdefault(parsed[1], []).append(path)
+    found: dict[str, dict[str, Path]] = {}
+    duplicated: dict[str, DuplicateChannelError] = {}
+    for sample_id, channels in files.items():
+        twice = sorted(channel for channel, paths in channels.items() if len(paths) > 1)
+        if twice:
+            error = _duplicate_error(sample_id, twice[0], channels[twice[0]])
+            if duplicates == "raise":
+                raise error
+            duplicated[sample_id] = error
+        else:
+            found[sample_id] = {channel: paths[0] for channel, paths in channels.items()}
     complete: dict[str, dict[str, Path]] = {}
     incomplete: dict[str, tuple[str, ...]] = {}
     for sample_id in sorted(found):
@@ -117,7 +163,12 @@ def scan_folder(folder: Path) -> FolderScan:
             complete[sample_id] = {channel: channels[channel] for channel in CHANNELS}
     if incomplete:
         logger.info("%s: %d complete samples, %d incomplete", folder, len(complete), len(incomplete))
-    return FolderScan(folder=folder, complete=complete, incomplete=incomplete, ignored=tuple(ignored))
+    sample_files = {
+        sample_id: tuple(sorted(p for paths in channels.values() for p in paths))
+        for sample_id, channels in sorted(files.items())
+    }
+    return FolderScan(folder=folder, complete=complete, incomplete=incomplete, ignored=tuple(ignored),
+                      duplicated=dict(sorted(duplicated.items())), sample_files=sample_files)
 
 
 def find_sample_files(folder: Path, sample_id: str) -> dict[str, Path]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +22,16 @@ from hpa_cells.images.scaling import (
     working_shape,
 )
 
-__all__ = ["read_sample", "read_sample_files"]
+__all__ = ["DIM_16_BIT_MAX", "DimDataHook", "read_sample", "read_sample_files"]
 
 logger = logging.getLogger(__name__)
+
+DIM_16_BIT_MAX = 4095
+"""A 16-bit channel whose maximum is at most this holds 12-bit (or dimmer) camera data: under ``full_range`` its
+values end up in 0-16 of 255, so `read_sample_files` reports it (``per_image_max`` is the scaling meant for it)."""
+
+DimDataHook = Callable[[str, Path, int], None]
+"""Called as hook(sample id, channel file, its maximum) for a dim 16-bit channel read with ``full_range``."""
 
 
 def read_sample_files(
@@ -34,13 +41,15 @@ def read_sample_files(
     size: int | tuple[int, int] | None = None,
     scaling: Scaling = "full_range",
     dtype: OutputDtype = "uint8",
+    on_dim_data: DimDataHook | None = None,
 ) -> np.ndarray:
     """Read a sample from its four channel files (channel -> path) as a `4,H,W` array in `CHANNELS` order.
 
     `size` resizes to a working size (int = longer side, aspect kept; or exact (H, W)) with area
     interpolation; `scaling` and `dtype` are described in `hpa_cells.images`. A colour file is read as the
     plane(s) of its channel's display colour (`to_greyscale`, HPA website downloads). An all-zero channel
-    is logged as a warning naming the file. Raises `MissingChannelError`, `UnreadableImageError`,
+    is logged as a warning naming the file. A 16-bit channel with maximum <= `DIM_16_BIT_MAX` read with
+    ``full_range`` calls `on_dim_data` (default: a debug log line; `segment.py` warns once per run). Raises `MissingChannelError`, `UnreadableImageError`,
     `NotGreyscaleError` or `ChannelShapeError`, each naming the files concerned.
     """
     if scaling not in SCALINGS:
@@ -76,6 +85,11 @@ def read_sample_files(
             logger.warning(
                 "sample %s: channel '%s' is empty (all zero): %s", sample_id, channel, paths[channel]
             )
+        elif plane.dtype == np.uint16 and scaling == "full_range" and peak <= DIM_16_BIT_MAX:
+            if on_dim_data is not None:
+                on_dim_data(sample_id, Path(paths[channel]), int(peak))
+            else:
+                logger.debug("sample %s: 16-bit channel '%s' peaks at %d", sample_id, channel, int(peak))
         if (target_h, target_w) != (height, width):
             plane = resize_image(plane, (target_h, target_w))
         out[index] = scale_intensity(plane, scaling=scaling, dtype=dtype, peak=float(peak))
