@@ -163,9 +163,18 @@ def _tensor_token(path: Path, folder: Path) -> str | None:
                               "start over") from error
 
 
+def _mismatch(folder: Path, names: list[str]) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {folder} is torn: {' and '.join(names)} do(es) not match the sha256 in {CHECKPOINT_MANIFEST} "
+        "(changed or cut after it was saved); delete the folder to start over")
+
+
 def _verified(folder: Path) -> tuple[Path, dict[str, Any]]:
-    """(the tensors file to read, the state without its token) of a checkpoint that passes every check."""
+    """(the tensors file to read, the state without its token) of a checkpoint that passes every check: each file
+    present and matching the manifest, the two files of one save (token)."""
     paths, mismatched = _resolve_files(folder, _read_manifest(folder))
+    if CHECKPOINT_TENSORS in mismatched:
+        raise _mismatch(folder, mismatched)
     state = _read_state(paths[CHECKPOINT_STATE])
     tensor_token = _tensor_token(paths[CHECKPOINT_TENSORS], folder)
     state_token = state.pop(TOKEN_KEY, None)
@@ -174,9 +183,7 @@ def _verified(folder: Path) -> tuple[Path, dict[str, Any]]:
             f"checkpoint {folder} is torn: {CHECKPOINT_TENSORS} and {CHECKPOINT_STATE} come from different "
             f"saves (tokens {tensor_token} and {state_token}); delete the folder to start over")
     if mismatched:
-        raise CheckpointError(
-            f"checkpoint {folder} is torn: {' and '.join(mismatched)} do(es) not match the sha256 in "
-            f"{CHECKPOINT_MANIFEST} (changed or cut after it was saved); delete the folder to start over")
+        raise _mismatch(folder, mismatched)
     return paths[CHECKPOINT_TENSORS], state
 
 
