@@ -93,6 +93,16 @@ def open_fraction(text: str) -> float:
     return value
 
 
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """--overwrite and --labels: what the run may replace, which labels it trains on."""
+    p.add_argument("--overwrite", action="store_true",
+                   help="train from scratch into an --out folder that holds a finished model or a checkpoint, "
+                        "replacing them")
+    p.add_argument("--labels", type=Path, metavar="CSV",
+                   help="image labels (Id,Target or ID,Label) to train on instead of the cache's; unlisted cache "
+                        "images are left out as unlabelled; the cache is not changed")
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command's options; `prog` names it in the usage line (default: the running file's name)."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
@@ -101,12 +111,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True,
                    help="model folder to write (resumed if it has a checkpoint; a finished model is refused unless "
                         "--overwrite or more --epochs continue it)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="train from scratch into an --out folder that holds a finished model or a checkpoint, "
-                        "replacing them")
-    p.add_argument("--labels", type=Path, metavar="CSV",
-                   help="image labels (Id,Target or ID,Label) to train on instead of the cache's; unlisted cache "
-                        "images are left out as unlabelled; the cache is not changed")
+    _add_data_options(p)
     p.add_argument("--family", choices=("crop", "dense"), default="crop", help="model family (default: %(default)s)")
     p.add_argument("--encoder", default="resnet10t", help="crop family: timm encoder name (default: %(default)s)")
     p.add_argument("--encoder-weights", type=Path,

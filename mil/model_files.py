@@ -18,7 +18,7 @@ import torch
 
 from hpa_cells.atomic_files import atomic_output, write_json_atomic
 from hpa_cells.classes import CLASS_NAMES
-from mil.config import ModelConfig
+from mil.config import ConfigError, ModelConfig
 from mil.thresholds import load_thresholds, save_thresholds
 
 FORMAT_VERSION = 1
@@ -27,6 +27,11 @@ REQUIRED_FILES = ("config.json", "weights.safetensors", "thresholds.json", "metr
 
 class ModelFolderError(ValueError):
     """A model folder that is incomplete or unreadable; the message names the folder and file."""
+
+
+class ModelConfigFileError(ModelFolderError, ConfigError):
+    """A model folder whose config.json describes no model this code can build (both a ModelFolderError, what
+    commands report, and the ConfigError it comes from)."""
 
 
 @dataclass

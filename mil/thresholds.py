@@ -59,7 +59,7 @@ def load_thresholds(path: Path, num_classes: int) -> np.ndarray:
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: thresholds are not numbers ({err})") from err
     if values.shape != (num_classes,):
-        raise ValueError(f"{path}: expected {num_classes} thresholds (one per class), found {len(raw)}")
+        raise ValueError(f"{path}: expected {num_classes} thresholds, found {len(raw)}")
     if not np.isfinite(values).all():
         raise ValueError(f"{path}: thresholds must be finite numbers")
     return values

@@ -268,7 +268,7 @@ def _damaged_copies(reference: Path, tmp_path: Path) -> dict[str, tuple[Path, st
     config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "model"}))
     return {
         "weights": (cases["weights"], f"{weights}: not a readable safetensors file ("),
-        "thresholds": (cases["thresholds"], f"{thresholds}: expected 28 thresholds (one per class), found 27"),
+        "thresholds": (cases["thresholds"], f"{thresholds}: expected 28 thresholds, found 27"),
         "metrics": (cases["metrics"], f"{cases['metrics'] / 'metrics.json'}: invalid JSON ("),
         "config": (cases["config"], f"{config}: no 'model' section (the architecture: family, encoder, head, ...); "
                                     "the file is not one train.py wrote, or it was edited"),

@@ -11,7 +11,7 @@ from torch import nn
 
 from mil.config import ConfigError, ModelConfig
 from mil.families._registry import family_names, get_family
-from mil.model_files import LoadedModel, ModelFolderError, loaded_model, read_config_record
+from mil.model_files import LoadedModel, ModelConfigFileError, loaded_model, read_config_record
 
 
 def model_config_from_dict(data: dict, source: str = "<dict>") -> ModelConfig:
@@ -37,7 +37,7 @@ def load_model(folder: str | os.PathLike[str], device: str | torch.device = "cpu
         family = get_family(config.family)
         model = family.build(config, None)
     except ConfigError as err:
-        raise ModelFolderError(f"{folder / 'config.json'}: {err}" if str(folder) not in str(err) else str(err)) \
-            from err
+        message = str(err) if str(folder) in str(err) else f"{folder / 'config.json'}: {err}"
+        raise ModelConfigFileError(message) from err
     family.load_weights(model, folder)
     return loaded_model(model, config, record, folder, device)
