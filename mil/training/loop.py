@@ -49,9 +49,9 @@ from mil.training.finetune import (
     set_encoder_frozen,
     start_config,
 )
+from mil.training.losses import batch_loss, class_pos_weight, initialise_class_bias
 from mil.training.resume import RelabelledImages, cache_identity, label_override, refuse_finished
 from mil.training.resume import check_out_folder as check_finished_folder
-from mil.training.losses import batch_loss, class_pos_weight, initialise_class_bias
 
 logger = logging.getLogger(__name__)
 
