@@ -16,13 +16,20 @@ scripts/segment.py (schema 2, with the full images).
 architecture come from that folder (architecture options given as well must agree with it); the input
 standardisation is the folder's (keep) or measured on the new training cells (recompute).
 
+--labels CSV trains on that file's image labels (2018 Id,Target or 2021 ID,Label) instead of the cache's, without
+rewriting the cache; cache images the file does not list count as unlabelled and are left out (the count is
+printed). The file and its sha256 are recorded in config.json (training.labels, training.labels_sha256).
+
 The result is a model folder (config.json, weights.safetensors, thresholds.json, metrics.json, plus metrics.csv
-and training_curves.png). Rerunning the same command after an interruption resumes from the last epoch.
+and training_curves.png). Rerunning the same command after an interruption resumes from the last epoch; rerunning
+it with more --epochs continues a finished run. A folder holding a finished model is otherwise never trained over:
+--overwrite trains it again from scratch.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -33,12 +40,78 @@ DENSE_OPTIONS = {"dense_arch": "arch", "dense_encoder": "encoder", "head": "head
 """Architecture options of each family -> the model config field each sets."""
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def fold_count(text: str) -> int:
+    """argparse type: 0 (one shuffled split) or a number of folds >= 2."""
+    value = _integer(text)
+    if value < 0 or value == 1:
+        raise argparse.ArgumentTypeError(f"must be 0 (one shuffled split) or at least 2 folds, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """--overwrite and --labels: what the run may replace, which labels it trains on."""
+    p.add_argument("--overwrite", action="store_true",
+                   help="train from scratch into an --out folder that holds a finished model or a checkpoint, "
+                        "replacing them")
+    p.add_argument("--labels", type=Path, metavar="CSV",
+                   help="image labels (Id,Target or ID,Label) to train on instead of the cache's; unlisted cache "
+                        "images are left out as unlabelled; the cache is not changed")
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command's options; `prog` names it in the usage line (default: the running file's name)."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", type=Path, required=True, help="HDF5 cell cache written by scripts/segment.py")
-    p.add_argument("--out", type=Path, required=True, help="model folder to write (resumed if it has a checkpoint)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="model folder to write (resumed if it has a checkpoint; a finished model is refused unless "
+                        "--overwrite or more --epochs continue it)")
+    _add_data_options(p)
     p.add_argument("--family", choices=("crop", "dense"), default="crop", help="model family (default: %(default)s)")
     p.add_argument("--encoder", default="resnet10t", help="crop family: timm encoder name (default: %(default)s)")
     p.add_argument("--encoder-weights", type=Path,
@@ -50,44 +123,44 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="dense family: smp encoder name, timm models as tu-NAME (default: %(default)s)")
     p.add_argument("--cell-pool", choices=("mean", "lse"), default="mean",
                    help="dense family: pooling of pixel logits inside each cell (default: %(default)s)")
-    p.add_argument("--dense-input-size", type=int, default=256,
+    p.add_argument("--dense-input-size", type=positive_int, default=256,
                    help="dense family: the field's longer side is resized to this, a multiple of 32 (default: %(default)s)")
-    p.add_argument("--dense-window", type=int, default=None,
+    p.add_argument("--dense-window", type=positive_int, default=None,
                    help="dense family: train on random windows of this many pixels of the field at the input size "
                         "(a multiple of 32), e.g. --dense-input-size 512 --dense-window 256 trains at full resolution "
                         "for the cost of 256 px; prediction sees whole fields (default: whole fields)")
-    p.add_argument("--dense-decoder-channels", type=int, default=64,
+    p.add_argument("--dense-decoder-channels", type=non_negative_int, default=64,
                    help="dense family: decoder width: FPN pyramid channels (a multiple of 64) or U-Net's first "
                         "block (halved per block); 0 = smp's defaults (FPN 256, U-Net 256..16) (default: %(default)s)")
     p.add_argument("--head", default="class_gated_attention", help="pooling head (default: %(default)s)")
-    p.add_argument("--input-size", type=int, default=64, help="crops are resized to this before the encoder (default: %(default)s)")
+    p.add_argument("--input-size", type=positive_int, default=64, help="crops are resized to this before the encoder (default: %(default)s)")
     p.add_argument("--no-mask-channel", action="store_true", help="do not feed the cell mask as a 5th channel")
     p.add_argument("--init", type=Path, metavar="MODEL_FOLDER",
                    help="fine-tune: start from this trained model folder (all weights; its family and architecture)")
     p.add_argument("--init-standardisation", choices=("keep", "recompute"), default="keep",
                    help="with --init: keep the folder's input standardisation or measure it on the new training "
                         "cells (default: %(default)s)")
-    p.add_argument("--freeze-encoder-epochs", type=int, default=0, metavar="N",
+    p.add_argument("--freeze-encoder-epochs", type=non_negative_int, default=0, metavar="N",
                    help="hold the encoder fixed for the first N epochs, then train everything (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=30, help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8, help="bags per step (default: %(default)s)")
-    p.add_argument("--max-cells", type=int, default=12,
+    p.add_argument("--epochs", type=positive_int, default=30, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="bags per step (default: %(default)s)")
+    p.add_argument("--max-cells", type=positive_int, default=12,
                    help="crop family: cells drawn per bag in training (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (default: %(default)s)")
     p.add_argument("--loss", choices=("bce", "focal"), default="bce", help="(default: %(default)s)")
     p.add_argument("--class-weighting", action="store_true", help="weight positives by negative/positive ratio")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="(default: %(default)s)")
-    p.add_argument("--folds", type=int, default=0, help="use fold --fold of K iterative-stratified folds as validation")
-    p.add_argument("--fold", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs (default: %(default)s)")
+    p.add_argument("--val-fraction", type=open_fraction, default=0.2, help="(default: %(default)s)")
+    p.add_argument("--folds", type=fold_count, default=0, help="use fold --fold of K iterative-stratified folds as validation")
+    p.add_argument("--fold", type=non_negative_int, default=0, help="(default: %(default)s)")
+    p.add_argument("--patience", type=positive_int, default=8, help="early-stopping patience in epochs (default: %(default)s)")
     p.add_argument("--cell-labels", type=Path, metavar="CSV",
                    help="train on per-cell labels (image_id, cell_id, labels; e.g. a synthetic cells.csv with a cache "
                         "made by --segmenter masks) instead of image labels: the fully supervised upper bound")
-    p.add_argument("--mosaic-bags", type=int, default=0, metavar="N",
+    p.add_argument("--mosaic-bags", type=non_negative_int, default=0, metavar="N",
                    help="crop family: add N bags per epoch that each mix the cells of 2-4 single-label training "
                         "images with different labels (label: the union; see mil/mosaics.py) (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="(default: %(default)s)")
+    p.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
     return p
 
@@ -166,7 +239,8 @@ def _train_config(args: argparse.Namespace):
                        cell_labels=str(args.cell_labels) if args.cell_labels else None,
                        dense_window=args.dense_window, init_from=str(args.init) if args.init else None,
                        init_standardisation=args.init_standardisation,
-                       freeze_encoder_epochs=args.freeze_encoder_epochs, mosaic_bags=args.mosaic_bags)
+                       freeze_encoder_epochs=args.freeze_encoder_epochs, mosaic_bags=args.mosaic_bags,
+                       labels=str(args.labels) if args.labels else None)
 
 
 def _print_summary(args: argparse.Namespace, family: str, metrics: dict) -> None:
@@ -182,32 +256,67 @@ def _print_summary(args: argparse.Namespace, family: str, metrics: dict) -> None
           f"{metrics['train_cells_per_second']} cells/s")
 
 
+def _check_encoder_names(args: argparse.Namespace) -> None:
+    """UnknownEncoderError for an encoder name the chosen family cannot build (before any cache is read)."""
+    from mil.encoders import check_dense_encoder_name, check_encoder_name
+
+    if args.init is not None:
+        return  # the folder's architecture; options given must agree with it (checked by training)
+    if args.family == "dense":
+        check_dense_encoder_name(args.dense_encoder)
+    else:
+        check_encoder_name(args.encoder)
+
+
+def _problem_with_inputs(args: argparse.Namespace) -> str | None:
+    """A missing cache or label file, as an error line."""
+    if not args.cache.is_file():
+        return f"cell cache not found: {args.cache}" if not args.cache.is_dir() else \
+            f"--cache {args.cache} is a folder; give the cell cache file (cells.h5)"
+    if args.labels is not None and not args.labels.is_file():
+        return f"--labels {args.labels}: no such file"
+    return None
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors that mean bad input (printed as one line, exit 2), never a bug."""
+    from hpa_cells.cache import CellCacheError
+    from hpa_cells.checkpoints import CheckpointError
+    from hpa_cells.labels import LabelFileError
+    from mil.cell_labels import CellLabelError
+    from mil.config import ConfigError
+    from mil.encoders import EncoderWeightsError
+    from mil.model_files import ModelFolderError
+    from mil.training import InitFolderError
+    from mil.training.config import TrainingError
+
+    return (CellCacheError, CheckpointError, LabelFileError, CellLabelError, ConfigError, EncoderWeightsError,
+            ModelFolderError, InitFolderError, TrainingError)
+
+
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     """Run `train` with `argv` (default: sys.argv[1:]); 0 on success, 2 for bad input."""
     args = build_parser(prog).parse_args(argv)
     import logging
 
-    from hpa_cells.cache import CellCacheSchemaError
-    from mil.cell_labels import CellLabelError
-    from mil.config import ConfigError
-    from mil.encoders import EncoderWeightsError
-    from mil.training import InitFolderError, train_model
+    from mil.training import train_model
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not args.cache.is_file():
-        print(f"error: cell cache not found: {args.cache}", file=sys.stderr)
-        return 2
+    problem = _problem_with_inputs(args)
     explicit = _explicit_options(argv, prog)
-    try:
-        model_config = _fine_tune_config(args, explicit) if args.init else _requested_config(args)
-        problem = _check_options(args, explicit, model_config)
-        train_config = _train_config(args) if problem is None else None
-    except (ConfigError, EncoderWeightsError, InitFolderError, ValueError) as err:
-        problem = str(err)
+    errors = _user_errors()
     if problem is None:
         try:
-            metrics = train_model(args.cache, args.out, model_config, train_config)
-        except (CellCacheSchemaError, CellLabelError, EncoderWeightsError, InitFolderError) as err:
+            _check_encoder_names(args)
+            model_config = _fine_tune_config(args, explicit) if args.init else _requested_config(args)
+            problem = _check_options(args, explicit, model_config)
+            train_config = _train_config(args) if problem is None else None
+        except (*errors, ValueError) as err:
+            problem = str(err)
+    if problem is None:
+        try:
+            metrics = train_model(args.cache, args.out, model_config, train_config, overwrite=args.overwrite)
+        except errors as err:
             problem = str(err)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)

@@ -16,11 +16,53 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mil.config import ConfigError
+
 logger = logging.getLogger(__name__)
+
+EXAMPLE_ENCODERS = ("resnet10t", "resnet18", "resnet50", "efficientnet_b0", "convnext_nano")
+LIST_HINT = "python -c \"import timm; print(timm.list_models())\" lists them all"
 
 
 class EncoderWeightsError(ValueError):
     """A local encoder checkpoint that is missing or does not fit the chosen architecture."""
+
+
+class UnknownEncoderError(ConfigError):
+    """An encoder name that timm (or segmentation-models-pytorch) does not know; the message suggests names."""
+
+
+def _suggestions(name: str, known: list[str], examples: tuple[str, ...] = EXAMPLE_ENCODERS) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
+    return f"close names: {', '.join(close)}" if close else f"e.g. {', '.join(e for e in examples if e in known)}"
+
+
+def check_encoder_name(name: str, option: str = "--encoder") -> None:
+    """UnknownEncoderError unless `name` is a timm model name (what the crop family's encoder is)."""
+    import timm
+
+    if not timm.is_model(name):
+        raise UnknownEncoderError(f"{option} {name}: not a timm model name ({_suggestions(name, timm.list_models())}; "
+                                  f"{LIST_HINT})")
+
+
+def check_dense_encoder_name(name: str, option: str = "--dense-encoder") -> None:
+    """UnknownEncoderError unless `name` is a segmentation-models-pytorch encoder, or tu-NAME of a timm model."""
+    if name.startswith("tu-"):
+        import timm
+
+        if not timm.is_model(name[3:]):
+            raise UnknownEncoderError(f"{option} {name}: {name[3:]!r} is not a timm model name "
+                                      f"({_suggestions(name[3:], timm.list_models())}; {LIST_HINT})")
+        return
+    from segmentation_models_pytorch.encoders import get_encoder_names
+
+    known = get_encoder_names()
+    if name not in known:
+        raise UnknownEncoderError(f"{option} {name}: not a segmentation-models-pytorch encoder "
+                                  f"({_suggestions(name, known, ('resnet18', 'resnet34', 'resnet50', 'efficientnet-b0'))}; or tu-NAME for any timm model, e.g. tu-resnet10t)")
 
 
 class InstanceEncoder(nn.Module):
@@ -32,7 +74,8 @@ class InstanceEncoder(nn.Module):
         import timm
 
         if not timm.is_model(name):
-            raise ValueError(f"unknown timm encoder {name!r}; see timm.list_models() for the available names")
+            raise UnknownEncoderError(f"unknown timm encoder {name!r}; see timm.list_models() for the available names "
+                                      f"({_suggestions(name, timm.list_models())})")
         self.name = name
         self.in_chans = in_chans
         self.backbone = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=0, drop_rate=drop_rate)

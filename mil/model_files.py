@@ -18,7 +18,7 @@ import torch
 
 from hpa_cells.atomic_files import atomic_output, write_json_atomic
 from hpa_cells.classes import CLASS_NAMES
-from mil.config import ModelConfig
+from mil.config import ConfigError, ModelConfig
 from mil.thresholds import load_thresholds, save_thresholds
 
 FORMAT_VERSION = 1
@@ -27,6 +27,11 @@ REQUIRED_FILES = ("config.json", "weights.safetensors", "thresholds.json", "metr
 
 class ModelFolderError(ValueError):
     """A model folder that is incomplete or unreadable; the message names the folder and file."""
+
+
+class ModelConfigFileError(ModelFolderError, ConfigError):
+    """A model folder whose config.json describes no model this code can build (both a ModelFolderError, what
+    commands report, and the ConfigError it comes from)."""
 
 
 @dataclass
@@ -63,12 +68,17 @@ def read_config_record(folder: str | os.PathLike[str]) -> dict:
         raise ModelFolderError(f"{folder} is not a complete model folder: missing {', '.join(missing)}")
     try:
         record = json.loads((folder / "config.json").read_text())
-    except json.JSONDecodeError as err:
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelFolderError(f"{folder / 'config.json'}: invalid JSON ({err})") from err
+    if not isinstance(record, dict):
+        raise ModelFolderError(f"{folder / 'config.json'}: not a JSON object")
     if record.get("format_version") != FORMAT_VERSION:
         raise ModelFolderError(
             f"{folder / 'config.json'}: format_version {record.get('format_version')!r}, this code reads {FORMAT_VERSION}"
         )
+    if not isinstance(record.get("model"), dict):
+        raise ModelFolderError(f"{folder / 'config.json'}: no 'model' section (the architecture: family, encoder, "
+                               "head, ...); the file is not one train.py wrote, or it was edited")
     return record
 
 
@@ -77,17 +87,48 @@ def load_weights(model: torch.nn.Module, folder: str | os.PathLike[str]) -> None
     from safetensors.torch import load_file
 
     path = Path(folder) / "weights.safetensors"
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error type (and OSError) for a cut or damaged file
+        raise ModelFolderError(f"{path}: not a readable safetensors file ({err}); the file is cut or damaged, "
+                               "copy or train the model again") from err
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise ModelFolderError(f"{path} does not fit the architecture in config.json: {err}") from err
 
 
+def check_model_files(folder: str | os.PathLike[str], num_classes: int) -> None:
+    """Read a complete folder's thresholds, metrics and weights header without building the model (what a run
+    starting from the folder checks first); ModelFolderError naming the file otherwise."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    _thresholds_and_metrics(folder, num_classes)
+    path = folder / "weights.safetensors"
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except Exception as err:  # safetensors raises its own error type for a cut or damaged file
+        raise ModelFolderError(f"{path}: not a readable safetensors file ({err}); the file is cut or damaged, "
+                               "copy or train the model again") from err
+
+
+def _thresholds_and_metrics(folder: Path, num_classes: int) -> tuple[np.ndarray, dict]:
+    try:
+        thresholds = load_thresholds(folder / "thresholds.json", num_classes)
+    except ValueError as err:
+        raise ModelFolderError(str(err)) from err
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFolderError(f"{folder / 'metrics.json'}: invalid JSON ({err})") from err
+    return thresholds, metrics
+
+
 def loaded_model(model: torch.nn.Module, config: ModelConfig, record: dict, folder: str | os.PathLike[str],
                  device: str | torch.device = "cpu") -> LoadedModel:
     """The `LoadedModel` of a model whose weights are loaded: thresholds and metrics read, eval mode on `device`."""
     folder = Path(folder)
-    thresholds = load_thresholds(folder / "thresholds.json", config.num_classes)
-    metrics = json.loads((folder / "metrics.json").read_text())
+    thresholds, metrics = _thresholds_and_metrics(folder, config.num_classes)
     return LoadedModel(model.to(device).eval(), config, thresholds, metrics, record.get("training", {}), folder)

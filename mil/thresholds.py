@@ -46,8 +46,20 @@ def save_thresholds(path: Path, thresholds: np.ndarray, class_names: tuple[str, 
 
 
 def load_thresholds(path: Path, num_classes: int) -> np.ndarray:
-    record = json.loads(path.read_text())
-    values = np.asarray(record["thresholds"], dtype=np.float64)
+    """The `num_classes` thresholds saved by `save_thresholds`; ValueError naming the file otherwise."""
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: invalid JSON ({err})") from err
+    raw = record.get("thresholds") if isinstance(record, dict) else None
+    if not isinstance(raw, list):
+        raise ValueError(f"{path}: no 'thresholds' list")
+    try:
+        values = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: thresholds are not numbers ({err})") from err
     if values.shape != (num_classes,):
-        raise ValueError(f"{path}: expected {num_classes} thresholds, found {values.shape[0]}")
+        raise ValueError(f"{path}: expected {num_classes} thresholds, found {len(raw)}")
+    if not np.isfinite(values).all():
+        raise ValueError(f"{path}: thresholds must be finite numbers")
     return values

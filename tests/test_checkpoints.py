@@ -96,3 +96,87 @@ def test_a_half_checkpoint_is_refused(tmp_path):
     (tmp_path / "checkpoint.json").unlink()
     with pytest.raises(CheckpointError, match="is incomplete: checkpoint.json missing"):
         load_checkpoint(tmp_path)
+
+
+# ----- the manifest (written last), staged files, refusals ---------------------------------------------------
+
+
+def _sha(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_manifest_names_both_files_with_their_sha256(tmp_path):
+    save_checkpoint(tmp_path, {"w": torch.arange(3.0)}, {"epoch": 1})
+    manifest = json.loads((tmp_path / "checkpoint.manifest.json").read_text())
+    assert manifest["files"] == {"checkpoint.safetensors": _sha(tmp_path / "checkpoint.safetensors"),
+                                 "checkpoint.json": _sha(tmp_path / "checkpoint.json")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", "checkpoint.manifest.json",
+                                                          "checkpoint.safetensors"]
+
+
+def test_a_save_stopped_after_its_commit_loads_the_new_checkpoint(tmp_path, monkeypatch):
+    """Killed between the manifest and the renames: the staged files are the checkpoint."""
+    import os
+
+    save_checkpoint(tmp_path, {"w": torch.zeros(2)}, {"epoch": 1})
+    real_replace = os.replace
+
+    def stop_at_the_renames(source, target):
+        if str(source).endswith((".next.safetensors", ".next.json")) and not str(source).split("/")[-1].startswith("."):
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", stop_at_the_renames)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, {"w": torch.ones(2)}, {"epoch": 2})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["epoch"] == 1  # not renamed yet
+    tensors, state = load_checkpoint(tmp_path)
+    assert state == {"epoch": 2} and torch.equal(tensors["w"], torch.ones(2))
+
+
+def test_a_save_stopped_before_its_commit_loads_the_previous_checkpoint(tmp_path, monkeypatch):
+    import hpa_cells.checkpoints as checkpoints
+
+    save_checkpoint(tmp_path, {"w": torch.zeros(2)}, {"epoch": 1})
+
+    def no_commit(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints, "write_json_atomic", no_commit)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, {"w": torch.ones(2)}, {"epoch": 2})
+    tensors, state = load_checkpoint(tmp_path)
+    assert state == {"epoch": 1} and torch.equal(tensors["w"], torch.zeros(2))
+
+
+def test_a_cut_or_replaced_tensor_file_is_refused_with_the_folder_named(tmp_path):
+    save_checkpoint(tmp_path / "a", {"w": torch.zeros(100)}, {"epoch": 1})
+    tensors = tmp_path / "a" / "checkpoint.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:-40])
+    expected = (f"checkpoint {tmp_path / 'a'} is torn: checkpoint.safetensors do(es) not match the sha256 in "
+                "checkpoint.manifest.json (changed or cut after it was saved); delete the folder to start over")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "a")
+    assert str(info.value) == expected
+
+
+def test_a_manifest_naming_a_missing_file_or_unreadable_is_refused(tmp_path):
+    save_checkpoint(tmp_path, {"w": torch.zeros(2)}, {"epoch": 1})
+    (tmp_path / "checkpoint.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=f"^checkpoint {tmp_path} is incomplete: checkpoint.safetensors "
+                                              "missing$"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "checkpoint.manifest.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=f"^checkpoint {tmp_path}: checkpoint.manifest.json is unreadable"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_with_token_but_no_manifest_still_loads(tmp_path):
+    """What main wrote before the manifest: token in both files, no manifest."""
+    save_checkpoint(tmp_path, {"w": torch.ones(2)}, {"step": 3})
+    (tmp_path / "checkpoint.manifest.json").unlink()
+    tensors, state = load_checkpoint(tmp_path)
+    assert state == {"step": 3} and torch.equal(tensors["w"], torch.ones(2))

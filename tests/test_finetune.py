@@ -193,6 +193,7 @@ def test_a_checkpoint_written_before_fine_tuning_existed_still_resumes(source_ca
         del state["settings"]["training"][key]
     del state["init_weights_sha256"]
     state_path.write_text(json.dumps(state))
+    (state_path.parent / "checkpoint.manifest.json").unlink()  # such checkpoints had no manifest
     assert train_model(source_cache, out, TINY_MODEL, replace(FAST, epochs=2))["epochs_run"] == 2
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from mil.config import ConfigError, ModelConfig
 from mil.families._registry import family_names, get_family
-from mil.model_files import LoadedModel, loaded_model, read_config_record
+from mil.model_files import LoadedModel, ModelConfigFileError, loaded_model, read_config_record
 
 
 def model_config_from_dict(data: dict, source: str = "<dict>") -> ModelConfig:
@@ -28,11 +28,16 @@ def build_model(config: ModelConfig, encoder_weights: str | None = None) -> nn.M
 
 
 def load_model(folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild a trained model from its folder (eval mode, on `device`)."""
+    """Rebuild a trained model from its folder (eval mode, on `device`); ModelFolderError naming the folder and
+    file for anything missing, cut or inconsistent."""
     folder = Path(folder)
     record = read_config_record(folder)
-    config = model_config_from_dict(record["model"], source=str(folder / "config.json"))
-    family = get_family(config.family)
-    model = family.build(config, None)
+    try:
+        config = model_config_from_dict(record["model"], source=str(folder / "config.json"))
+        family = get_family(config.family)
+        model = family.build(config, None)
+    except ConfigError as err:
+        message = str(err) if str(folder) in str(err) else f"{folder / 'config.json'}: {err}"
+        raise ModelConfigFileError(message) from err
     family.load_weights(model, folder)
     return loaded_model(model, config, record, folder, device)

@@ -9,8 +9,13 @@ import torch
 from hpa_cells.qc_flags import DEFAULT_EXCLUDE_FLAGS
 
 SETTINGS_ADDED_LATER = {"dense_window": None, "mosaic_bags": 0, "init_from": None,
-                        "init_standardisation": "keep", "freeze_encoder_epochs": 0}
+                        "init_standardisation": "keep", "freeze_encoder_epochs": 0, "labels": None}
 """TrainConfig fields added after checkpoints were first written, with the value older runs had in effect."""
+
+
+class TrainingError(ValueError):
+    """A training run that cannot start or resume as asked (too few labelled images, an --out folder holding a
+    finished model or a run with other settings, ...); the message is one line naming what to change."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,10 @@ class TrainConfig:
     freeze_encoder_epochs: int = 0
     """The encoder (its parameters and batch-norm statistics) is held fixed for this many first epochs; then
     everything trains."""
+    labels: str | None = None
+    """An image label CSV (the 2018 `Id,Target` or 2021 `ID,Label` scheme) used instead of the cache's labels,
+    without rewriting the cache; cache images it does not list count as unlabelled (left out of training). Its
+    sha256 is recorded with the run (`mil.training.resume`)."""
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -68,12 +77,19 @@ class TrainConfig:
             raise ValueError("epochs, batch_size and max_cells must be positive")
         if self.folds == 0 and not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.folds < 0 or self.folds == 1:
+            raise ValueError(f"folds must be 0 (one shuffled split) or at least 2, got {self.folds}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be at least 1 epoch, got {self.patience}")
         if self.folds and not 0 <= self.fold < self.folds:
             raise ValueError(f"fold must be in 0..{self.folds - 1}, got {self.fold}")
         if self.mosaic_bags < 0:
             raise ValueError(f"mosaic_bags must be >= 0, got {self.mosaic_bags}")
         if self.mosaic_bags and self.cell_labels is not None:
             raise ValueError("mosaic bags (mosaic_bags) cannot be combined with per-cell label training (cell_labels)")
+        if self.mosaic_bags and self.labels is not None:
+            raise ValueError("mosaic bags (mosaic_bags) cannot be combined with a label file (labels) yet: mosaics "
+                             "take their labels from the cache")
         if self.dense_window is not None and (self.dense_window < 32 or self.dense_window % 32):
             raise ValueError(f"dense_window must be a multiple of 32 and >= 32 (or None), got {self.dense_window}")
         if self.init_standardisation not in ("keep", "recompute"):

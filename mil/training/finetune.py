@@ -23,7 +23,7 @@ from torch import nn
 
 from mil.config import ConfigError, ModelConfig
 from mil.families import ModelFamily, model_config_from_dict
-from mil.model_files import ModelFolderError, read_config_record
+from mil.model_files import ModelFolderError, check_model_files, read_config_record
 
 ARCHITECTURE_IGNORED = ("channel_mean", "channel_std")
 """Model config keys fine-tuning may change: the input standardisation (see `init_standardisation`)."""
@@ -57,7 +57,8 @@ def read_init_source(folder: str | os.PathLike[str]) -> InitSource:
         raise InitFolderError(f"--init {folder}: no such model folder")
     try:
         record = read_config_record(path)
-        config = model_config_from_dict(record.get("model", {}), source=str(path / "config.json"))
+        config = model_config_from_dict(record["model"], source=str(path / "config.json"))
+        check_model_files(path, config.num_classes)
     except (ModelFolderError, ConfigError) as err:
         raise InitFolderError(f"--init {folder}: not a usable model folder: {err}") from err
     return InitSource(str(folder), config, sha256_of_file(path / "weights.safetensors"))

@@ -34,13 +34,14 @@ from mil.families import ModelFamily, get_family
 from mil.model_folder import save_model_folder
 from mil.thresholds import fit_thresholds
 from mil.training.checkpoint import (
+    check_resumed_checkpoint,
     fresh_state,
     has_checkpoint,
     load_training_checkpoint,
     run_settings,
     save_training_checkpoint,
 )
-from mil.training.config import TrainConfig, resolve_device
+from mil.training.config import TrainConfig, TrainingError, resolve_device
 from mil.training.finetune import (
     InitSource,
     check_out_folder,
@@ -49,6 +50,8 @@ from mil.training.finetune import (
     start_config,
 )
 from mil.training.losses import batch_loss, class_pos_weight, initialise_class_bias
+from mil.training.resume import RelabelledImages, cache_identity, label_override, refuse_finished
+from mil.training.resume import check_out_folder as check_finished_folder
 
 logger = logging.getLogger(__name__)
 
@@ -155,16 +158,35 @@ class _Run:
     train_seconds: float = 0.0
 
 
-def _split_cache(cache_path: Path, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, object]:
-    """(training image indices, validation image indices, the cache's provenance) over its labelled images."""
+def _cache_labels(cache: CellCache, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(labels `M,28`, has_labels `M`) of the cache's images: the cache's, or those of `config.labels`."""
+    if config.labels is not None:
+        return label_override(cache, config.labels)
+    return cache.labels, cache.has_labels
+
+
+def _check_enough_images(cache_path: Path, count: int, config: TrainConfig) -> None:
+    """TrainingError when `count` labelled images cannot be split as the config asks."""
+    source = f"{cache_path}" + (f" with --labels {config.labels}" if config.labels is not None else "")
+    if count < 2:
+        raise TrainingError(f"{source}: {count} labelled images; training needs labelled images (at least 2: one "
+                            "to train on, one to validate)")
+    if config.folds and count < config.folds:
+        raise TrainingError(f"{source}: {count} labelled images, fewer than the {config.folds} folds asked for; "
+                            f"{config.folds} folds need at least {config.folds} labelled images (lower --folds)")
+
+
+def _split_cache(cache_path: Path, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, object, np.ndarray | None]:
+    """(training image indices, validation image indices, the cache's provenance, the label file's `M,28` labels
+    or None) over the labelled images."""
     with CellCache(cache_path) as cache:
-        labelled = np.flatnonzero(cache.has_labels)
-        if labelled.size < 2:
-            raise ValueError(f"{cache_path}: {labelled.size} labelled images; training needs labelled images")
-        labels = cache.labels[labelled]
+        all_labels, has_labels = _cache_labels(cache, config)
+        labelled = np.flatnonzero(has_labels)
+        _check_enough_images(cache_path, int(labelled.size), config)
+        labels = all_labels[labelled]
         provenance = cache.provenance
     train_rows, val_rows = split_indices(labels, config)
-    return labelled[train_rows], labelled[val_rows], provenance
+    return labelled[train_rows], labelled[val_rows], provenance, (all_labels if config.labels else None)
 
 
 def _model_config(model_config: ModelConfig, config: TrainConfig, source: InitSource | None,
@@ -195,29 +217,34 @@ def _build(family: ModelFamily, model_config: ModelConfig, config: TrainConfig, 
     return model.to(device)
 
 
-def _prepare(cache_path: Path, model_config: ModelConfig, config: TrainConfig) -> _Run:
-    """Split, datasets, input standardisation, loaders, module, optimizer: every random draw in the same order
-    as always (so a seed gives the same run)."""
-    family = get_family(model_config.family)
-    source = None
-    if config.init_from is not None:
-        source = read_init_source(config.init_from)
-        model_config = start_config(model_config, source, config.init_standardisation)
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    train_idx, val_idx, provenance = _split_cache(cache_path, config)
+def _datasets(family: ModelFamily, model_config: ModelConfig, config: TrainConfig, cache_path: Path) -> tuple:
+    """(training set, validation set, the data's collate, the cache's provenance), relabelled from
+    `config.labels` when given."""
+    train_idx, val_idx, provenance, relabel = _split_cache(cache_path, config)
     data = family.training_data(model_config, config)
     train_set = data.make_dataset(cache_path, train_idx, True)
     val_set = data.make_dataset(cache_path, val_idx, False)
+    if relabel is not None:
+        train_set, val_set = RelabelledImages(train_set, relabel), RelabelledImages(val_set, relabel)
+    return train_set, val_set, data.collate, provenance
+
+
+def _prepare(cache_path: Path, model_config: ModelConfig, config: TrainConfig, source: InitSource | None) -> _Run:
+    """Split, datasets, input standardisation, loaders, module, optimizer: every random draw in the same order
+    as always (so a seed gives the same run). `model_config` is the one to train (`start_config` applied)."""
+    family = get_family(model_config.family)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    train_set, val_set, collate, provenance = _datasets(family, model_config, config, cache_path)
     if len(train_set) == 0 or len(val_set) == 0:
-        raise ValueError(f"{cache_path}: after QC exclusion ({', '.join(config.exclude_flags)}) the split has "
+        raise TrainingError(f"{cache_path}: after QC exclusion ({', '.join(config.exclude_flags)}) the split has "
                          f"{len(train_set)} training and {len(val_set)} validation images with usable cells")
     model_config = _model_config(model_config, config, source, family, train_set)
     generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, collate_fn=data.collate,
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
                               num_workers=config.num_workers, generator=generator,
                               persistent_workers=False)  # persistent workers keep a stale set_epoch copy
-    val_loader = DataLoader(val_set, batch_size=config.batch_size, collate_fn=data.collate,
+    val_loader = DataLoader(val_set, batch_size=config.batch_size, collate_fn=collate,
                             num_workers=config.num_workers)
     model = _build(family, model_config, config, source, train_set, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -339,20 +366,57 @@ def _write_history(history: list[dict], out_dir: Path) -> None:
     plot_curves(history, out_dir / "training_curves.png")
 
 
-def train_model(cache_path: Path, out_dir: Path, model_config: ModelConfig, config: TrainConfig) -> dict:
-    """Train a model of the config's family on a cell cache and write the model folder `out_dir`; returns
-    metrics.json's content. Resumes from `out_dir/checkpoint` when a run with the same settings left one. With
-    `config.init_from`, fine-tunes the model in that folder (`mil.training.finetune`)."""
-    started = time.time()
+def _start(cache_path: Path, out_dir: Path, model_config: ModelConfig, config: TrainConfig, overwrite: bool
+           ) -> tuple[ModelConfig, InitSource | None, dict, dict | None]:
+    """Every check that needs no weights, before anything is built: (the model config to train, the --init
+    source, the cache's identity, the checkpoint state to resume or None). Refuses an --out folder holding a
+    finished model (unless `overwrite`) and a checkpoint of a run with other settings, naming each difference."""
+    source = None
     if config.init_from is not None:
         check_out_folder(out_dir, config.init_from)
-    run = _prepare(cache_path, model_config, config)
+        source = read_init_source(config.init_from)
+        model_config = start_config(model_config, source, config.init_standardisation)
+    identity = cache_identity(cache_path, config)
+    state = check_finished_folder(out_dir, config, overwrite)
+    if state is not None:
+        init_sha = source.weights_sha256 if source is not None else None
+        settings = run_settings(model_config, config, identity)
+        check_resumed_checkpoint(out_dir / "checkpoint", state, settings, init_sha, with_standardisation=False)
+        refuse_finished(out_dir, state, config)
+    return model_config, source, identity, state
+
+
+def _clear_out_folder(out_dir: Path) -> None:
+    """--overwrite: the folder's finished model and checkpoint go before the new run writes its first epoch."""
+    import shutil
+
+    for name in ("weights.safetensors", "checkpoint"):
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+            logger.info("--overwrite: removed the finished model's %s", path)
+
+
+def train_model(cache_path: Path, out_dir: Path, model_config: ModelConfig, config: TrainConfig,
+                overwrite: bool = False) -> dict:
+    """Train a model of the config's family on a cell cache and write the model folder `out_dir`; returns
+    metrics.json's content. Resumes from `out_dir/checkpoint` when a run with the same settings left one. With
+    `config.init_from`, fine-tunes the model in that folder (`mil.training.finetune`). A folder holding a finished
+    model is refused (`mil.training.resume`) unless the run continues it with more epochs or `overwrite` is set
+    (then it is trained again from scratch)."""
+    started = time.time()
+    model_config, source, identity, resume_state = _start(cache_path, out_dir, model_config, config, overwrite)
+    run = _prepare(cache_path, model_config, config, source)
+    if overwrite:
+        _clear_out_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = out_dir / "checkpoint"
-    settings = run_settings(run.model_config, config)
+    settings = run_settings(run.model_config, config, identity)
     init_sha = run.source.weights_sha256 if run.source is not None else None
     state, best_weights = {**fresh_state(settings), "init_weights_sha256": init_sha}, {}
-    if has_checkpoint(checkpoint_dir):
+    if resume_state is not None and has_checkpoint(checkpoint_dir):
         state, best_weights = load_training_checkpoint(checkpoint_dir, run.model, run.optimizer, settings, init_sha)
         logger.info("resuming from epoch %d (%s)", state["epoch"], checkpoint_dir)
     best_weights = _run_epochs(run, checkpoint_dir, state, best_weights)
@@ -360,6 +424,7 @@ def train_model(cache_path: Path, out_dir: Path, model_config: ModelConfig, conf
     metrics, thresholds = _final_metrics(run, state, started)
     _write_history(state["history"], out_dir)
     training = {**asdict(config), "cache": str(cache_path), "cache_provenance": run.provenance,
+                "cache_content_sha256": identity["content_sha256"], "labels_sha256": identity["labels_sha256"],
                 "init_weights_sha256": init_sha}
     save_model_folder(out_dir, run.model, thresholds, metrics, training=training)
     return metrics
