@@ -1,7 +1,7 @@
 """Train a MIL model on a cell cache, from image-level labels only.
 
   python scripts/train.py --cache cells.h5 --out runs/NAME [--encoder resnet10t] [--head class_gated_attention]
-                          [--epochs N] [--seed S] [--folds K --fold I]
+                          [--epochs N] [--seed S] [--folds K --fold I | --split-file SPLIT.json]
   python scripts/train.py --family dense --cache cells.h5 --out runs/DENSE [--dense-arch fpn|unet]
                           [--dense-encoder tu-resnet10t] [--cell-pool mean|lse] [--dense-input-size 256]
 
@@ -60,6 +60,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.2, help="(default: %(default)s)")
     p.add_argument("--folds", type=int, default=0, help="use fold --fold of K iterative-stratified folds as validation")
     p.add_argument("--fold", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--split-file", type=Path, metavar="JSON",
+                   help='a fixed split: {"train": [image ids], "validation": [image ids]} (overrides --val-fraction '
+                        "and --folds; e.g. a cross-validation fold of benchmarks/bench_real.py)")
     p.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs (default: %(default)s)")
     p.add_argument("--cell-labels", type=Path, metavar="CSV",
                    help="train on per-cell labels (image_id, cell_id, labels; e.g. a synthetic cells.csv with a cache "
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     from mil.config import ConfigError, DenseConfig, MILConfig
     from mil.encoders import EncoderWeightsError
     from mil.training import TrainConfig, train_model
+    from mil.training.splits import SplitFileError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.cache.is_file():
@@ -116,13 +120,14 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
                                    device=args.device,
                                    encoder_weights=str(args.encoder_weights) if args.encoder_weights else None,
                                    cell_labels=str(args.cell_labels) if args.cell_labels else None,
-                                   dense_window=args.dense_window)
+                                   dense_window=args.dense_window,
+                                   split_file=str(args.split_file) if args.split_file else None)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
         metrics = train_model(args.cache, args.out, model_config, train_config)
-    except (CellCacheSchemaError, CellLabelError, EncoderWeightsError) as err:
+    except (CellCacheSchemaError, CellLabelError, EncoderWeightsError, SplitFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"\nModel folder: {args.out} ({args.family} family)")

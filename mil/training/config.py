@@ -8,7 +8,7 @@ import torch
 
 from hpa_cells.qc_flags import DEFAULT_EXCLUDE_FLAGS
 
-SETTINGS_ADDED_LATER = {"dense_window": None}
+SETTINGS_ADDED_LATER = {"dense_window": None, "split_file": None}
 """TrainConfig fields added after checkpoints were first written, with the value older runs had in effect."""
 
 
@@ -43,6 +43,9 @@ class TrainConfig:
     """Dense family: train on random square windows of this many pixels of each field at the model's input size
     (a multiple of 32; cells pool their pixels inside the window); validation and prediction see whole fields.
     None trains on whole fields."""
+    split_file: str | None = None
+    """A JSON file {"train": [image ids], "validation": [image ids]} that fixes the split (overrides val_fraction
+    and folds); see `mil.training.splits`."""
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

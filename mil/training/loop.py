@@ -41,6 +41,7 @@ from mil.training.checkpoint import (
 )
 from mil.training.config import TrainConfig, resolve_device
 from mil.training.losses import batch_loss, class_pos_weight, initialise_class_bias
+from mil.training.splits import split_from_file
 
 logger = logging.getLogger(__name__)
 
@@ -147,13 +148,18 @@ class _Run:
 
 
 def _split_cache(cache_path: Path, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, object]:
-    """(training image indices, validation image indices, the cache's provenance) over its labelled images."""
+    """(training image indices, validation image indices, the cache's provenance) over its labelled images: the
+    split file's images when `config.split_file` is set, else a stratified split (`split_indices`)."""
     with CellCache(cache_path) as cache:
         labelled = np.flatnonzero(cache.has_labels)
         if labelled.size < 2:
             raise ValueError(f"{cache_path}: {labelled.size} labelled images; training needs labelled images")
         labels = cache.labels[labelled]
         provenance = cache.provenance
+        if config.split_file:
+            train_idx, val_idx = split_from_file(Path(config.split_file), cache.image_ids, cache.has_labels,
+                                                 cache_path)
+            return train_idx, val_idx, provenance
     train_rows, val_rows = split_indices(labels, config)
     return labelled[train_rows], labelled[val_rows], provenance
 
