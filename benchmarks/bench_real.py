@@ -24,7 +24,8 @@ demo (bundled Cellpose, flows assembly, one pass) and a whole-field cache, one m
 
 Metrics (`hpa_cells.metrics`): image mAP (macro AP over classes with >= 3 positive fields), macro F1 over the
 same classes (each fold's model's thresholds), micro F1, per-class AP, each with a 95% bootstrap interval over
-fields; paired bootstrap differences between rows. Everything is resumable: the work folder (default
+fields; paired bootstrap differences between rows (--score-only scores what the work folder holds so far, beside
+a running benchmark). Everything is resumable: the work folder (default
 runs/bench_real, outside git) keeps caches, models and each finished row's pooled predictions. Results:
 --results (default benchmarks/results/real_benchmark.json) and a markdown table on stdout.
 """
@@ -45,7 +46,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from real_data import find_real_fields, fold_splits, load_or_make_folds, segment_fields  # noqa: E402
+from real_data import (  # noqa: E402
+    FoldsFileError,
+    RealDataError,
+    find_real_fields,
+    fold_splits,
+    load_or_make_folds,
+    segment_fields,
+)
 
 KINDS = ("attention", "mean", "image")
 STARTS = ("synthetic", "real", "finetuned")
@@ -98,6 +106,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-cells", type=int, default=8, help="cells per training bag (default: %(default)s)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    p.add_argument("--score-only", action="store_true",
+                   help="run nothing: score the rows whose predictions the work folder holds and write the results "
+                        "(safe beside a running benchmark on the same work folder)")
     return p.parse_args(argv)
 
 
@@ -406,19 +417,9 @@ def _load_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the stages and rows; 0 when every asked row has predictions, 1 when a row failed or could not run."""
-    args = parse_args(argv)
-    import logging
-
-    import torch
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the training loop's per-epoch lines
-    torch.set_num_threads(args.threads)
-    started, machine_at_start = time.time(), machine()
-    args.work.mkdir(parents=True, exist_ok=True)
-    fields = find_real_fields(args.data)
-    timings, status = _load_json(args.work / "timings.json"), _load_json(args.work / "status.json")
+def run_rows(args: argparse.Namespace, fields: list, timings: dict, status: dict) -> None:
+    """The real caches, the split files, then each asked row not yet done; `timings` and `status` (row -> why it
+    did not run) are updated and saved after every row."""
     caches = {"real": real_caches(args, fields, timings)}
     splits = write_split_files(args, fields)
     labels = {f.image_id: f.labels for f in fields}
@@ -438,6 +439,31 @@ def main(argv: list[str] | None = None) -> int:
             status[row] = f"failed: {type(err).__name__}: {err}"
         (args.work / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
         (args.work / "status.json").write_text(json.dumps(status, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stages and rows (or, with --score-only, none); 0 when every asked row has predictions, 1 when a row
+    failed or could not run, 2 for missing real data or folds that do not fit it."""
+    args = parse_args(argv)
+    import logging
+
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the training loop's per-epoch lines
+    torch.set_num_threads(args.threads)
+    started, machine_at_start = time.time(), machine()
+    args.work.mkdir(parents=True, exist_ok=True)
+    timings, status = _load_json(args.work / "timings.json"), _load_json(args.work / "status.json")
+    try:
+        fields = find_real_fields(args.data)
+        if args.score_only:  # the saved folds are only read (and checked against the fields)
+            load_or_make_folds(args.folds_file, [f.image_id for f in fields], [f.labels for f in fields],
+                               seed=args.seed)
+        else:
+            run_rows(args, fields, timings, status)
+    except (RealDataError, FoldsFileError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     results = score_rows(args, fields, status)
     results.update(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine=machine_at_start,
                    machine_at_end=machine(), command="python benchmarks/bench_real.py " + " ".join(argv or sys.argv[1:]),
@@ -447,8 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=1) + "\n")
     print_table(results)
-    return 1 if any(row in status for row in args.rows) else 0
-
+    return 1 if not args.score_only and any(row in status for row in args.rows) else 0
 
 if __name__ == "__main__":
     sys.exit(main())
