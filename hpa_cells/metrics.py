@@ -5,6 +5,11 @@ macro F1 is the mean over the classes that occur in the truth. Classes absent fr
 false positives on them do not count; when every class occurs (as in the balanced benchmark sets) this equals
 the 2018 competition's macro F1 over all 28 classes.
 
+Image level with scores (real fields, few of them): `image_map` is the macro average precision over the classes
+with at least `min_positives` positive fields; `bootstrap_image_metrics` gives it, macro F1 over the same classes,
+micro F1 over all classes and each class's AP with a bootstrap interval over fields, and
+`paired_bootstrap_image_metrics` the difference between two sets of predictions on the same fields.
+
 Cell level (synthetic data, where every cell's labels are known): predicted cells are matched one-to-one to
 true cells at IoU >= 0.6; for each class, a ranked list is scored where a matched predicted cell is a hit when its
 true cell carries the class, an unmatched predicted cell is a false positive, and an unmatched true cell carrying
@@ -294,3 +299,171 @@ def paired_bootstrap_cell_map(
     low, high = np.nanpercentile(differences, [2.5, 97.5])
     return PairedBootstrap(map_a, map_b, map_b - map_a, (float(low), float(high)),
                            float(np.mean(differences > 0)), resamples, len(image_ids))
+
+
+# ----- image level with scores, bootstrap intervals over fields ------------------------------------------
+
+IMAGE_METRICS = ("map", "macro_f1", "micro_f1")
+"""The keys of `image_metrics`: image mAP and macro F1 over the evaluated classes, micro F1 over all classes."""
+
+
+def _check_image_arrays(y_true: np.ndarray, *others: np.ndarray) -> np.ndarray:
+    """`y_true` as a bool `N,K` array, after checking every other array has its shape."""
+    truth = np.asarray(y_true)
+    if truth.ndim != 2:
+        raise ValueError(f"image truth must be N,K; got shape {truth.shape}")
+    for other in others:
+        if np.shape(other) != truth.shape:
+            raise ValueError(f"truth is {truth.shape} but scores or predictions are {np.shape(other)}")
+    return truth.astype(bool)
+
+
+def evaluable_classes(y_true: np.ndarray, min_positives: int = 3) -> np.ndarray:
+    """Indices of the classes with at least `min_positives` positive fields in `N,K` truth."""
+    return np.flatnonzero(_check_image_arrays(y_true).sum(axis=0) >= min_positives)
+
+
+def per_class_average_precision(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    """`K` APs of `N,K` scores against `N,K` truth (as scikit-learn's `average_precision_score`; ties as
+    groups); NaN for a class without positives."""
+    truth = _check_image_arrays(y_true, y_score)
+    scores = np.asarray(y_score, dtype=np.float64)
+    return np.array([average_precision_with_misses(scores[:, c], truth[:, c], int(truth[:, c].sum()))
+                     for c in range(truth.shape[1])])
+
+
+def image_map(y_true: np.ndarray, y_score: np.ndarray, min_positives: int = 3) -> float:
+    """Image-level mAP: the mean AP over the classes with at least `min_positives` positive fields (NaN when no
+    class has that many)."""
+    classes = evaluable_classes(y_true, min_positives)
+    if classes.size == 0:
+        return float("nan")
+    return float(np.mean(per_class_average_precision(y_true, y_score)[classes]))
+
+
+def micro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """F1 of every (field, class) decision pooled: 2 TP / (2 TP + FP + FN); NaN with no positives at all."""
+    truth = _check_image_arrays(y_true, y_pred)
+    pred = np.asarray(y_pred).astype(bool)
+    tp = int((truth & pred).sum())
+    denominator = 2 * tp + int((~truth & pred).sum()) + int((truth & ~pred).sum())
+    return 2 * tp / denominator if denominator else float("nan")
+
+
+def image_metrics(y_true: np.ndarray, y_score: np.ndarray, y_pred: np.ndarray,
+                  classes: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    """({"map", "macro_f1", "micro_f1"}, `K` per-class APs) of one set of predictions. mAP and macro F1 average
+    over `classes` (fixed beforehand, e.g. `evaluable_classes` of the whole set), leaving out a class whose AP or
+    F1 is undefined here (no positives; for F1 no positives and no predictions); micro F1 pools all classes."""
+    truth = _check_image_arrays(y_true, y_score, y_pred)
+    ap = per_class_average_precision(truth, y_score)
+    f1 = per_class_f1(truth, y_pred)
+    chosen_ap, chosen_f1 = ap[classes], f1[classes]
+    values = {
+        "map": float(np.mean(chosen_ap[~np.isnan(chosen_ap)])) if (~np.isnan(chosen_ap)).any() else float("nan"),
+        "macro_f1": float(np.mean(chosen_f1[~np.isnan(chosen_f1)])) if (~np.isnan(chosen_f1)).any() else float("nan"),
+        "micro_f1": micro_f1(truth, y_pred),
+    }
+    return values, ap
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A value on all fields and the 2.5th / 97.5th percentiles of it over bootstrap resamples of the fields."""
+
+    value: float
+    low: float
+    high: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"value": self.value, "low": self.low, "high": self.high}
+
+
+@dataclass(frozen=True)
+class ImageBootstrap:
+    """`metrics`: IMAGE_METRICS -> Interval; `per_class_ap`: class id -> Interval for every evaluated class;
+    `classes`: the evaluated class ids (>= min_positives positive fields on all fields)."""
+
+    metrics: dict[str, Interval]
+    per_class_ap: dict[int, Interval]
+    classes: tuple[int, ...]
+    resamples: int
+    n_fields: int
+
+
+def _percentiles(samples: np.ndarray) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles of `samples`, ignoring NaN (resamples where a value is undefined)."""
+    if np.isnan(samples).all():
+        return float("nan"), float("nan")
+    low, high = np.nanpercentile(samples, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _draws(n_fields: int, resamples: int, seed: int) -> np.ndarray:
+    """`resamples, n_fields` field indices drawn with replacement (seeded)."""
+    if resamples <= 0:
+        raise ValueError(f"resamples must be positive, got {resamples}")
+    if n_fields <= 0:
+        raise ValueError("a bootstrap needs at least one field")
+    return np.random.default_rng(seed).integers(0, n_fields, size=(resamples, n_fields))
+
+
+def bootstrap_image_metrics(y_true: np.ndarray, y_score: np.ndarray, y_pred: np.ndarray, min_positives: int = 3,
+                            resamples: int = 2000, seed: int = 0) -> ImageBootstrap:
+    """Image mAP, macro F1 (over the classes with >= `min_positives` positive fields), micro F1 and the per-class
+    APs of `N,K` scores and thresholded predictions, each with a 95% bootstrap interval over the `N` fields
+    (`resamples` seeded draws with replacement; the evaluated classes stay those of the whole set)."""
+    truth = _check_image_arrays(y_true, y_score, y_pred)
+    scores, pred = np.asarray(y_score, np.float64), np.asarray(y_pred).astype(bool)
+    classes = evaluable_classes(truth, min_positives)
+    values, ap = image_metrics(truth, scores, pred, classes)
+    samples = {name: np.empty(resamples) for name in IMAGE_METRICS}
+    class_samples = np.empty((resamples, classes.size))
+    for r, draw in enumerate(_draws(truth.shape[0], resamples, seed)):
+        drawn, drawn_ap = image_metrics(truth[draw], scores[draw], pred[draw], classes)
+        for name in IMAGE_METRICS:
+            samples[name][r] = drawn[name]
+        class_samples[r] = drawn_ap[classes]
+    metrics = {name: Interval(values[name], *_percentiles(samples[name])) for name in IMAGE_METRICS}
+    per_class = {int(c): Interval(float(ap[c]), *_percentiles(class_samples[:, j])) for j, c in enumerate(classes)}
+    return ImageBootstrap(metrics, per_class, tuple(int(c) for c in classes), resamples, truth.shape[0])
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Metric of predictions A and B on the same fields, B - A, its 95% bootstrap interval, and the share of
+    resamples where B is above A."""
+
+    value_a: float
+    value_b: float
+    difference: float
+    low: float
+    high: float
+    share_b_better: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"a": self.value_a, "b": self.value_b, "difference": self.difference, "low": self.low,
+                "high": self.high, "share_b_better": self.share_b_better}
+
+
+def paired_bootstrap_image_metrics(y_true: np.ndarray, a: tuple[np.ndarray, np.ndarray],
+                                   b: tuple[np.ndarray, np.ndarray], min_positives: int = 3, resamples: int = 2000,
+                                   seed: int = 0) -> dict[str, PairedDifference]:
+    """Is B above A beyond chance? `a` and `b` are (`N,K` scores, `N,K` thresholded predictions) on the same
+    fields; each resample draws the same fields for both. Returns IMAGE_METRICS -> PairedDifference."""
+    truth = _check_image_arrays(y_true, *a, *b)
+    classes = evaluable_classes(truth, min_positives)
+    arrays = [(np.asarray(s, np.float64), np.asarray(p).astype(bool)) for s, p in (a, b)]
+    whole = [image_metrics(truth, s, p, classes)[0] for s, p in arrays]
+    differences = {name: np.empty(resamples) for name in IMAGE_METRICS}
+    for r, draw in enumerate(_draws(truth.shape[0], resamples, seed)):
+        drawn = [image_metrics(truth[draw], s[draw], p[draw], classes)[0] for s, p in arrays]
+        for name in IMAGE_METRICS:
+            differences[name][r] = drawn[1][name] - drawn[0][name]
+    out = {}
+    for name in IMAGE_METRICS:
+        valid = differences[name][~np.isnan(differences[name])]
+        out[name] = PairedDifference(whole[0][name], whole[1][name], whole[1][name] - whole[0][name],
+                                     *_percentiles(differences[name]),
+                                     float(np.mean(valid > 0)) if valid.size else float("nan"))
+    return out

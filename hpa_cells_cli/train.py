@@ -1,7 +1,7 @@
 """Train a MIL model on a cell cache, from image-level labels only.
 
   python scripts/train.py --cache cells.h5 --out runs/NAME [--encoder resnet10t] [--head class_gated_attention]
-                          [--epochs N] [--seed S] [--folds K --fold I]
+                          [--epochs N] [--seed S] [--folds K --fold I | --split-file SPLIT.json]
   python scripts/train.py --family dense --cache cells.h5 --out runs/DENSE [--dense-arch fpn|unet]
                           [--dense-encoder tu-resnet10t] [--cell-pool mean|lse] [--dense-input-size 256]
   python scripts/train.py --init runs/SYNTHETIC --cache real.h5 --out runs/FINETUNED
@@ -152,6 +152,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=open_fraction, default=0.2, help="(default: %(default)s)")
     p.add_argument("--folds", type=fold_count, default=0, help="use fold --fold of K iterative-stratified folds as validation")
     p.add_argument("--fold", type=non_negative_int, default=0, help="(default: %(default)s)")
+    p.add_argument("--split-file", type=Path, metavar="JSON",
+                   help='a fixed split: {"train": [image ids], "validation": [image ids]} (overrides --val-fraction '
+                        "and --folds; e.g. a cross-validation fold of benchmarks/bench_real.py)")
     p.add_argument("--patience", type=positive_int, default=8, help="early-stopping patience in epochs (default: %(default)s)")
     p.add_argument("--cell-labels", type=Path, metavar="CSV",
                    help="train on per-cell labels (image_id, cell_id, labels; e.g. a synthetic cells.csv with a cache "
@@ -240,7 +243,8 @@ def _train_config(args: argparse.Namespace):
                        dense_window=args.dense_window, init_from=str(args.init) if args.init else None,
                        init_standardisation=args.init_standardisation,
                        freeze_encoder_epochs=args.freeze_encoder_epochs, mosaic_bags=args.mosaic_bags,
-                       labels=str(args.labels) if args.labels else None)
+                       labels=str(args.labels) if args.labels else None,
+                       split_file=str(args.split_file) if args.split_file else None)
 
 
 def _print_summary(args: argparse.Namespace, family: str, metrics: dict) -> None:
@@ -289,9 +293,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from mil.model_files import ModelFolderError
     from mil.training import InitFolderError
     from mil.training.config import TrainingError
+    from mil.training.splits import SplitFileError
 
     return (CellCacheError, CheckpointError, LabelFileError, CellLabelError, ConfigError, EncoderWeightsError,
-            ModelFolderError, InitFolderError, TrainingError)
+            ModelFolderError, InitFolderError, TrainingError, SplitFileError)
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:

@@ -3,7 +3,8 @@ trains into a model folder (`train_mil` / `train_dense` check the family first).
 
 config.py: TrainConfig. losses.py: the losses and the class-bias prior. checkpoint.py: the resumable checkpoint.
 finetune.py: starting from a trained model folder (`init_from`) and the frozen-encoder epochs.
-loop.py: the shared loop, the split, the schedule, validation and the curves.
+loop.py: the shared loop, the split, the schedule, validation and the curves. splits.py: a fixed split from a
+JSON file (`TrainConfig.split_file`).
 """
 
 from mil.training.config import SETTINGS_ADDED_LATER, TrainConfig, resolve_device

@@ -9,7 +9,8 @@ import torch
 from hpa_cells.qc_flags import DEFAULT_EXCLUDE_FLAGS
 
 SETTINGS_ADDED_LATER = {"dense_window": None, "mosaic_bags": 0, "init_from": None,
-                        "init_standardisation": "keep", "freeze_encoder_epochs": 0, "labels": None}
+                        "init_standardisation": "keep", "freeze_encoder_epochs": 0, "labels": None,
+                        "split_file": None}
 """TrainConfig fields added after checkpoints were first written, with the value older runs had in effect."""
 
 
@@ -66,6 +67,9 @@ class TrainConfig:
     """An image label CSV (the 2018 `Id,Target` or 2021 `ID,Label` scheme) used instead of the cache's labels,
     without rewriting the cache; cache images it does not list count as unlabelled (left out of training). Its
     sha256 is recorded with the run (`mil.training.resume`)."""
+    split_file: str | None = None
+    """A JSON file {"train": [image ids], "validation": [image ids]} that fixes the split (overrides val_fraction
+    and folds); see `mil.training.splits`."""
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

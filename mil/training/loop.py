@@ -52,6 +52,7 @@ from mil.training.finetune import (
 from mil.training.losses import batch_loss, class_pos_weight, initialise_class_bias
 from mil.training.resume import RelabelledImages, cache_identity, label_override, refuse_finished
 from mil.training.resume import check_out_folder as check_finished_folder
+from mil.training.splits import split_from_file
 
 logger = logging.getLogger(__name__)
 
@@ -178,13 +179,17 @@ def _check_enough_images(cache_path: Path, count: int, config: TrainConfig) -> N
 
 def _split_cache(cache_path: Path, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, object, np.ndarray | None]:
     """(training image indices, validation image indices, the cache's provenance, the label file's `M,28` labels
-    or None) over the labelled images."""
+    or None) over the labelled images: the split file's images when `config.split_file` is set, else a
+    stratified split (`split_indices`)."""
     with CellCache(cache_path) as cache:
         all_labels, has_labels = _cache_labels(cache, config)
         labelled = np.flatnonzero(has_labels)
         _check_enough_images(cache_path, int(labelled.size), config)
         labels = all_labels[labelled]
         provenance = cache.provenance
+        if config.split_file:
+            train_idx, val_idx = split_from_file(Path(config.split_file), cache.image_ids, has_labels, cache_path)
+            return train_idx, val_idx, provenance, (all_labels if config.labels else None)
     train_rows, val_rows = split_indices(labels, config)
     return labelled[train_rows], labelled[val_rows], provenance, (all_labels if config.labels else None)
 
