@@ -103,6 +103,17 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                         "images are left out as unlabelled; the cache is not changed")
 
 
+def _add_fine_tune_options(p: argparse.ArgumentParser) -> None:
+    """--init and what goes with it (fine-tuning a trained model folder)."""
+    p.add_argument("--init", type=Path, metavar="MODEL_FOLDER",
+                   help="fine-tune: start from this trained model folder (all weights; its family and architecture)")
+    p.add_argument("--init-standardisation", choices=("keep", "recompute"), default="keep",
+                   help="with --init: keep the folder's input standardisation or measure it on the new training "
+                        "cells (default: %(default)s)")
+    p.add_argument("--freeze-encoder-epochs", type=non_negative_int, default=0, metavar="N",
+                   help="hold the encoder fixed for the first N epochs, then train everything (default: %(default)s)")
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command's options; `prog` names it in the usage line (default: the running file's name)."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
@@ -135,13 +146,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--head", default="class_gated_attention", help="pooling head (default: %(default)s)")
     p.add_argument("--input-size", type=positive_int, default=64, help="crops are resized to this before the encoder (default: %(default)s)")
     p.add_argument("--no-mask-channel", action="store_true", help="do not feed the cell mask as a 5th channel")
-    p.add_argument("--init", type=Path, metavar="MODEL_FOLDER",
-                   help="fine-tune: start from this trained model folder (all weights; its family and architecture)")
-    p.add_argument("--init-standardisation", choices=("keep", "recompute"), default="keep",
-                   help="with --init: keep the folder's input standardisation or measure it on the new training "
-                        "cells (default: %(default)s)")
-    p.add_argument("--freeze-encoder-epochs", type=non_negative_int, default=0, metavar="N",
-                   help="hold the encoder fixed for the first N epochs, then train everything (default: %(default)s)")
+    _add_fine_tune_options(p)
     p.add_argument("--epochs", type=positive_int, default=30, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="bags per step (default: %(default)s)")
     p.add_argument("--max-cells", type=positive_int, default=12,

@@ -195,7 +195,7 @@ def test_split_file_fixes_the_training_and_validation_fields(split_cache: Path, 
     assert SETTINGS_ADDED_LATER["split_file"] is None  # older checkpoints resume
     split = _split_file(tmp_path / "split.json", ["img004", "img000", "img002", "img006"], ["img007", "img001"])
     config = TrainConfig(epochs=1, batch_size=4, max_cells=4, seed=0, device="cpu", split_file=str(split))
-    train, validation, _ = training_loop._split_cache(split_cache, config)
+    train, validation, _, _ = training_loop._split_cache(split_cache, config)
     assert train.tolist() == [0, 2, 4, 6] and validation.tolist() == [1, 7]
     model = MILConfig(encoder="test_resnet", input_size=16, dropout=0.0)
     metrics = train_mil(split_cache, tmp_path / "model", model, config)
