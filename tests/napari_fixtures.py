@@ -49,12 +49,12 @@ def train_tiny_model(root: Path) -> Path:
     return model
 
 
-def predict_with_cli(images: Path, out: Path, model: Path) -> Path:
-    """`segment.py --segmenter watershed` then `predict.py --cache`: the command line's prediction folder."""
+def predict_with_cli(images: Path, out: Path, model: Path, segmenter: str = "watershed") -> Path:
+    """`segment.py --segmenter SEGMENTER` then `predict.py --cache`: the command line's prediction folder."""
     from hpa_cells_cli import predict, segment
 
     cache = out / "cells.h5"
     out.mkdir(parents=True, exist_ok=True)
-    assert segment.main(["--images", str(images), "--out", str(cache), "--segmenter", "watershed"]) == 0
+    assert segment.main(["--images", str(images), "--out", str(cache), "--segmenter", segmenter]) == 0
     assert predict.main(["--cache", str(cache), "--out", str(out), "--model", str(model)]) == 0
     return out
