@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -91,7 +92,9 @@ def time_window(folder: Path, repeats: int, screenshot: Path | None) -> list[flo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image-id", default="000a6c98-bb9b-11e8-b2b9-ac1f6b6435d0")
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "results" / "napari")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "hpa-cells-bench-napari",
+                        help="where the copied real field, model and prediction folder go (outside the repository: "
+                             "real images are never committed) (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--screenshot", type=Path)
     parser.add_argument("--segmenter", default="cellpose", choices=("cellpose", "watershed"))
