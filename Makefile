@@ -9,7 +9,8 @@ STAMP := $(VENV)/.hpa-cells-installed
 setup: $(STAMP)
 
 # Re-runs only when the dependency files change; a finished setup costs nothing.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt .ci/system-deps
+	@bash .ci/system-deps  # the napari extra's system libraries, only those missing (Debian, as root)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"

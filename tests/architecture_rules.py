@@ -13,7 +13,8 @@ Rules (each is one test in `test_architecture.py`):
    `__init__.py`. Parent packages that Python initialises on the way (`a` for `import a.b`) are not
    counted as edges, otherwise every package `__init__` that re-exports its submodules would be a cycle.
 2. **Layers**: `hpa_cells` imports none of `segmentation`, `mil`, `hpa_cells_cli`; `segmentation` and
-   `mil` import neither each other nor `hpa_cells_cli`. Here `TYPE_CHECKING` imports DO count: a type
+   `mil` import neither each other nor `hpa_cells_cli`; `hpa_cells_napari` (the napari plugin, a top layer
+   like `hpa_cells_cli`) is imported by none of them, and none of them imports napari or Qt (`qtpy`). Here `TYPE_CHECKING` imports DO count: a type
    named from an upper layer still ties the lower layer to it.
 3. **No library file over 600 lines** (`len(text.splitlines())`).
 4. **No library function over 60 lines** (`def` / `async def`, methods and nested functions included;
@@ -28,13 +29,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-LIBRARY_PACKAGES: tuple[str, ...] = ("hpa_cells", "segmentation", "mil", "hpa_cells_cli")
+LIBRARY_PACKAGES: tuple[str, ...] = ("hpa_cells", "segmentation", "mil", "hpa_cells_cli", "hpa_cells_napari")
 
 FORBIDDEN_IMPORTS: Mapping[str, frozenset[str]] = {
-    "hpa_cells": frozenset({"segmentation", "mil", "hpa_cells_cli"}),
-    "segmentation": frozenset({"mil", "hpa_cells_cli"}),
-    "mil": frozenset({"segmentation", "hpa_cells_cli"}),
-    "hpa_cells_cli": frozenset(),
+    "hpa_cells": frozenset({"segmentation", "mil", "hpa_cells_cli", "hpa_cells_napari", "napari", "qtpy"}),
+    "segmentation": frozenset({"mil", "hpa_cells_cli", "hpa_cells_napari", "napari", "qtpy"}),
+    "mil": frozenset({"segmentation", "hpa_cells_cli", "hpa_cells_napari", "napari", "qtpy"}),
+    "hpa_cells_cli": frozenset({"hpa_cells_napari", "napari", "qtpy"}),
+    "hpa_cells_napari": frozenset(),
 }
 """Top-level library package -> top-level packages it must not import."""
 
