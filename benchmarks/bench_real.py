@@ -122,7 +122,9 @@ def real_caches(args: argparse.Namespace, fields: list, timings: dict) -> tuple[
     from segmentation.whole_field import WholeFieldSegmenter
 
     cells, whole = args.work / "real_cells.h5", args.work / f"real_fields_{args.image_size}.h5"
-    cellpose = build_segmenter(build_parser().parse_args(["--images", ".", "--out", "x"]))  # segment.py's default
+    # segment.py's default segmenter; the fields come already at the 2018 scale (real_data.py shrinks the 2021
+    # ones), so the Cellpose object sizes follow each field's working size as when these caches were first made
+    cellpose = build_segmenter(build_parser().parse_args(["--images", ".", "--out", "x", "--working-size", "512"]))
     for path, segmenter, crop in ((cells, cellpose, CropConfig()),
                                   (whole, WholeFieldSegmenter(), CropConfig(crop_size=args.image_size,
                                                                             margin_fraction=0.0))):

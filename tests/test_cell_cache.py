@@ -414,6 +414,28 @@ def test_mismatched_settings_are_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "cells.h5.lock").exists()
 
 
+def _model_provenance(path: str, sha256: str) -> CacheProvenance:
+    return CacheProvenance(segmenter="cellpose", model_sha256="cd" * 32,
+                           parameters={"cell_model": {"path": path, "sha256": sha256}, "flow_threshold": 0.4})
+
+
+def test_a_moved_model_file_with_the_same_hash_still_appends(tmp_path: Path) -> None:
+    path = tmp_path / "cells.h5"
+    with CellCacheWriter(path, CROP, _model_provenance("/old/repo/models/cells.safetensors", "ab" * 32),
+                         QC_NAMES) as writer:
+        writer.add_image("img000", **_field(0))
+    with CellCacheWriter(path, CROP, _model_provenance("/new/repo/models/cells.safetensors", "ab" * 32),
+                         QC_NAMES) as writer:
+        assert writer.done_image_ids() == {"img000"}
+        writer.add_image("img001", **_field(1))
+    with CellCache(path) as cache:
+        assert cache.image_ids == ["img000", "img001"]
+    with pytest.raises(CellCacheMismatchError, match=r"cell_model.path: \"/old/repo/models/cells.safetensors\" in "
+                                                     r"the file, \"/new/repo/models/cells.safetensors\" now; "
+                                                     r"cell_model.sha256: \"abab"):
+        CellCacheWriter(path, CROP, _model_provenance("/new/repo/models/cells.safetensors", "ef" * 32), QC_NAMES)
+
+
 def test_bad_image_inputs_are_rejected(tmp_path: Path) -> None:
     field = _field(0)
     with _writer(tmp_path / "cells.h5") as writer:

@@ -221,7 +221,8 @@ class CellCacheWriter:
                 "use another cache file or the same crop size"
             )
         for key, existing in provenance_attrs(f).items():
-            if existing == self._provenance[key]:
+            if existing == self._provenance[key] or (key.endswith("_json")
+                                                     and _same_settings(existing, self._provenance[key])):
                 continue
             if key.endswith("_json"):
                 changes = "; ".join(_json_differences(existing, self._provenance[key])[:4])
@@ -540,6 +541,25 @@ class CellCacheWriter:
 def _qc_names_json(names: Mapping[str, int]) -> str:
     """QC flag names as stored: a JSON object {name: bit value} in the given order."""
     return json.dumps(dict(names))
+
+
+def _without_model_locations(value: object) -> object:
+    """`value` (parsed JSON) without the `path` of any object that also records its `sha256`: a model file is
+    identified by its content, so a moved repository or model folder does not make settings differ."""
+    if isinstance(value, dict):
+        hashed = "sha256" in value
+        return {k: _without_model_locations(v) for k, v in value.items() if not (hashed and k == "path")}
+    if isinstance(value, list):
+        return [_without_model_locations(v) for v in value]
+    return value
+
+
+def _same_settings(stored: str, current: str) -> bool:
+    """True when two JSON settings documents agree once model files are compared by hash, not by path."""
+    try:
+        return _without_model_locations(json.loads(stored)) == _without_model_locations(json.loads(current))
+    except ValueError:
+        return False
 
 
 def _json_differences(stored: str, current: str) -> list[str]:
