@@ -326,3 +326,16 @@ def test_labels_override_the_cache_without_rewriting_it(square_cache: Path, tmp_
                                "--labels", str(nowhere)]) == 2
     assert _error_line(capsys) == (f"error: --labels {nowhere}: none of its 2 image ids is in {square_cache} (e.g. "
                                    f"x1, x2; the cache has e.g. {', '.join(ids[:3])})")
+
+
+def test_labels_with_mosaic_bags_is_refused_saying_what_to_do(square_cache: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    labels = tmp_path / "fixed.csv"
+    labels.write_text("Id,Target\nx,1\n")
+    out = tmp_path / "out"
+    assert train_command.main(["--cache", str(square_cache), "--out", str(out), *TINY_ARGS, "--labels", str(labels),
+                               "--mosaic-bags", "2"]) == 2
+    assert _error_line(capsys) == ("error: --mosaic-bags cannot be combined with --labels yet (mosaic bags take their "
+                                   "labels from the cache): relabel the cache instead (hpa-cells relabel --cache "
+                                   "CACHE --labels CSV), or drop --mosaic-bags")
+    assert not out.exists()
