@@ -165,7 +165,7 @@ def _tensor_token(path: Path, folder: Path) -> str | None:
 
 def _mismatch(folder: Path, names: list[str]) -> CheckpointError:
     return CheckpointError(
-        f"checkpoint {folder} is torn: {' and '.join(names)} do(es) not match the sha256 in {CHECKPOINT_MANIFEST} "
+        f"checkpoint {folder} is torn: {' and '.join(names)} {'do' if len(names) > 1 else 'does'} not match the sha256 in {CHECKPOINT_MANIFEST} "
         "(changed or cut after it was saved); delete the folder to start over")
 
 

@@ -14,6 +14,9 @@ import logging
 import sys
 from pathlib import Path
 
+from hpa_cells.classes import NUM_CLASSES
+from hpa_cells_cli.arguments import finite_number, whole_number
+
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command's options; `prog` names it in the usage line (default: the running file's name)."""
@@ -22,25 +25,28 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--n", type=int, default=200, help="number of images")
+    parser.add_argument("--n", type=whole_number(1), default=200, help="number of images")
     parser.add_argument(
         "--out", type=Path, required=True, help="output folder (new, empty, or an earlier run to resume)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed; image i depends only on (seed, i)")
+    parser.add_argument("--seed", type=whole_number(0), default=0,
+                        help="random seed; image i depends only on (seed, i)")
     parser.add_argument(
         "--balanced",
         action="store_true",
         help="reweight the real 2018 label sets so every class is in at least --min-prevalence of the images",
     )
-    parser.add_argument("--min-prevalence", type=float, default=0.03, help="class floor used by --balanced")
-    parser.add_argument("--size", type=int, default=512, help="image side in px (cell sizes scale with it)")
+    parser.add_argument("--min-prevalence", type=finite_number(above=0.0, at_most=1 / NUM_CLASSES), default=0.03,
+                        help=f"class floor used by --balanced, in (0, 1/{NUM_CLASSES}]")
+    parser.add_argument("--size", type=whole_number(64), default=512,
+                        help="image side in px, >= 64 (cell sizes scale with it)")
     parser.add_argument(
         "--preset",
         default="default",
         help="appearance preset: default, or hpa2018 (cells, intensities and background tuned toward the real "
         "2018 competition fields; see BENCHMARKS.md 'Synthetic realism')",
     )
-    parser.add_argument("--workers", type=int, default=1, help="generator processes")
+    parser.add_argument("--workers", type=whole_number(1), default=1, help="generator processes")
     parser.add_argument(
         "--contact-sheet",
         type=Path,
@@ -55,12 +61,6 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     """Run `make-synthetic` with `argv` (default: sys.argv[1:]); 0 on success, 1 for an unusable output
     folder, 2 for bad input."""
     args = build_parser(prog).parse_args(argv)
-    if args.n < 1:
-        print(f"error: --n must be >= 1, got {args.n}", file=sys.stderr)
-        return 2
-    if args.workers < 1:
-        print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
-        return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from hpa_cells.classes import CLASS_NAMES

@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from hpa_cells_cli.arguments import whole_number
+
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command's options; `prog` names it in the usage line (default: the running file's name)."""
@@ -38,7 +40,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path,
                    help="input images folder, when it moved since segmentation (read only for a schema-1 cache, "
                         "which stores no pixels)")
-    p.add_argument("--limit", type=int, help="draw only the first N images")
+    p.add_argument("--limit", type=whole_number(1), help="draw only the first N images")
     return p
 
 

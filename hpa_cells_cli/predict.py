@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from hpa_cells_cli.arguments import whole_number
+
 BUNDLED = "bundled"
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parents[1] / "mil" / "models" / "bundled"
 """Where `--model bundled` points: the model folder shipped as package data of `mil`."""
@@ -76,7 +78,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="folder of fields ({id}_{red,green,blue,yellow}.png/jpg/tif) to segment first, into "
                         f"OUT/{IMAGES_CACHE_NAME} (kept: a rerun resumes) (or --cache)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--batch-size", type=whole_number(1), default=8, help="images per forward pass (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="(default: %(default)s)")
     p.add_argument("--cell-score", choices=("gated", "cell"), default="gated",
                    help="what cells.csv's class probabilities are: gated = sqrt(cell probability x image probability), "

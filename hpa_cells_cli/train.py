@@ -231,6 +231,9 @@ def _check_options(args: argparse.Namespace, explicit: set[str], model_config) -
         return "--dense-window applies to --family dense only"
     if args.mosaic_bags and model_config.family != "crop":
         return "--mosaic-bags applies to --family crop only (mosaics mix cell crops of several fields)"
+    if args.mosaic_bags and args.labels is not None:
+        return ("--mosaic-bags cannot be combined with --labels yet (mosaic bags take their labels from the cache): "
+                "relabel the cache instead (hpa-cells relabel --cache CACHE --labels CSV), or drop --mosaic-bags")
     if args.dense_window is not None and args.dense_window > model_config.input_size:
         return f"--dense-window {args.dense_window} is larger than --dense-input-size {model_config.input_size}"
     return None

@@ -18,12 +18,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+from hpa_cells_cli.arguments import finite_number, whole_number
+
 REPO = Path(__file__).resolve().parents[1]
 LOO_REFINEMENT = 1.25
+CROP_STEP = 16
+"""Training crops are a multiple of this (the CPnet's downsampling)."""
 """Diameter tolerance of the loo stage's "as_deployed" score (one network's flows, as the former default)."""
+
+
+def crop_side(text: str) -> int:
+    """argparse type: a training crop side, a multiple of 16 px."""
+    value = whole_number(CROP_STEP)(text)
+    if value % CROP_STEP:
+        raise argparse.ArgumentTypeError(f"must be a multiple of {CROP_STEP} px, got {text!r}")
+    return value
+
+
+def nbase_problem(nbase: list[int]) -> str | None:
+    """Why `--nbase` cannot build a CPnet (as an error line), or None."""
+    if len(nbase) < 2 or nbase[0] != 2:
+        return f"--nbase must start with 2 (the two input channels) and name at least one layer, got {nbase}"
+    return None
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -39,18 +59,20 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="checkpoints and per-stage results (default: %(default)s)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "segmentation" / "models",
                         help="where the final model is written (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=512, help="working size, longer side in px (default: %(default)s)")
-    parser.add_argument("--synthetic", type=int, default=48, help="synthetic training fields (default: %(default)s)")
-    parser.add_argument("--synthetic-seed", type=int, default=1000, help="seed of the synthetic fields (default: %(default)s)")
-    parser.add_argument("--pretrain-steps", type=int, default=400, help="steps of the pretrain stage (default: %(default)s)")
-    parser.add_argument("--finetune-steps", type=int, default=150, help="steps of each fine-tune stage (default: %(default)s)")
-    parser.add_argument("--real-weight", type=float, default=3.0,
+    parser.add_argument("--size", type=whole_number(64), default=512,
+                        help="working size, longer side in px, >= 64 (default: %(default)s)")
+    parser.add_argument("--synthetic", type=whole_number(1), default=48, help="synthetic training fields (default: %(default)s)")
+    parser.add_argument("--synthetic-seed", type=whole_number(0), default=1000, help="seed of the synthetic fields (default: %(default)s)")
+    parser.add_argument("--pretrain-steps", type=whole_number(1), default=400, help="steps of the pretrain stage (default: %(default)s)")
+    parser.add_argument("--finetune-steps", type=whole_number(1), default=150, help="steps of each fine-tune stage (default: %(default)s)")
+    parser.add_argument("--real-weight", type=finite_number(above=0.0), default=3.0,
                         help="sampling weight of a real field relative to a synthetic one (default: %(default)s)")
-    parser.add_argument("--crop-size", type=int, default=160, help="training crop in px (default: %(default)s)")
-    parser.add_argument("--nbase", type=int, nargs="+", default=[2, 16, 32, 64, 256],
+    parser.add_argument("--crop-size", type=crop_side, default=160,
+                        help="training crop in px, a multiple of 16 (default: %(default)s)")
+    parser.add_argument("--nbase", type=whole_number(1), nargs="+", default=[2, 16, 32, 64, 256],
                         help="CPnet widths; the last must stay 256 for Cellpose's own eval (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = torch's default")
+    parser.add_argument("--seed", type=whole_number(0), default=0, help="training seed (default: %(default)s)")
+    parser.add_argument("--threads", type=whole_number(0), default=0, help="torch CPU threads, 0 = torch's default")
     return parser
 
 
@@ -58,6 +80,9 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     """Run `train-segmenter` with `argv` (default: sys.argv[1:]); 0 when the stages ran. Long because it is
     the three stages in order, sharing their fields and configurations, as one readable recipe."""
     args = build_parser(prog).parse_args(argv)
+    if (problem := nbase_problem(args.nbase)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     import logging
     from dataclasses import replace
 
@@ -80,7 +105,11 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     started = time.time()
     kind_dir = args.work_dir / args.kind
     kind_dir.mkdir(parents=True, exist_ok=True)
-    real = real_reference_fields(args.data, args.size, args.kind)
+    try:
+        real = real_reference_fields(args.data, args.size, args.kind)
+    except FileNotFoundError as err:
+        print(f"error: {err} (pass the folder holding it with --data)", file=sys.stderr)
+        return 2
     synthetic = synthetic_fields(args.synthetic, args.synthetic_seed, args.size, args.kind)
     synthetic_val = synthetic_fields(8, args.synthetic_seed + 1, args.size, args.kind)
     real = [replace(f, weight=args.real_weight) for f in real]

@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpa_cells.checkpoints import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
+from hpa_cells.checkpoints import (
+    checkpoint_exists,
+    load_checkpoint,
+    optimizer_tensors,
+    restore_optimizer,
+    save_checkpoint,
+)
 from hpa_cells.instance_metrics import average_precision
 from segmentation.cellpose_models import CellposeNetSpec, save_bundled_format, sha256_of_file
 from segmentation.cellpose_segmenter import CellposeNetRunner, cellpose_input
@@ -211,7 +217,7 @@ def train_segmenter(train: Sequence[AnnotatedField], validation: Sequence[Annota
     net.diam_labels.data[:] = float(data.diameters.mean())
 
     start, history = 0, []
-    if (work_dir / "checkpoint.json").is_file():
+    if checkpoint_exists(work_dir):  # a manifest alone is a checkpoint too (killed before its renames)
         start, history = _load_checkpoint(work_dir, net, optimizer)
         logger.info("resuming %s training from step %d in %s", config.kind, start, work_dir)
     t0 = time.time()

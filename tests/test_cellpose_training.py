@@ -221,3 +221,36 @@ def test_a_trained_model_segments_unseen_fields_through_the_segmenter(
         ap, _, _, _ = average_precision([field.mask], [result.cells], thresholds=(0.5,))
         scores.append(float(ap[0, 0]))
     assert np.mean(scores) >= 0.7, scores
+
+
+def test_a_first_checkpoint_killed_before_its_renames_is_resumed(
+    uninterrupted: tuple[Path, dict], fields: list[AnnotatedField], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Killed between the first checkpoint's manifest (its commit) and its renames: no `checkpoint.json` yet,
+    but the staged files are a checkpoint, and the rerun resumes from it (it did not look before)."""
+    import os
+
+    real_replace = os.replace
+
+    def stop_at_the_renames(source: str, target: str) -> None:
+        if Path(source).name.startswith("checkpoint.next"):
+            raise _Interrupted
+        real_replace(source, target)
+
+    work, out = tmp_path / "work", tmp_path / "model.safetensors"
+    monkeypatch.setattr(os, "replace", stop_at_the_renames)
+    with pytest.raises(_Interrupted):
+        train_segmenter(fields, fields[:1], TINY, work, out)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not (work / "checkpoint.json").exists() and (work / "checkpoint.manifest.json").is_file()
+
+    steps_run: list[int] = []
+    real_rate = cellpose_training.learning_rate_at
+    monkeypatch.setattr(cellpose_training, "learning_rate_at",
+                        lambda step, config: steps_run.append(step) or real_rate(step, config))
+    with caplog.at_level(logging.INFO, logger="segmentation.cellpose_training"):
+        train_segmenter(fields, fields[:1], TINY, work, out)
+    assert f"resuming cells training from step 2 in {work}" in caplog.messages
+    assert steps_run == [2, 3]
+    assert_same_weights(out, uninterrupted[0])

@@ -156,7 +156,7 @@ def test_a_cut_or_replaced_tensor_file_is_refused_with_the_folder_named(tmp_path
     save_checkpoint(tmp_path / "a", {"w": torch.zeros(100)}, {"epoch": 1})
     tensors = tmp_path / "a" / "checkpoint.safetensors"
     tensors.write_bytes(tensors.read_bytes()[:-40])
-    expected = (f"checkpoint {tmp_path / 'a'} is torn: checkpoint.safetensors do(es) not match the sha256 in "
+    expected = (f"checkpoint {tmp_path / 'a'} is torn: checkpoint.safetensors does not match the sha256 in "
                 "checkpoint.manifest.json (changed or cut after it was saved); delete the folder to start over")
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(tmp_path / "a")

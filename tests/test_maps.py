@@ -369,3 +369,23 @@ def test_a_schema_1_cache_without_its_images_folder_says_how_to_pass_it(fixture:
         f"input images folder {images} (recorded in {tmp_path / 'old' / 'old.h5'}) not found; this schema_version 1 "
         "cache stores no pixels, so the maps read the input files: pass the folder's new location "
         "(scripts/make_maps.py --images DIR), or segment again for a cache that stores them")
+
+
+def test_the_report_index_lists_the_images_whose_maps_could_not_be_drawn(fixture: PredictionFixture,
+                                                                          tmp_path: Path) -> None:
+    from markupsafe import escape
+
+    import hpa_cells_cli.maps as make_maps
+
+    images = tmp_path / "images"
+    pred = _schema_1_copy(fixture, tmp_path / "old", images)
+    (images / "fieldB_red.png").unlink()
+    assert make_maps.main(["--pred", str(pred), "--report", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    message = (f"image fieldB: sample fieldB: missing channel 'red' (looked for fieldB_red.png/.jpg/.jpeg/.tif/.tiff "
+               f"in {images}) (a schema_version 1 cache stores no pixels, so its maps read the input files)")
+    assert "Images whose maps could not be drawn (1)</h2>" in page
+    assert f"<li><code>fieldB</code>: {escape(message)}</li>" in page
+    assert "Images (1)</h2>" in page and not (tmp_path / "report" / "images" / "fieldB.html").exists()
+    assert make_maps.main(["--pred", str(fixture.pred), "--report", str(tmp_path / "complete")]) == 0
+    assert "could not be drawn" not in (tmp_path / "complete" / "index.html").read_text()

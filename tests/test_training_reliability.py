@@ -254,7 +254,7 @@ def test_bad_encoder_names_and_a_cut_cache_are_one_line_errors(square_cache: Pat
 def _damaged_copies(reference: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]:
     """Copies of a model folder, each with one damaged file, and the message loading it must give."""
     cases = {}
-    for name in ("weights", "thresholds", "metrics", "config"):
+    for name in ("weights", "thresholds", "metrics", "config", "encoder"):
         folder = tmp_path / name
         shutil.copytree(reference, folder, ignore=shutil.ignore_patterns("checkpoint"))
         cases[name] = folder
@@ -266,12 +266,17 @@ def _damaged_copies(reference: Path, tmp_path: Path) -> dict[str, tuple[Path, st
     (cases["metrics"] / "metrics.json").write_text("{\"best_epoch\": 2,")
     config = cases["config"] / "config.json"
     config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "model"}))
+    encoder = cases["encoder"] / "config.json"
+    settings = json.loads(encoder.read_text())
+    encoder.write_text(json.dumps({**settings, "model": {**settings["model"], "encoder": "resnet10x"}}))
     return {
         "weights": (cases["weights"], f"{weights}: not a readable safetensors file ("),
         "thresholds": (cases["thresholds"], f"{thresholds}: expected 28 thresholds, found 27"),
         "metrics": (cases["metrics"], f"{cases['metrics'] / 'metrics.json'}: invalid JSON ("),
         "config": (cases["config"], f"{config}: no 'model' section (the architecture: family, encoder, head, ...); "
                                     "the file is not one train.py wrote, or it was edited"),
+        "encoder": (cases["encoder"], f"{encoder}: unknown timm encoder 'resnet10x'; see timm.list_models() for the "
+                                      "available names (close names: resnet10t"),
     }
 
 
@@ -326,3 +331,16 @@ def test_labels_override_the_cache_without_rewriting_it(square_cache: Path, tmp_
                                "--labels", str(nowhere)]) == 2
     assert _error_line(capsys) == (f"error: --labels {nowhere}: none of its 2 image ids is in {square_cache} (e.g. "
                                    f"x1, x2; the cache has e.g. {', '.join(ids[:3])})")
+
+
+def test_labels_with_mosaic_bags_is_refused_saying_what_to_do(square_cache: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    labels = tmp_path / "fixed.csv"
+    labels.write_text("Id,Target\nx,1\n")
+    out = tmp_path / "out"
+    assert train_command.main(["--cache", str(square_cache), "--out", str(out), *TINY_ARGS, "--labels", str(labels),
+                               "--mosaic-bags", "2"]) == 2
+    assert _error_line(capsys) == ("error: --mosaic-bags cannot be combined with --labels yet (mosaic bags take their "
+                                   "labels from the cache): relabel the cache instead (hpa-cells relabel --cache "
+                                   "CACHE --labels CSV), or drop --mosaic-bags")
+    assert not out.exists()

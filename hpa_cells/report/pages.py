@@ -171,12 +171,15 @@ def gallery(run: PredictionRun, files: Mapping[str, ReportFiles]) -> list[dict[s
 
 
 def index_page(run: PredictionRun, files: Mapping[str, ReportFiles], scores: FolderScores, label_source: str,
-               truth_dir: Path | None) -> str:
-    """index.html: run summary, class table, figures and the gallery (figures are drawn by the caller).
+               truth_dir: Path | None, failures: Mapping[str, str] | None = None) -> str:
+    """index.html: run summary, class table, figures, the gallery, and the images whose maps could not be drawn
+    (`failures`: image id -> one-line error) (figures are drawn by the caller).
     `scores`: `hpa_cells.scoring.score_prediction_folder` of the run (the numbers evaluate.py prints)."""
+    not_drawn = [{"image_id": image_id, "error": error} for image_id, error in (failures or {}).items()]
     return render("index.html.j2", title="hpa-cells prediction report",
                   s=summary(run, scores, label_source, truth_dir), classes=class_table(run, scores),
-                  pr_curves=cell_scores_shown(scores), iou=CELL_MATCH_IOU, cards=gallery(run, files))
+                  pr_curves=cell_scores_shown(scores), iou=CELL_MATCH_IOU, cards=gallery(run, files),
+                  not_drawn=not_drawn)
 
 
 def cell_rows(run: PredictionRun, image_id: str) -> list[dict[str, Any]]:

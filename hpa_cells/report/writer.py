@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,8 +47,11 @@ def labels_for(run: PredictionRun, labels_path: Path | None) -> tuple[dict[str, 
 
 
 def write_report(run: PredictionRun, maps: Sequence[ImageMaps], report_dir: str | os.PathLike[str],
-                 labels_path: Path | None = None, truth_dir: Path | None = None) -> Path:
+                 labels_path: Path | None = None, truth_dir: Path | None = None,
+                 failures: Mapping[str, str] | None = None) -> Path:
     """Write the report folder (layout in `hpa_cells.report`) for the images in `maps`; returns index.html.
+    `failures` (image id -> one-line error; by default `maps.failures` when `maps` is `write_maps`'s result):
+    the images whose maps could not be drawn, listed on the index page.
 
     The scores are `hpa_cells.scoring.score_prediction_folder`'s, as evaluate.py prints them: image F1 on the
     predicted images with labels; with `truth_dir`, the cell mAP over the labelled images that have per-cell truth
@@ -59,16 +62,19 @@ def write_report(run: PredictionRun, maps: Sequence[ImageMaps], report_dir: str 
     labels, source = labels_for(run, labels_path)
     scores = score_prediction_folder(run.folder, labels or None, truth_dir, cache=run.cache)
     files = {m.image_id: place_maps(m, report_dir) for m in maps}
+    failures = dict(failures if failures is not None else getattr(maps, "failures", {}))
 
     cells_per_image_figure(run, report_dir / "figures" / "cells_per_image.png")
     if cell_scores_shown(scores):
         pr_curves_figure(scores.cell_curves, report_dir / "figures" / "pr_curves.png")
-    index_path = write_text_atomic(report_dir / "index.html", index_page(run, files, scores, source, truth_dir))
+    index_path = write_text_atomic(report_dir / "index.html", index_page(run, files, scores, source, truth_dir,
+                                                                           failures))
     ordered = [i for i in run.image_ids if i in files]
     for index, image_id in enumerate(ordered):
         write_text_atomic(report_dir / "images" / f"{image_id}.html",
                           image_page(run, ordered, index, files[image_id], labels))
-    logger.info("wrote report of %d images to %s", len(files), index_path)
+    logger.info("wrote report of %d images to %s%s", len(files), index_path,
+                f" ({len(failures)} images whose maps could not be drawn listed there)" if failures else "")
     return index_path
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from torch import nn
 
 from mil.config import ConfigError, ModelConfig
-from mil.families import ModelFamily, model_config_from_dict
+from mil.families import ModelFamily, build_model, model_config_from_dict
 from mil.model_files import ModelFolderError, check_model_files, read_config_record
 
 ARCHITECTURE_IGNORED = ("channel_mean", "channel_std")
@@ -50,6 +50,15 @@ def sha256_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _check_buildable(config: ModelConfig, source: Path) -> None:
+    """ConfigError naming `source` when the config's architecture cannot be built (an unknown encoder name), as
+    `load_model` says it, before training reads any data."""
+    try:
+        build_model(config)
+    except ConfigError as err:
+        raise ConfigError(str(err) if str(source) in str(err) else f"{source}: {err}") from err
+
+
 def read_init_source(folder: str | os.PathLike[str]) -> InitSource:
     """The complete model folder `folder`; InitFolderError naming it (and the missing file) otherwise."""
     path = Path(folder)
@@ -59,6 +68,7 @@ def read_init_source(folder: str | os.PathLike[str]) -> InitSource:
         record = read_config_record(path)
         config = model_config_from_dict(record["model"], source=str(path / "config.json"))
         check_model_files(path, config.num_classes)
+        _check_buildable(config, path / "config.json")
     except (ModelFolderError, ConfigError) as err:
         raise InitFolderError(f"--init {folder}: not a usable model folder: {err}") from err
     return InitSource(str(folder), config, sha256_of_file(path / "weights.safetensors"))
