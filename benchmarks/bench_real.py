@@ -165,7 +165,7 @@ def synthetic_caches(args: argparse.Namespace, timings: dict) -> tuple[Path, Pat
     if summary.n_written:
         timings["synthetic generation"] = {"fields": summary.n_written, "seconds": round(time.time() - started, 1)}
     demo = build_segmenter(build_parser().parse_args(["--images", ".", "--out", "x", "--diameter-tolerance", "0",
-                                                      "--cell-assembly", "flows"]))  # hpa_cells_cli.demo's settings
+                                                      "--cell-assembly", "flows", "--working-size", "512"]))  # the demo's
     cells, whole = args.work / "synthetic_cells.h5", args.work / f"synthetic_fields_{args.image_size}.h5"
     for path, segmenter, crop in ((cells, demo, CropConfig()),
                                   (whole, WholeFieldSegmenter(), CropConfig(crop_size=args.image_size,

@@ -566,7 +566,7 @@ def _json_differences(stored: str, current: str) -> list[str]:
     """The settings that differ between two JSON documents, as 'dotted.key: X in the file, Y now' ('missing' for
     a key one side lacks); the whole documents when either is not JSON."""
     try:
-        old, new = json.loads(stored), json.loads(current)
+        old, new = _without_model_locations(json.loads(stored)), _without_model_locations(json.loads(current))
     except ValueError:
         return [f"{stored!r} in the file, {current!r} now"]
     out: list[str] = []
