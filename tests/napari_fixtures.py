@@ -4,8 +4,10 @@ a tiny model, and prediction folders made by the command line (`segment.py` + `p
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -16,14 +18,24 @@ CROP_SIZE = 128
 """segment.py's default --crop-size (predict.py refuses a cache of another crop size than the model's)."""
 
 
+def _end_with_parent() -> None:
+    """In the Xvfb child: receive SIGTERM when the test process ends (Linux prctl PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
 def start_xvfb() -> subprocess.Popen | None:
     """Start Xvfb on a free display and set DISPLAY and QT_QPA_PLATFORM=xcb (windows go to that invisible screen);
-    None when DISPLAY is already set or Xvfb is not installed."""
+    None when DISPLAY is already set or Xvfb is not installed.
+
+    Xvfb must outlive the QApplication connected to it: killed first, Xlib's I/O error handler would end the test
+    process with exit status 1 at interpreter shutdown, after every test passed. So it is never killed by the tests;
+    it ends with the test process (PR_SET_PDEATHSIG)."""
     if os.environ.get("DISPLAY") or shutil.which("Xvfb") is None:
         return None
     read_fd, write_fd = os.pipe()
     process = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x1024x24", "-nolisten",
-                                "tcp"], pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "tcp"], pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=_end_with_parent)
     os.close(write_fd)
     with os.fdopen(read_fd) as pipe:
         display = pipe.readline().strip()

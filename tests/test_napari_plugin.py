@@ -37,9 +37,7 @@ def display() -> Iterator[bool]:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # widgets and viewer models need no screen
     yield bool(os.environ.get("DISPLAY"))
     os.environ.pop("QT_QPA_PLATFORM", None) if before is None else os.environ.update(QT_QPA_PLATFORM=before)
-    if process is not None:
-        process.kill()
-        process.wait()
+    if process is not None:  # Xvfb itself ends with the test process (see start_xvfb)
         os.environ.pop("DISPLAY", None)
 
 
