@@ -6,7 +6,7 @@
 For each image, --maps gets {id}/overview.png (composite, cells tinted by top location, labels, legend),
 {id}/class_NN.png (cells painted by their probability for each predicted or requested class),
 {id}/attention.png and the OME-TIFFs cells.ome.tif + probabilities.ome.tif at the original resolution
-(see hpa_cells/maps.py). --report writes a static HTML folder (open report/index.html; no server needed).
+(see hpa_cells/maps/). --report writes a static HTML folder (open report/index.html; no server needed).
 The cell cache is found through the prediction folder's manifest.json (--cache overrides it when it moved). The
 fields are drawn from the pixels the cache stores (schema 2), so the input images are not needed; a schema-1 cache
 stores none, and its input folder (recorded in the cache, or --images) is read instead: an image whose file is
