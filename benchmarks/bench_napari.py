@@ -3,8 +3,9 @@
   python benchmarks/bench_napari.py [--image-id ID] [--work DIR] [--screenshot docs/images/napari_real_field.png]
 
 Setup (not timed, kept in --work so reruns skip it): one HPA 2021 field from $HPA_REAL_DATA/hpa2021_subset is
-segmented (--segmenter, default cellpose, the bundled networks) and predicted with a tiny model trained here in seconds on random hand-made bags (its calls
-mean nothing: it stands in for a trained model, whose size does not matter to opening). Timed, best of --repeats:
+segmented (--segmenter, default cellpose, the bundled networks) and predicted with --model, by default a tiny model
+trained here in seconds on random hand-made bags (its calls mean nothing: it stands in for a trained model, whose
+size does not matter to opening). Timed, best of --repeats:
 the reader (`read_layers`: the four channels at 2048 px from the input files, masks, features) and adding every
 layer to napari's viewer model; with an X display (Xvfb is started when none is set) also a real window, its layers
 added and the first frame drawn. --screenshot saves that window with the class widget open.
@@ -23,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
-def prepare(image_id: str, work: Path, segmenter: str) -> Path:
-    """The prediction folder of one real field (made once)."""
+def prepare(image_id: str, work: Path, segmenter: str, model: Path | None = None) -> Path:
+    """The prediction folder of one real field (made once), predicted by `model` (default: a tiny model)."""
     import shutil
 
     from napari_fixtures import predict_with_cli, train_tiny_model
@@ -37,7 +38,8 @@ def prepare(image_id: str, work: Path, segmenter: str) -> Path:
     images.mkdir(parents=True, exist_ok=True)
     for path in source.glob(f"{image_id}_*.png"):
         shutil.copy(path, images / path.name)
-    model = work / "model" if (work / "model" / "MODEL_CARD.md").is_file() else train_tiny_model(work)
+    if model is None:
+        model = work / "model" if (work / "model" / "MODEL_CARD.md").is_file() else train_tiny_model(work)
     return predict_with_cli(images, out, model, segmenter)
 
 
@@ -98,12 +100,16 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--screenshot", type=Path)
     parser.add_argument("--segmenter", default="cellpose", choices=("cellpose", "watershed"))
+    parser.add_argument("--model", type=Path, help="model folder that labels the field (default: a tiny model trained "
+                                                   "here, whose calls mean nothing; the README figure uses the "
+                                                   "cross-validation model of benchmarks/bench_real.py that never "
+                                                   "saw the field)")
     args = parser.parse_args()
     from napari_fixtures import start_xvfb
 
     xvfb = start_xvfb()
     os.environ.setdefault("QT_QPA_PLATFORM", "xcb" if os.environ.get("DISPLAY") else "offscreen")
-    folder = prepare(args.image_id, args.work, args.segmenter)
+    folder = prepare(args.image_id, args.work, args.segmenter, args.model)
     import pandas as pd
 
     cells = pd.read_csv(folder / "cells.csv")
@@ -114,8 +120,7 @@ def main() -> int:
         window = time_window(folder, args.repeats, args.screenshot)
         print(f"reader + real window + first frame: best {min(window):.2f} s "
               f"(all: {', '.join(f'{t:.2f}' for t in window)})")
-    if xvfb is not None:
-        xvfb.kill()
+    del xvfb  # it ends with this process (killed first, Xlib would end the process with status 1)
     return 0
 
 
