@@ -45,6 +45,11 @@ def write_half_precision(trained: Path, out: Path) -> None:
     with safe_open(str(source), framework="pt") as handle:
         metadata = handle.metadata() or {}
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(source)).items()}
+    target = out / "weights.safetensors"
+    if target.is_file():
+        existing = load_file(str(target))
+        if existing.keys() == state.keys() and all(torch.equal(existing[k], state[k]) for k in state):
+            return  # same tensors already there: keep the file (and its bytes in git)
     with atomic_output(out / "weights.safetensors") as partial:
         save_file({k: v.contiguous() for k, v in state.items()}, str(partial),
                   metadata={**metadata, "dtype": str(torch.float16)})
@@ -65,7 +70,7 @@ def largest_difference(trained: Path, out: Path, cache: Path) -> float:
 def _row_line(rows: dict, key: str) -> str:
     row = rows.get(key, {})
     if row.get("status") != "done":
-        return f"| {key} | not run | | |"
+        return f"| {row.get('title', key)} | did not finish | | |"
     m = row["metrics"]
     cell = lambda name: f"{m[name]['value']:.3f} [{m[name]['low']:.3f}, {m[name]['high']:.3f}]"  # noqa: E731
     return f"| {row['title']} | {cell('map')} | {cell('macro_f1')} | {cell('micro_f1')} |"
