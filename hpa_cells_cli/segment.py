@@ -27,6 +27,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from hpa_cells_cli.arguments import whole_number
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = REPO / "demo_output"
 
@@ -67,14 +69,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="working size: 'auto' picks one per field so cells have a similar pixel size (512 px "
                              "fields kept, full-resolution 2048/3072 px fields shrunk 4x); N resizes every field's "
                              "longer side to N px (default: %(default)s)")
-    parser.add_argument("--crop-size", type=int_option("--crop-size", MIN_CROP_SIZE), default=128,
+    parser.add_argument("--crop-size", type=whole_number(MIN_CROP_SIZE), default=128,
                         help=f"side of the per-cell crops in px, at least {MIN_CROP_SIZE} (default: %(default)s)")
     parser.add_argument("--keep-neighbours", action="store_true",
                         help="keep other cells' pixels inside each crop (default: they are zeroed)")
     parser.add_argument("--export-masks", type=Path, metavar="DIR",
                         help="also write {id}_cells.png / {id}_nuclei.png 16-bit masks at the original resolution")
-    parser.add_argument("--limit", type=int_option("--limit", 0), help="segment at most this many new images (>= 0)")
-    parser.add_argument("--batch-size", type=int_option("--batch-size", 1), default=8,
+    parser.add_argument("--limit", type=whole_number(0), help="segment at most this many new images (>= 0)")
+    parser.add_argument("--batch-size", type=whole_number(1), default=8,
                         help="images per network pass (default: %(default)s)")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first field that would be skipped (unreadable, empty, failing)")
@@ -104,22 +106,6 @@ def working_size_option(text: str) -> int | str:
 
 MIN_CROP_SIZE = 4
 """The smallest crop side the cache takes (`hpa_cells.crops.CropConfig`)."""
-
-
-def int_option(name: str, minimum: int):
-    """An argparse type for a whole number >= `minimum`; the message names the option and the minimum."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}")
-        return value
-
-    parse.__name__ = name  # argparse names the type in some messages
-    return parse
 
 
 class OptionError(ValueError):
