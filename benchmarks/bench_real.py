@@ -20,7 +20,8 @@ Rows (all on the same folds):
   (`train.py --init`); attention = class-gated attention MIL (the default), mean = mean-pooling MIL, image = the
   same encoder on the whole field (no segmentation).
 The synthetic pretraining is a stage: --synthetic-fields balanced 512 px fields (seed --seed), segmented like the
-demo (bundled Cellpose, flows assembly, one pass) and a whole-field cache, one model per kind.
+demo (bundled Cellpose, flows assembly, one pass) and a whole-field cache, one model per kind. With
+--synthetic-preset hpa2018 (fields made to look like real 2018 fields) they are segmented like the real fields.
 
 Metrics (`hpa_cells.metrics`): image mAP (macro AP over classes with >= 3 positive fields), macro F1 over the
 same classes (each fold's model's thresholds), micro F1, per-class AP, each with a 95% bootstrap interval over
@@ -95,6 +96,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="folds, synthetic data and training seed (default: %(default)s)")
     p.add_argument("--synthetic-fields", type=int, default=200, help="synthetic pretraining fields (default: %(default)s)")
     p.add_argument("--synthetic-epochs", type=int, default=10, help="synthetic pretraining epochs (default: %(default)s)")
+    p.add_argument("--synthetic-preset", default="default",
+                   help="appearance preset of the synthetic fields (hpa_cells.synthetic.PRESETS: default, hpa2018); "
+                        "a preset other than default is segmented like the real fields (cells grown from nuclei); use its own "
+                        "--work folder, as the synthetic caches and models are kept there (default: "
+                        "%(default)s)")
     p.add_argument("--epochs", type=int, default=15, help="real training epochs per fold (default: %(default)s)")
     p.add_argument("--patience", type=int, default=8, help="real training early-stopping patience (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, every row (default: %(default)s)")
@@ -160,12 +166,15 @@ def synthetic_caches(args: argparse.Namespace, timings: dict) -> tuple[Path, Pat
 
     folder = args.work / "synthetic"
     started = time.time()
-    summary = write_dataset(folder, args.synthetic_fields, SyntheticConfig(seed=args.seed, size=512, balanced=True),
-                            show_progress=True)
+    config = SyntheticConfig.preset(args.synthetic_preset, seed=args.seed, size=512, balanced=True)
+    summary = write_dataset(folder, args.synthetic_fields, config, show_progress=True)
     if summary.n_written:
         timings["synthetic generation"] = {"fields": summary.n_written, "seconds": round(time.time() - started, 1)}
-    demo = build_segmenter(build_parser().parse_args(["--images", ".", "--out", "x", "--diameter-tolerance", "0",
-                                                      "--cell-assembly", "flows", "--working-size", "512"]))  # the demo's
+    if args.synthetic_preset == "default":  # the demo's segmenter
+        options = ["--diameter-tolerance", "0", "--cell-assembly", "flows", "--working-size", "512"]
+    else:  # a preset imitating real fields is segmented as the real fields are
+        options = ["--working-size", "512"]
+    demo = build_segmenter(build_parser().parse_args(["--images", ".", "--out", "x", *options]))
     cells, whole = args.work / "synthetic_cells.h5", args.work / f"synthetic_fields_{args.image_size}.h5"
     for path, segmenter, crop in ((cells, demo, CropConfig()),
                                   (whole, WholeFieldSegmenter(), CropConfig(crop_size=args.image_size,
