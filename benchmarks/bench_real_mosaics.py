@@ -48,11 +48,13 @@ EXISTING = ("attention_synthetic", "attention_real", "attention_finetuned", "mea
 TRAINED_HERE = ("attention_mosaic", "mean_mosaic")
 ROWS = (*EXISTING, "leak", *TRAINED_HERE)
 SCORES = ("gated", "cell", "image")
-COMPARISONS = (("mean_real:gated", "attention_finetuned:gated"), ("mean_real:cell", "attention_finetuned:cell"),
+COMPARISONS = (("mean_finetuned:gated", "attention_finetuned:gated"), ("mean_finetuned:cell", "attention_finetuned:cell"),
+               ("mean_real:gated", "attention_finetuned:gated"), ("mean_real:cell", "attention_finetuned:cell"),
                ("mean_real:gated", "attention_real:gated"), ("mean_real:cell", "attention_real:cell"),
                ("mean_mosaic:gated", "attention_mosaic:gated"), ("mean_mosaic:cell", "attention_mosaic:cell"),
                ("leak:cell", "attention_finetuned:gated"), ("leak:cell", "attention_finetuned:cell"),
-               ("leak:cell", "mean_real:gated"), ("leak:cell", "attention_mosaic:gated"),
+               ("leak:cell", "mean_real:gated"), ("leak:cell", "mean_finetuned:gated"),
+               ("leak:cell", "attention_mosaic:gated"),
                ("attention_finetuned:image", "attention_finetuned:gated"),
                ("attention_finetuned:image", "attention_finetuned:cell"),
                ("attention_finetuned:gated", "attention_mosaic:gated"),
