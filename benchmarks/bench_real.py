@@ -98,9 +98,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--synthetic-epochs", type=int, default=10, help="synthetic pretraining epochs (default: %(default)s)")
     p.add_argument("--synthetic-preset", default="default",
                    help="appearance preset of the synthetic fields (hpa_cells.synthetic.PRESETS: default, hpa2018); "
-                        "a preset other than default is segmented like the real fields (cells grown from nuclei); use its own "
-                        "--work folder, as the synthetic caches and models are kept there (default: "
+                        "a preset other than default is segmented like the real fields (cells grown from nuclei); "
+                        "use its own --work folder, as the synthetic caches and models are kept there (default: "
                         "%(default)s)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=WORK",
+                   help="also score the rows of another work folder (the same folds, another setting, e.g. "
+                        "hpa2018=runs/bench_real_hpa2018), as rows ROW@NAME with the paired difference ROW@NAME - "
+                        "ROW; repeatable")
     p.add_argument("--epochs", type=int, default=15, help="real training epochs per fold (default: %(default)s)")
     p.add_argument("--patience", type=int, default=8, help="real training early-stopping patience (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, every row (default: %(default)s)")
@@ -356,6 +360,17 @@ def pooled(args: argparse.Namespace, row: str, ids: list[str]):
     return saved, np.asarray(saved["probs"])[order], np.asarray(saved["pred"])[order]
 
 
+def _variants(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """--variant NAME=WORK options as (name, work folder); a malformed one or a missing folder stops the run."""
+    out = []
+    for text in args.variant:
+        name, _, work = text.partition("=")
+        if not name or not work or not Path(work).is_dir():
+            raise SystemExit(f"--variant {text!r}: expected NAME=WORK with WORK an existing bench_real work folder")
+        out.append((name, Path(work)))
+    return out
+
+
 def score_rows(args: argparse.Namespace, fields: list, status: dict) -> dict:
     """Every row with saved predictions scored with bootstrap intervals, the paired comparisons, and the status
     of the rows without predictions."""
@@ -384,6 +399,20 @@ def score_rows(args: argparse.Namespace, fields: list, status: dict) -> dict:
         if a in arrays and b in arrays:
             diff = paired_bootstrap_image_metrics(y, arrays[a], arrays[b], resamples=args.resamples, seed=args.seed)
             comparisons[f"{b} - {a}"] = {k: v.to_dict() for k, v in diff.items()}
+    for name, work in _variants(args):
+        for row in ROWS:
+            found = pooled(argparse.Namespace(work=work), row, ids)
+            if found is None or row not in arrays:
+                continue
+            saved, probs, pred = found
+            key = f"{row}@{name}"
+            boot = bootstrap_image_metrics(y, probs, pred, resamples=args.resamples, seed=args.seed)
+            rows[key] = {"title": f"{row_title(row)} [{name}: {work}]", "status": "done",
+                         "metrics": {k: v.to_dict() for k, v in boot.metrics.items()},
+                         "seconds": saved["seconds"], "folds": saved["folds"]}
+            diff = paired_bootstrap_image_metrics(y, arrays[row], (probs, pred), resamples=args.resamples,
+                                                  seed=args.seed)
+            comparisons[f"{key} - {row}"] = {k: v.to_dict() for k, v in diff.items()}
     classes = [int(c) for c in (y.sum(axis=0) >= 3).nonzero()[0]]
     return {"rows": rows, "comparisons": comparisons, "n_fields": len(ids),
             "classes_evaluated": [CLASS_NAMES[c] for c in classes],
