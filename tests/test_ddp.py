@@ -133,6 +133,23 @@ def test_torchrun_environment_is_read_and_a_partial_one_refused() -> None:
         torchrun_ranks({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
 
 
+def test_ranks_that_read_other_caches_or_see_other_checkpoints_are_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What every rank found, gathered (here faked for a second rank): a mismatch stops all of them, saying why."""
+    from mil.training import distributed
+
+    ranks = distributed.Ranks(0, 2, 0, "gloo")
+    monkeypatch.setattr(distributed, "gather_objects", lambda value, _: [value, (None, value[1])])
+    with pytest.raises(TrainingError, match=r"the ranks see different checkpoints in runs/x \(rank 0: epoch 3, rank 1: "
+                                            r"no checkpoint\): every process must see the same --out folder"):
+        distributed.check_same_start(3, "a" * 64, ranks, "runs/x")
+    monkeypatch.setattr(distributed, "gather_objects", lambda value, _: [value, (value[0], "b" * 64)])
+    with pytest.raises(TrainingError, match=r"the ranks read different cell caches \(rank 0: aaaaaaaaaaaa\.\.\., rank 1: "
+                                            r"bbbbbbbbbbbb\.\.\.\)"):
+        distributed.check_same_start(None, "a" * 64, ranks, "runs/x")
+    monkeypatch.setattr(distributed, "gather_objects", lambda value, _: [value, value])
+    distributed.check_same_start(2, "a" * 64, ranks, "runs/x")  # the same: no error
+
+
 class _HandleRecordingBags(BagDataset):
     """Bags that append (pid, the pid the cache's HDF5 handle was opened in) per item to $DDP_TEST_HANDLES."""
 

@@ -175,11 +175,18 @@ def wrap_for_training(model: nn.Module, ranks: Ranks, device: torch.device, unus
     return DistributedDataParallel(model, device_ids=device_ids, static_graph=unused_outputs)
 
 
-def check_same_start(resume_epoch: int | None, ranks: Ranks, out_dir: os.PathLike[str] | str) -> None:
-    """TrainingError on every rank when the ranks found different checkpoints in --out (epochs, or a checkpoint
-    on some ranks only): a folder not shared by every machine."""
-    seen = gather_objects(resume_epoch, ranks)
-    if len(set(seen)) > 1:
-        described = ", ".join(f"rank {r}: {'no checkpoint' if e is None else f'epoch {e}'}" for r, e in enumerate(seen))
+def check_same_start(resume_epoch: int | None, cache_sha256: str, ranks: Ranks, out_dir: os.PathLike[str] | str
+                     ) -> None:
+    """TrainingError on every rank when the ranks read different caches (content sha256) or found different
+    checkpoints in --out (epochs, or a checkpoint on some ranks only): data or a folder not shared by every
+    machine."""
+    seen = gather_objects((resume_epoch, cache_sha256), ranks)
+    if len({sha for _, sha in seen}) > 1:
+        described = ", ".join(f"rank {r}: {sha[:12]}..." for r, (_, sha) in enumerate(seen))
+        raise TrainingError(f"the ranks read different cell caches ({described}): every process must read the same "
+                            "cache (a copy on each machine must be identical)")
+    if len({epoch for epoch, _ in seen}) > 1:
+        described = ", ".join(f"rank {r}: {'no checkpoint' if e is None else f'epoch {e}'}"
+                              for r, (e, _) in enumerate(seen))
         raise TrainingError(f"the ranks see different checkpoints in {out_dir} ({described}): every process must "
                             "see the same --out folder; on several machines put it on a filesystem they share")

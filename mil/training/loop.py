@@ -501,7 +501,8 @@ def train_model(cache_path: Path, out_dir: Path, model_config: ModelConfig, conf
     started = time.time()
     ranks = current_ranks()
     model_config, source, identity, resume_state = _start(cache_path, out_dir, model_config, config, overwrite)
-    check_same_start(None if resume_state is None else resume_state.get("epoch"), ranks, out_dir)
+    check_same_start(None if resume_state is None else resume_state.get("epoch"), identity["content_sha256"], ranks,
+                     out_dir)
     run = _prepare(cache_path, model_config, config, source, ranks)
     if overwrite and ranks.main:
         _clear_out_folder(out_dir)
