@@ -75,7 +75,8 @@ from mil.training.splits import split_from_file
 from mil.training.validation import predict_bags
 
 LOG_EVERY = 10
-"""Steps between progress-bar loss updates (the only host-device synchronisation inside an epoch)."""
+"""Steps between progress-bar loss updates (the loop's only host-device synchronisation inside an epoch; the
+crop model's gather of the real cells of a padded batch, `mil.model`, makes one per step of its own)."""
 
 logger = logging.getLogger(__name__)
 
