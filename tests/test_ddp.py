@@ -222,6 +222,26 @@ def test_every_head_trains_under_ddp_with_cell_labels_and_a_frozen_encoder(group
     assert dense["epochs_run"] == 2 and np.isfinite(dense["val_loss"])
 
 
+def test_a_run_resumes_on_another_number_of_processes_saying_so(square_cache: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The checkpoint records the number of processes; resuming with another is allowed (a job restarted on fewer
+    GPUs) and logged, since the global batch changes with it."""
+    from mil.training import distributed, loop
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:  # rank 0 of 2 without a second process: shards, no collectives
+        patch.setattr(loop, "current_ranks", lambda: distributed.Ranks(0, 2, 0, None))
+        train_model(square_cache, out, TINY_MODEL, FAST)
+    assert read_checkpoint_state(out / "checkpoint")["world_size"] == 2
+    with caplog.at_level("WARNING", logger="mil.training.loop"):
+        metrics = train_model(square_cache, out, TINY_MODEL, replace(FAST, epochs=2))
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2] and metrics["trained_on"]["world_size"] == 1
+    assert (f"{out / 'checkpoint'} was trained by 2 process(es) and resumes with 1: --batch-size 4 is per process, "
+            "so the global batch changes from 8 to 4 bags per step") in caplog.text
+    assert read_checkpoint_state(out / "checkpoint")["world_size"] == 1
+
+
 # ----- torchrun ------------------------------------------------------------------------------------------------
 
 
