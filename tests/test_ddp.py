@@ -294,6 +294,7 @@ def test_torchrun_two_processes_train_resume_after_a_kill_and_predict(square_cac
     assert len(predictions.cells) == sum(len(bag.crops) for bag in green_marker_bags(24, seed=2))
 
 
+@pytest.mark.slow  # 20-35 s on 2 shared cores; keeps this file within about 90 s of `make test`
 def test_torchrun_with_one_process_equals_plain_train_py(square_cache: Path, tmp_path: Path) -> None:
     """One rank under torchrun runs the DDP paths (process group, DDP wrapper, sharded sampler, gathered
     validation) and gives bit-identical weights and the same history as the plain command."""
