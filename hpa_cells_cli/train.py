@@ -24,6 +24,14 @@ The result is a model folder (config.json, weights.safetensors, thresholds.json,
 and training_curves.png). Rerunning the same command after an interruption resumes from the last epoch; rerunning
 it with more --epochs continues a finished run. A folder holding a finished model is otherwise never trained over:
 --overwrite trains it again from scratch.
+
+--device auto (the default) trains on the GPU when torch sees one; --precision auto uses bf16 there (fp16 on GPUs
+without bf16, fp32 on the CPU). Several processes, on one machine or several, with torch DDP:
+
+  torchrun --nproc-per-node 4 scripts/train.py --cache cells.h5 --out runs/NAME ...
+
+Each process trains on its share of the bags (--batch-size is per process) and validates on its share of the
+validation images; rank 0 alone writes the checkpoint and the model folder (same format as one process's).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from hpa_cells.devices import DEVICE_CHOICES_TEXT
 from hpa_cells_cli.arguments import fold_count, non_negative_int, open_fraction, positive_float, positive_int
 
 CROP_OPTIONS = {"encoder": "encoder", "head": "head", "input_size": "input_size", "no_mask_channel": "use_mask_channel"}
@@ -60,6 +69,18 @@ def _add_fine_tune_options(p: argparse.ArgumentParser) -> None:
                         "cells (default: %(default)s)")
     p.add_argument("--freeze-encoder-epochs", type=non_negative_int, default=0, metavar="N",
                    help="hold the encoder fixed for the first N epochs, then train everything (default: %(default)s)")
+
+
+def _add_device_options(p: argparse.ArgumentParser) -> None:
+    """--workers, --device, --precision: where and how fast the run trains (not what it learns)."""
+    p.add_argument("--workers", type=non_negative_int, default=0,
+                   help="DataLoader worker processes per training process, each reading the cache through its own "
+                        "HDF5 handle (default: %(default)s)")
+    p.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES_TEXT}; under torchrun each process takes the "
+                                                    "GPU of its LOCAL_RANK (default: %(default)s)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto: bf16 autocast on GPUs that have it, fp16 with loss scaling on older GPUs, fp32 on the "
+                        "CPU (default: %(default)s)")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -116,8 +137,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="crop family: add N bags per epoch that each mix the cells of 2-4 single-label training "
                         "images with different labels (label: the union; see mil/mosaics.py) (default: %(default)s)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="(default: %(default)s)")
-    p.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    _add_device_options(p)
     return p
 
 
@@ -193,7 +213,7 @@ def _train_config(args: argparse.Namespace):
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_cells=args.max_cells,
                        learning_rate=args.lr, loss=args.loss, class_weighting=args.class_weighting,
                        val_fraction=args.val_fraction, folds=args.folds, fold=args.fold, patience=args.patience,
-                       seed=args.seed, num_workers=args.workers, device=args.device,
+                       seed=args.seed, num_workers=args.workers, device=args.device, precision=args.precision,
                        encoder_weights=str(args.encoder_weights) if args.encoder_weights else None,
                        cell_labels=str(args.cell_labels) if args.cell_labels else None,
                        dense_window=args.dense_window, init_from=str(args.init) if args.init else None,
@@ -204,7 +224,14 @@ def _train_config(args: argparse.Namespace):
 
 
 def _print_summary(args: argparse.Namespace, family: str, metrics: dict) -> None:
+    from hpa_cells.devices import device_line
+
+    trained_on = metrics["trained_on"]
     print(f"\nModel folder: {args.out} ({family} family)")
+    processes = trained_on["world_size"]
+    print(f"  {device_line(trained_on['device']['device'])}, {trained_on['precision']}"
+          + (f"; {processes} processes (torch DDP), global batch {trained_on['global_batch_size']} bags"
+             if processes > 1 else ""))
     if args.init is not None:
         print(f"  fine-tuned from {args.init} (input standardisation: {args.init_standardisation}; encoder frozen "
               f"for {args.freeze_encoder_epochs} epoch(s))")
@@ -242,6 +269,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """The errors that mean bad input (printed as one line, exit 2), never a bug."""
     from hpa_cells.cache import CellCacheError
     from hpa_cells.checkpoints import CheckpointError
+    from hpa_cells.devices import DeviceError
     from hpa_cells.labels import LabelFileError
     from mil.cell_labels import CellLabelError
     from mil.config import ConfigError
@@ -252,35 +280,59 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from mil.training.splits import SplitFileError
 
     return (CellCacheError, CheckpointError, LabelFileError, CellLabelError, ConfigError, EncoderWeightsError,
-            ModelFolderError, InitFolderError, TrainingError, SplitFileError)
+            ModelFolderError, InitFolderError, TrainingError, SplitFileError, DeviceError)
 
 
-def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
-    """Run `train` with `argv` (default: sys.argv[1:]); 0 on success, 2 for bad input."""
-    args = build_parser(prog).parse_args(argv)
+def _check_and_configure(args: argparse.Namespace, argv: list[str] | None, prog: str | None) -> tuple:
+    """(model config, training config, None) ready to train, or (None, None, the error line)."""
+    problem = _problem_with_inputs(args)
+    if problem is not None:
+        return None, None, problem
+    explicit = _explicit_options(argv, prog)
+    try:
+        _check_encoder_names(args)
+        model_config = _fine_tune_config(args, explicit) if args.init else _requested_config(args)
+        problem = _check_options(args, explicit, model_config)
+        return (model_config, _train_config(args), None) if problem is None else (None, None, problem)
+    except (*_user_errors(), ValueError) as err:
+        return None, None, str(err)
+
+
+def _train(args: argparse.Namespace, model_config, train_config) -> tuple[dict | None, str | None, int]:
+    """Train as one process, or as one rank of torchrun's processes: (metrics, None, rank) or (None, the error
+    line, rank). Ranks other than 0 log warnings only."""
     import logging
 
     from mil.training import train_model
+    from mil.training.distributed import start_process_group, stop_process_group
+
+    rank = 0
+    try:
+        ranks = start_process_group(args.device)
+        rank = ranks.rank
+        if not ranks.main:
+            logging.getLogger().setLevel(logging.WARNING)
+        return train_model(args.cache, args.out, model_config, train_config, overwrite=args.overwrite), None, rank
+    except _user_errors() as err:
+        return None, str(err), rank
+    finally:
+        stop_process_group()
+
+
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run `train` with `argv` (default: sys.argv[1:]); 0 on success, 2 for bad input. Under torchrun every
+    process runs this; rank 0 prints the summary, and a rank that fails says which it is."""
+    args = build_parser(prog).parse_args(argv)
+    import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    problem = _problem_with_inputs(args)
-    explicit = _explicit_options(argv, prog)
-    errors = _user_errors()
+    model_config, train_config, problem = _check_and_configure(args, argv, prog)
+    metrics, rank = None, 0
     if problem is None:
-        try:
-            _check_encoder_names(args)
-            model_config = _fine_tune_config(args, explicit) if args.init else _requested_config(args)
-            problem = _check_options(args, explicit, model_config)
-            train_config = _train_config(args) if problem is None else None
-        except (*errors, ValueError) as err:
-            problem = str(err)
-    if problem is None:
-        try:
-            metrics = train_model(args.cache, args.out, model_config, train_config, overwrite=args.overwrite)
-        except errors as err:
-            problem = str(err)
+        metrics, problem, rank = _train(args, model_config, train_config)
     if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"error{f' (rank {rank})' if rank else ''}: {problem}", file=sys.stderr)
         return 2
-    _print_summary(args, model_config.family, metrics)
+    if rank == 0:
+        _print_summary(args, model_config.family, metrics)
     return 0

@@ -9,10 +9,12 @@ validity mask; it never concatenates bags.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +25,6 @@ from hpa_cells.qc_flags import DEFAULT_EXCLUDE_FLAGS, flag_bits
 from mil.model import BagBatch
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,21 @@ class CollatedBags:
     """`B,N` cache rows of the cells, -1 at padding."""
     cell_labels: torch.Tensor | None = None
     """`B,N,K` per-cell labels (zeros at padding), when the bags carry them."""
+
+    def pin_memory(self) -> CollatedBags:
+        """The batch in page-locked memory (what `DataLoader(pin_memory=True)` calls), for asynchronous copies."""
+        return pinned(self)
+
+
+def pinned(value: Any) -> Any:
+    """`value` with every tensor in page-locked (pinned) memory: a tensor, or a dataclass whose fields are
+    tensors, None or such dataclasses (a collated batch); anything else is returned as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.pin_memory()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: pinned(getattr(value, f.name))
+                                             for f in dataclasses.fields(value) if f.init})
+    return value
 
 
 def collate_bags(items: Sequence[BagItem]) -> CollatedBags:

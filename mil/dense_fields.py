@@ -22,7 +22,7 @@ import torch
 from hpa_cells.cache import CellCache
 from hpa_cells.images import resize_image, resize_mask
 from hpa_cells.qc_flags import DEFAULT_EXCLUDE_FLAGS
-from mil.bags import CacheImageDataset
+from mil.bags import CacheImageDataset, pinned
 from mil.dense_model import DenseBatch
 
 
@@ -178,6 +178,10 @@ class CollatedFields:
     """`B,N` cache rows of the cells, -1 at padding."""
     usable: torch.Tensor
     """`B,N` bool: cells pooled into the image prediction (False at padding)."""
+
+    def pin_memory(self) -> CollatedFields:
+        """The batch in page-locked memory (what `DataLoader(pin_memory=True)` calls), for asynchronous copies."""
+        return pinned(self)
 
 
 def collate_fields(items: Sequence[FieldItem]) -> CollatedFields:

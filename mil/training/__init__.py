@@ -4,7 +4,10 @@ trains into a model folder (`train_mil` / `train_dense` check the family first).
 config.py: TrainConfig. losses.py: the losses and the class-bias prior. checkpoint.py: the resumable checkpoint.
 finetune.py: starting from a trained model folder (`init_from`) and the frozen-encoder epochs.
 loop.py: the shared loop, the split, the schedule, validation and the curves. splits.py: a fixed split from a
-JSON file (`TrainConfig.split_file`).
+JSON file (`TrainConfig.split_file`). Scale: distributed.py (torchrun's process group and DDP: each process one
+rank, rank 0 writes), loaders.py (each epoch's order, sharded per rank; persistent workers, pinned memory),
+precision.py (`TrainConfig.precision`, autocast, channels_last, device copies), validation.py (validation
+predictions, gathered from every rank).
 """
 
 from mil.training.config import SETTINGS_ADDED_LATER, TrainConfig, resolve_device

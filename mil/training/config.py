@@ -6,11 +6,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hpa_cells.devices import resolve_device as resolve_device_name
 from hpa_cells.qc_flags import DEFAULT_EXCLUDE_FLAGS
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""The values of `TrainConfig.precision` (`train.py --precision`)."""
 
 SETTINGS_ADDED_LATER = {"dense_window": None, "mosaic_bags": 0, "init_from": None,
                         "init_standardisation": "keep", "freeze_encoder_epochs": 0, "labels": None,
-                        "split_file": None}
+                        "split_file": None, "precision": "auto"}
 """TrainConfig fields added after checkpoints were first written, with the value older runs had in effect."""
 
 
@@ -41,6 +45,9 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"
+    precision: str = "auto"
+    """Arithmetic of the forward pass: "auto" (bf16 autocast on a CUDA GPU with bfloat16, fp16 with loss scaling
+    on other CUDA GPUs, fp32 on the CPU), "fp32", "bf16" or "fp16"; see `mil.training.precision`."""
     exclude_flags: tuple[str, ...] = DEFAULT_EXCLUDE_FLAGS
     encoder_weights: str | None = None
     cell_labels: str | None = None
@@ -77,6 +84,8 @@ class TrainConfig:
             raise ValueError(f"negative_cell_weight must be >= 0, got {self.negative_cell_weight}")
         if self.loss not in ("bce", "focal"):
             raise ValueError(f"loss must be 'bce' or 'focal', got {self.loss!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.epochs <= 0 or self.batch_size <= 0 or self.max_cells <= 0:
             raise ValueError("epochs, batch_size and max_cells must be positive")
         if self.folds == 0 and not 0.0 < self.val_fraction < 1.0:
@@ -106,7 +115,6 @@ class TrainConfig:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; any other name as torch reads it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """The device `name` means (`hpa_cells.devices.resolve_device`: "auto" -> cuda when a GPU is visible, else
+    cpu; `DeviceError` for cuda without a GPU), as a torch device."""
+    return torch.device(resolve_device_name(name))

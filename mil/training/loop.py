@@ -6,8 +6,14 @@ the registry (`mil.families`). The split is multilabel-stratified (iterative str
 cosine schedule, BCE or focal loss with optional class weighting (`mil.training.losses`), early stopping on
 validation loss, per-class thresholds fitted on the validation predictions of the best epoch. A checkpoint
 (`mil.training.checkpoint`) is written after every epoch; rerunning the same command resumes from it. Seeded and
-deterministic on CPU; mixed precision on CUDA. With `TrainConfig.init_from` the run fine-tunes a trained model
-folder, optionally with the encoder held fixed for the first epochs (`mil.training.finetune`).
+deterministic on CPU; on CUDA bf16 (or fp16) autocast, channels_last, pinned memory and asynchronous copies
+(`mil.training.precision`), and no host-device synchronisation per step from the loop itself (losses stay on the
+device until the epoch ends). With `TrainConfig.init_from` the run fine-tunes a trained model folder, optionally
+with the encoder held fixed for the first epochs (`mil.training.finetune`).
+
+Run under torchrun, each process trains as one rank of the process group (`mil.training.distributed`): sharded
+training bags (`mil.training.loaders`), DDP-averaged gradients, gathered validation
+(`mil.training.validation`), rank 0's loop state broadcast every epoch, rank 0 alone writing files.
 """
 
 from __future__ import annotations
@@ -21,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from hpa_cells.cache import CellCache
 from hpa_cells.classes import CLASS_NAMES
+from hpa_cells.devices import describe_device
 from hpa_cells.metrics import macro_f1, per_class_f1
 from mil.bags import measure_channel_statistics
 from mil.config import DenseConfig, MILConfig, ModelConfig
@@ -41,7 +47,18 @@ from mil.training.checkpoint import (
     run_settings,
     save_training_checkpoint,
 )
-from mil.training.config import TrainConfig, TrainingError, resolve_device
+from mil.training.config import TrainConfig, TrainingError
+from mil.training.distributed import (
+    Ranks,
+    barrier,
+    broadcast_from_main,
+    check_same_start,
+    current_ranks,
+    gather_objects,
+    rank_device,
+    sum_over_ranks,
+    wrap_for_training,
+)
 from mil.training.finetune import (
     InitSource,
     check_out_folder,
@@ -49,10 +66,17 @@ from mil.training.finetune import (
     set_encoder_frozen,
     start_config,
 )
+from mil.training.loaders import EpochSampler, make_loader
 from mil.training.losses import batch_loss, class_pos_weight, initialise_class_bias
+from mil.training.precision import autocast, grad_scaler, resolve_precision, to_device, use_channels_last
 from mil.training.resume import RelabelledImages, cache_identity, label_override, refuse_finished
 from mil.training.resume import check_out_folder as check_finished_folder
 from mil.training.splits import split_from_file
+from mil.training.validation import predict_bags
+
+LOG_EVERY = 10
+"""Steps between progress-bar loss updates (the loop's only host-device synchronisation inside an epoch; the
+crop model's gather of the real cells of a padded batch, `mil.model`, makes one per step of its own)."""
 
 logger = logging.getLogger(__name__)
 
@@ -80,21 +104,6 @@ def learning_rate(epoch_progress: float, config: TrainConfig) -> float:
         return config.learning_rate * max(epoch_progress / config.warmup_epochs, 0.02)
     t = (epoch_progress - config.warmup_epochs) / max(1e-9, config.epochs - config.warmup_epochs)
     return config.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-@torch.no_grad()
-def predict_bags(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
-    """Image probabilities `N,K`, targets `N,K` and mean BCE over the loader's bags (all cells, no augmentation)."""
-    model.eval()
-    probs, targets, losses = [], [], []
-    for collated in loader:
-        batch = collated.batch.to(device)
-        logits = model(batch).image_logits.float()
-        losses.append(float(F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")))
-        probs.append(torch.sigmoid(logits).cpu().numpy())
-        targets.append(batch.labels.cpu().numpy())
-    p, t = np.concatenate(probs), np.concatenate(targets)
-    return p, t, sum(losses) / max(1, t.size)
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -137,23 +146,29 @@ def train_dense(cache_path: Path, out_dir: Path, model_config: DenseConfig, conf
 
 @dataclass
 class _Run:
-    """Everything one training run works with, made by `_prepare` (see the module docstring)."""
+    """Everything one training run works with, made by `_prepare` (see the module docstring). `model` is the
+    module itself (what is saved); `trainable` what the steps call: the module, or its DDP wrapper for the
+    parameters that train now (`trained_names`)."""
 
     family: ModelFamily
     model_config: ModelConfig
     config: TrainConfig
     device: torch.device
+    precision: str
+    ranks: Ranks
     train_set: object
     val_set: object
+    sampler: EpochSampler
     train_loader: DataLoader
     val_loader: DataLoader
-    generator: torch.Generator
     model: nn.Module
     optimizer: torch.optim.Optimizer
     pos_weight: torch.Tensor | None
     scaler: torch.amp.GradScaler
     provenance: object
     source: InitSource | None = None
+    trainable: nn.Module | None = None
+    trained_names: tuple[str, ...] = ()
     cells_seen: int = 0
     images_seen: int = 0
     train_seconds: float = 0.0
@@ -234,71 +249,103 @@ def _datasets(family: ModelFamily, model_config: ModelConfig, config: TrainConfi
     return train_set, val_set, data.collate, provenance
 
 
-def _prepare(cache_path: Path, model_config: ModelConfig, config: TrainConfig, source: InitSource | None) -> _Run:
+def _loaders(run_data: tuple, config: TrainConfig, ranks: Ranks, device: torch.device
+             ) -> tuple[EpochSampler, DataLoader, DataLoader]:
+    """(the training sampler, the training loader, the validation loader) of this rank's share."""
+    train_set, val_set, collate = run_data
+    sampler = EpochSampler(len(train_set), config.seed, shuffle=True, rank=ranks.rank, world_size=ranks.world_size)
+    val_sampler = EpochSampler(len(val_set), rank=ranks.rank, world_size=ranks.world_size)
+    train_loader = make_loader(train_set, collate, config.batch_size, sampler, config.num_workers, device,
+                               config.seed)
+    val_loader = make_loader(val_set, collate, config.batch_size, val_sampler, config.num_workers, device,
+                             config.seed)
+    return sampler, train_loader, val_loader
+
+
+def _prepare(cache_path: Path, model_config: ModelConfig, config: TrainConfig, source: InitSource | None,
+             ranks: Ranks) -> _Run:
     """Split, datasets, input standardisation, loaders, module, optimizer: every random draw in the same order
     as always (so a seed gives the same run). `model_config` is the one to train (`start_config` applied)."""
     family = get_family(model_config.family)
-    device = resolve_device(config.device)
+    device = rank_device(config.device, ranks)
+    precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
     train_set, val_set, collate, provenance = _datasets(family, model_config, config, cache_path)
     if len(train_set) == 0 or len(val_set) == 0:
         raise TrainingError(f"{cache_path}: after QC exclusion ({', '.join(config.exclude_flags)}) the split has "
                          f"{len(train_set)} training and {len(val_set)} validation images with usable cells")
     model_config = _model_config(model_config, config, source, family, train_set)
-    generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
-                              num_workers=config.num_workers, generator=generator,
-                              persistent_workers=False)  # persistent workers keep a stale set_epoch copy
-    val_loader = DataLoader(val_set, batch_size=config.batch_size, collate_fn=collate,
-                            num_workers=config.num_workers)
+    sampler, train_loader, val_loader = _loaders((train_set, val_set, collate), config, ranks, device)
     model = _build(family, model_config, config, source, train_set, device)
+    use_channels_last(model, family.encoder_of(model), device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     pos_weight = class_pos_weight(train_set.labels, device) if config.class_weighting else None
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    return _Run(family, model_config, config, device, train_set, val_set, train_loader, val_loader, generator,
-                model, optimizer, pos_weight, scaler, provenance, source)
+    return _Run(family, model_config, config, device, precision, ranks, train_set, val_set, sampler, train_loader,
+                val_loader, model, optimizer, pos_weight, grad_scaler(precision), provenance, source)
+
+
+def _trainable(run: _Run) -> nn.Module:
+    """What the steps call: the module, or its DDP wrapper, made again when the parameters that train changed
+    (a frozen encoder starting to train: DDP reduces the gradients of the parameters it was made with)."""
+    names = tuple(name for name, parameter in run.model.named_parameters() if parameter.requires_grad)
+    if run.trainable is None or names != run.trained_names:
+        unused = run.config.cell_labels is not None  # per-cell losses leave the image pooling without gradient
+        run.trainable = wrap_for_training(run.model, run.ranks, run.device, unused)
+        run.trained_names = names
+    return run.trainable
+
+
+def _step(run: _Run, trainable: nn.Module, collated) -> torch.Tensor:
+    """One optimizer step on a collated batch; returns the loss, still on the device (no synchronisation)."""
+    non_blocking = run.device.type == "cuda"
+    batch = to_device(collated.batch, run.device, non_blocking)
+    with autocast(run.device, run.precision):
+        output = trainable(batch)
+    cell_targets = getattr(collated, "cell_labels", None)  # only crop bags carry per-cell labels
+    if cell_targets is not None:
+        cell_targets = cell_targets.to(run.device, non_blocking=non_blocking)
+    loss = batch_loss(output, batch, cell_targets, run.config, run.pos_weight)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return loss.detach()
 
 
 def _train_epoch(run: _Run, epoch: int) -> list[float]:
-    """One epoch over the training loader (seeded by epoch, so a resumed run matches an uninterrupted one);
+    """One epoch over this rank's training bags (seeded by epoch, so a resumed run matches an uninterrupted one);
     returns the batch losses and adds to the run's cell, image and time counters."""
     from tqdm import tqdm
 
-    config, device, model, optimizer = run.config, run.device, run.model, run.optimizer
+    config = run.config
     run.train_set.set_epoch(epoch)
-    run.generator.manual_seed(config.seed + epoch)
+    run.sampler.set_epoch(epoch)
     # dropout draws from the global RNG: seed it per epoch so a resumed run matches an uninterrupted one
     torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0]))
-    model.train()
+    run.model.train()
     if config.freeze_encoder_epochs:
-        set_encoder_frozen(model, run.family, epoch < config.freeze_encoder_epochs)
-    steps_per_epoch = max(1, math.ceil(len(run.train_set) / config.batch_size))
-    losses = []
-    bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
+        set_encoder_frozen(run.model, run.family, epoch < config.freeze_encoder_epochs)
+    trainable = _trainable(run)
+    steps_per_epoch = max(1, len(run.train_loader))
+    losses: list[torch.Tensor] = []
+    bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not run.ranks.main)
     for step, collated in enumerate(bar):
-        for group in optimizer.param_groups:
+        for group in run.optimizer.param_groups:
             group["lr"] = learning_rate(epoch + step / steps_per_epoch, config)
-        batch = collated.batch.to(device)
-        with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
-            output = model(batch)
-        cell_targets = getattr(collated, "cell_labels", None)  # only crop bags carry per-cell labels
-        if cell_targets is not None:
-            cell_targets = cell_targets.to(device)
-        loss = batch_loss(output, batch, cell_targets, config, run.pos_weight)
-        optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(optimizer)
-        run.scaler.update()
-        losses.append(loss.detach().item())
-        run.cells_seen += int(batch.valid.sum())
-        run.images_seen += int(batch.valid.shape[0])
-        bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
-    return losses
+        losses.append(_step(run, trainable, collated))
+        valid = collated.batch.valid  # still the host copy: counting its cells needs no synchronisation
+        run.cells_seen += int(valid.sum())
+        run.images_seen += int(valid.shape[0])
+        if run.ranks.main and (step + 1) % LOG_EVERY == 0:
+            bar.set_postfix(loss=f"{float(torch.stack(losses[-LOG_EVERY:]).mean()):.4f}")
+    return torch.stack(losses).cpu().tolist() if losses else []
 
 
 def _epoch_record(run: _Run, epoch: int, losses: list[float], started: float) -> dict:
-    """Validate after an epoch: its history row (losses, macro F1 at 0.5, learning rate, seconds)."""
-    val_probs, val_targets, val_loss = predict_bags(run.model, run.val_loader, run.device)
+    """Validate after an epoch: its history row (losses, macro F1 at 0.5, learning rate, seconds), over every
+    rank's training steps and the whole validation set."""
+    losses = [v for part in gather_objects(losses, run.ranks) for v in part]
+    val_probs, val_targets, val_loss = predict_bags(run.model, run.val_loader, run.device, run.precision, run.ranks)
     record = {
         "epoch": epoch + 1,
         "train_loss": float(np.mean(losses)),
@@ -312,9 +359,22 @@ def _epoch_record(run: _Run, epoch: int, losses: list[float], started: float) ->
     return record
 
 
-def _run_epochs(run: _Run, checkpoint_dir: Path, state: dict, best_weights: dict) -> dict:
+def _update_state(state: dict, record: dict, ranks: Ranks) -> dict:
+    """The loop state after an epoch's `record` (best epoch, epochs without improvement), as rank 0 has it: every
+    rank takes rank 0's, so they keep or stop together."""
+    state["history"].append(record)
+    val_loss = record["val_loss"]
+    if state["best_val_loss"] is None or val_loss < state["best_val_loss"] - 1e-5:
+        state.update(best_val_loss=val_loss, best_epoch=record["epoch"], stale_epochs=0)
+    else:
+        state["stale_epochs"] += 1
+    state["epoch"] = record["epoch"]
+    return broadcast_from_main(state, ranks)
+
+
+def _run_epochs(run: _Run, checkpoint_dir: Path, state: dict, best_weights: dict) -> tuple[dict, dict]:
     """Train from `state["epoch"]` to `config.epochs` (or an early stop), keeping the best weights and writing a
-    checkpoint after every epoch; returns the best weights."""
+    checkpoint after every epoch (rank 0); returns (the loop state, the best weights)."""
     config = run.config
     for epoch in range(state["epoch"], config.epochs):
         if state["stale_epochs"] >= config.patience:
@@ -323,25 +383,31 @@ def _run_epochs(run: _Run, checkpoint_dir: Path, state: dict, best_weights: dict
         started = time.time()
         losses = _train_epoch(run, epoch)
         run.train_seconds += time.time() - started
-        record = _epoch_record(run, epoch, losses, started)
-        state["history"].append(record)
-        val_loss = record["val_loss"]
-        if state["best_val_loss"] is None or val_loss < state["best_val_loss"] - 1e-5:
-            state.update(best_val_loss=val_loss, best_epoch=epoch + 1, stale_epochs=0)
+        state = _update_state(state, _epoch_record(run, epoch, losses, started), run.ranks)
+        if state["best_epoch"] == epoch + 1:
             best_weights = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
-        else:
-            state["stale_epochs"] += 1
-        state["epoch"] = epoch + 1
-        save_training_checkpoint(checkpoint_dir, run.model, run.optimizer, state, best_weights)
-    return best_weights
+        if run.ranks.main:
+            save_training_checkpoint(checkpoint_dir, run.model, run.optimizer, state, best_weights)
+    return state, best_weights
+
+
+def _trained_on(run: _Run) -> dict:
+    """Where and how this run trained (metrics.json and config.json `trained_on`): the device
+    (`hpa_cells.devices.describe_device`; rank 0's), the precision used, the number of processes, their process
+    group's backend (None: one process without DDP) and the global batch (bags per optimizer step over all)."""
+    return {"device": describe_device(str(run.device)), "precision": run.precision,
+            "world_size": run.ranks.world_size, "distributed_backend": run.ranks.backend,
+            "global_batch_size": run.config.batch_size * run.ranks.world_size}
 
 
 def _final_metrics(run: _Run, state: dict, started: float) -> tuple[dict, np.ndarray]:
-    """(metrics.json's content, thresholds) of the best weights, which the model holds now."""
-    val_probs, val_targets, val_loss = predict_bags(run.model, run.val_loader, run.device)
+    """(metrics.json's content, thresholds) of the best weights, which the model holds now. Throughput counts
+    every rank's cells over rank 0's training time."""
+    val_probs, val_targets, val_loss = predict_bags(run.model, run.val_loader, run.device, run.precision, run.ranks)
     thresholds = fit_thresholds(val_probs, val_targets)
     f1 = per_class_f1(val_targets, val_probs >= thresholds)
     seconds = run.train_seconds
+    cells, images = sum_over_ranks([run.cells_seen, run.images_seen], run.ranks)
     metrics = {
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
@@ -354,9 +420,10 @@ def _final_metrics(run: _Run, state: dict, started: float) -> tuple[dict, np.nda
         "train_image_ids": [run.train_set.cache.image_ids[i] for i in run.train_set.image_indices],
         "val_image_ids": [run.val_set.cache.image_ids[i] for i in run.val_set.image_indices],
         "train_seconds_this_run": round(seconds, 1),
-        "train_cells_per_second": round(run.cells_seen / seconds, 1) if seconds else None,
-        "train_images_per_second": round(run.images_seen / seconds, 2) if seconds else None,
+        "train_cells_per_second": round(cells / seconds, 1) if seconds else None,
+        "train_images_per_second": round(images / seconds, 2) if seconds else None,
         "total_seconds_this_run": round(time.time() - started, 1),
+        "trained_on": _trained_on(run),
         "history": state["history"],
     }
     return metrics, thresholds
@@ -404,32 +471,55 @@ def _clear_out_folder(out_dir: Path) -> None:
             logger.info("--overwrite: removed the finished model's %s", path)
 
 
+def _resume(run: _Run, out_dir: Path, resume_state: dict | None, identity: dict) -> tuple[dict, dict]:
+    """(the loop state, the best weights so far): fresh, or restored from the checkpoint into the module and the
+    optimizer (every rank reads the same checkpoint; `check_same_start` has made sure they see the same one)."""
+    checkpoint_dir = out_dir / "checkpoint"
+    settings = run_settings(run.model_config, run.config, identity)
+    init_sha = run.source.weights_sha256 if run.source is not None else None
+    state, best_weights = {**fresh_state(settings), "init_weights_sha256": init_sha}, {}
+    if resume_state is not None and has_checkpoint(checkpoint_dir):
+        state, best_weights = load_training_checkpoint(checkpoint_dir, run.model, run.optimizer, settings, init_sha)
+        logger.info("resuming from epoch %d (%s)", state["epoch"], checkpoint_dir)
+        before = state.get("world_size", 1)
+        if before != run.ranks.world_size:
+            logger.warning("%s was trained by %d process(es) and resumes with %d: --batch-size %d is per process, so "
+                           "the global batch changes from %d to %d bags per step", checkpoint_dir, before,
+                           run.ranks.world_size, run.config.batch_size, before * run.config.batch_size,
+                           run.ranks.world_size * run.config.batch_size)
+    state["world_size"] = run.ranks.world_size
+    return state, best_weights
+
+
 def train_model(cache_path: Path, out_dir: Path, model_config: ModelConfig, config: TrainConfig,
                 overwrite: bool = False) -> dict:
     """Train a model of the config's family on a cell cache and write the model folder `out_dir`; returns
     metrics.json's content. Resumes from `out_dir/checkpoint` when a run with the same settings left one. With
     `config.init_from`, fine-tunes the model in that folder (`mil.training.finetune`). A folder holding a finished
     model is refused (`mil.training.resume`) unless the run continues it with more epochs or `overwrite` is set
-    (then it is trained again from scratch)."""
+    (then it is trained again from scratch). In a process group (torchrun, `mil.training.distributed`) every rank
+    calls this; rank 0 writes the folder, and every rank returns the same metrics once it is written."""
     started = time.time()
+    ranks = current_ranks()
     model_config, source, identity, resume_state = _start(cache_path, out_dir, model_config, config, overwrite)
-    run = _prepare(cache_path, model_config, config, source)
-    if overwrite:
+    check_same_start(None if resume_state is None else resume_state.get("epoch"), identity["content_sha256"], ranks,
+                     out_dir)
+    run = _prepare(cache_path, model_config, config, source, ranks)
+    if overwrite and ranks.main:
         _clear_out_folder(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_dir = out_dir / "checkpoint"
-    settings = run_settings(run.model_config, config, identity)
-    init_sha = run.source.weights_sha256 if run.source is not None else None
-    state, best_weights = {**fresh_state(settings), "init_weights_sha256": init_sha}, {}
-    if resume_state is not None and has_checkpoint(checkpoint_dir):
-        state, best_weights = load_training_checkpoint(checkpoint_dir, run.model, run.optimizer, settings, init_sha)
-        logger.info("resuming from epoch %d (%s)", state["epoch"], checkpoint_dir)
-    best_weights = _run_epochs(run, checkpoint_dir, state, best_weights)
+    if ranks.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    state, best_weights = _resume(run, out_dir, resume_state, identity)
+    barrier(ranks)  # every rank has read the checkpoint before rank 0 writes the next one
+    state, best_weights = _run_epochs(run, out_dir / "checkpoint", state, best_weights)
     run.model.load_state_dict(best_weights)
     metrics, thresholds = _final_metrics(run, state, started)
-    _write_history(state["history"], out_dir)
-    training = {**asdict(config), "cache": str(cache_path), "cache_provenance": run.provenance,
-                "cache_content_sha256": identity["content_sha256"], "labels_sha256": identity["labels_sha256"],
-                "init_weights_sha256": init_sha}
-    save_model_folder(out_dir, run.model, thresholds, metrics, training=training)
+    if ranks.main:
+        _write_history(state["history"], out_dir)
+        training = {**asdict(config), "cache": str(cache_path), "cache_provenance": run.provenance,
+                    "cache_content_sha256": identity["content_sha256"], "labels_sha256": identity["labels_sha256"],
+                    "init_weights_sha256": run.source.weights_sha256 if run.source is not None else None,
+                    "trained_on": _trained_on(run)}
+        save_model_folder(out_dir, run.model, thresholds, metrics, training=training)
+    barrier(ranks)
     return metrics
