@@ -47,6 +47,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from hpa_cells.cache.appending import CacheAppender
 from hpa_cells.cache.inputs import checked_rows
 from hpa_cells.cache.journal import (
     delete_shards,
@@ -64,7 +65,6 @@ from hpa_cells.cache.schema import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
     LIBVER,
-    CacheAppender,
     CacheProvenance,
     CellCacheError,
     CellCacheInputError,
@@ -80,6 +80,7 @@ from hpa_cells.cache.schema import (
     read_skipped,
     read_strings,
 )
+from hpa_cells.cache.settings import same_settings, settings_differences
 from hpa_cells.crops import CellCrops
 
 logger = logging.getLogger(__name__)
@@ -222,10 +223,10 @@ class CellCacheWriter:
             )
         for key, existing in provenance_attrs(f).items():
             if existing == self._provenance[key] or (key.endswith("_json")
-                                                     and _same_settings(existing, self._provenance[key])):
+                                                     and same_settings(existing, self._provenance[key])):
                 continue
             if key.endswith("_json"):
-                changes = "; ".join(_json_differences(existing, self._provenance[key])[:4])
+                changes = "; ".join(settings_differences(existing, self._provenance[key])[:4])
                 raise CellCacheMismatchError(
                     f"{file_path} was written with other {key.removesuffix('_json')}: {changes}; use another cache "
                     "file or the same segmentation settings"
@@ -541,46 +542,3 @@ class CellCacheWriter:
 def _qc_names_json(names: Mapping[str, int]) -> str:
     """QC flag names as stored: a JSON object {name: bit value} in the given order."""
     return json.dumps(dict(names))
-
-
-def _without_model_locations(value: object) -> object:
-    """`value` (parsed JSON) without the `path` of any object that also records its `sha256`: a model file is
-    identified by its content, so a moved repository or model folder does not make settings differ."""
-    if isinstance(value, dict):
-        hashed = "sha256" in value
-        return {k: _without_model_locations(v) for k, v in value.items() if not (hashed and k == "path")}
-    if isinstance(value, list):
-        return [_without_model_locations(v) for v in value]
-    return value
-
-
-def _same_settings(stored: str, current: str) -> bool:
-    """True when two JSON settings documents agree once model files are compared by hash, not by path."""
-    try:
-        return _without_model_locations(json.loads(stored)) == _without_model_locations(json.loads(current))
-    except ValueError:
-        return False
-
-
-def _json_differences(stored: str, current: str) -> list[str]:
-    """The settings that differ between two JSON documents, as 'dotted.key: X in the file, Y now' ('missing' for
-    a key one side lacks); the whole documents when either is not JSON."""
-    try:
-        old, new = _without_model_locations(json.loads(stored)), _without_model_locations(json.loads(current))
-    except ValueError:
-        return [f"{stored!r} in the file, {current!r} now"]
-    out: list[str] = []
-
-    def walk(a: object, b: object, path: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b)):
-                walk(a.get(key, _MISSING), b.get(key, _MISSING), f"{path}.{key}" if path else str(key))
-        elif a != b:
-            out.append(f"{path or 'value'}: {'missing' if a is _MISSING else json.dumps(a)} in the file, "
-                       f"{'missing' if b is _MISSING else json.dumps(b)} now")
-
-    walk(old, new, "")
-    return out or [f"{stored!r} in the file, {current!r} now"]
-
-
-_MISSING = object()
