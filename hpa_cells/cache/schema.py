@@ -204,6 +204,13 @@ class CacheProvenance:
         """The parameters as canonical JSON (sorted keys), the form stored and compared."""
         return json.dumps(dict(self.parameters), sort_keys=True)
 
+    def root_attributes(self, qc_flag_names: Mapping[str, int] | Sequence[str]) -> dict[str, str]:
+        """The provenance root attributes (PROVENANCE_ATTRS) of a cache made with this provenance and these QC
+        flag names, as stored and compared."""
+        return {"segmenter": self.segmenter, "model_sha256": self.model_sha256,
+                "parameters_json": self.parameters_json,
+                "qc_flag_names": json.dumps(normalise_qc_flag_names(qc_flag_names))}
+
 
 def normalise_qc_flag_names(qc_flag_names: Mapping[str, int] | Sequence[str]) -> dict[str, int]:
     """QC flag names as {name: bit value}: a sequence means name i is bit value 1 << i."""
