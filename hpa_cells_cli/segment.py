@@ -99,6 +99,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="torch device for Cellpose: auto (cuda when a GPU is visible, else cpu), cpu, cuda, "
                              "cuda:N; with --scheduler each worker resolves it on its own machine; printed in the "
                              "summary, not recorded in the cache (default: %(default)s)")
+    _add_spread_options(parser)
+    return parser
+
+
+def _add_spread_options(parser: argparse.ArgumentParser) -> None:
+    """--scheduler, --chunk-size, --keep-shards, --connect-timeout, --shard."""
     spread = parser.add_argument_group("spreading the work (README: Segmenting many fields)")
     spread.add_argument("--scheduler", type=scheduler_option, metavar="local:N|tcp://HOST:PORT",
                         help="segment on Dask workers: local:N starts N single-thread worker processes here; an "
@@ -115,7 +121,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="segment only shard I of N of the folder (a field's shard depends on its id alone) "
                              "into OUT.shards/shard-I-of-N.h5, for job arrays; then hpa-cells merge-caches --out "
                              "OUT OUT.shards")
-    return parser
 
 
 def scheduler_option(text: str):
