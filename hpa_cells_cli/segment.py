@@ -238,7 +238,7 @@ def _spread_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _job(args: argparse.Namespace):
+def segment_job(args: argparse.Namespace):
     """The SegmentJob of the options."""
     from hpa_cells.crops import CropConfig
     from segmentation.segment_to_cache import SegmentJob
@@ -335,12 +335,12 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         print(f"Working size: auto ({AUTO_WORKING_SIZE_RULE})")
     try:
         if args.scheduler is None:
-            return _run_here(args, _job(args))
+            return _run_here(args, segment_job(args))
         from segmentation.distributed import DistributedRunError, SchedulerError
 
         _absolute_paths(args)
         try:
-            return _run_distributed(args, _job(args))
+            return _run_distributed(args, segment_job(args))
         except (SchedulerError, DistributedRunError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

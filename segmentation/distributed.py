@@ -140,17 +140,23 @@ class DistributedRunSummary:
     merge: MergeSummary | None = None
     shards_dir: Path | None = None
     shards_kept: bool = False
+    startup_seconds: float = 0.0
+    """Connecting (starting a local cluster) and building a first worker's segmenter."""
+    segment_seconds: float = 0.0
+    """Planning and running the chunks on the workers."""
 
     def lines(self) -> list[str]:
         out = self.run.lines()
+        merge_s = self.merge.seconds if self.merge is not None else 0.0
         out.append(f"workers: {self.workers} ({self.scheduler}); {self.chunks} chunk(s); "
-                   f"{self.run.images_per_second:.2f} fields/s over the whole run, merge included")
+                   f"{self.run.images_per_second:.2f} fields/s over the whole run (start-up "
+                   f"{self.startup_seconds:.1f} s, segmenting {self.segment_seconds:.1f} s, merge {merge_s:.1f} s)")
         if self.finished_earlier:
             out.append(f"{self.finished_earlier} field(s) finished by a worker that died were kept, not redone")
         for line, count in sorted(Counter(self.devices.values()).items()):
             out.append(f"{line} on {count} worker{'s' if count != 1 else ''}")
-        if self.merge is not None:
-            out.extend(self.merge.lines())
+        if self.merge is not None:  # its label count is in the run's lines already
+            out.extend(line for line in self.merge.lines() if not line.startswith("labels changed"))
         if self.shards_dir is not None:
             out.append(f"shard caches kept in {self.shards_dir}" if self.shards_kept
                        else f"shard caches removed from {self.shards_dir}")
@@ -307,14 +313,17 @@ def segment_distributed(job: SegmentJob, make_segmenter: Callable[[], Segmenter]
     with connect(options) as client:
         workers = len(client.nthreads())
         settings = client.submit(worker_settings, job, make_segmenter, threads, pure=False).result()
+        ready = time.time()
         _check_caches(job.out_path, shard_caches_in(shards_dir), settings)
         todo = _plan(job, scan, shard_caches_in(shards_dir), summary)
         tasks = _chunk_tasks(job, make_segmenter, scan, labels, todo, _chunk_size(options, len(todo), workers),
                              threads)
         logger.info("%d fields to segment in %d chunks on %d workers", len(todo), len(tasks), workers)
         results = _run_tasks(client, tasks, len(todo), shards_dir) if tasks else []
+        segmented = time.time()
     report = DistributedRunSummary(summary, options.scheduler.text, workers, chunks=len(tasks),
-                                   devices={settings.worker: settings.device})
+                                   devices={settings.worker: settings.device}, startup_seconds=ready - started,
+                                   segment_seconds=segmented - ready)
     for result in results:
         summary.add(result.summary)
         report.finished_earlier += result.finished_earlier
