@@ -77,6 +77,14 @@ MAX_AUTO_CHUNK = 32
 """Largest chunk the automatic size picks: a chunk's fields are lost to the progress bar until they are done."""
 CHUNKS_PER_WORKER = 4
 """The automatic chunk size aims at this many chunks per worker (so fast workers take more)."""
+LOCAL_WORKER_CONFIG = {
+    # Dask's defaults for worker processes cost segmentation about a third more CPU per field (benchmarks/
+    # bench_dask.py, measured on 2 cores): glibc told to return freed memory at once (MALLOC_TRIM_THRESHOLD_=65536:
+    # every large array of every field is mapped and zeroed anew) and a sampling profiler in every worker.
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
+"""Dask settings for the workers of `local:N` (README: the same for workers started elsewhere)."""
 SCHEDULER_CHOICES_TEXT = "local:N (N worker processes on this machine) or a scheduler address such as tcp://HOST:8786"
 _LOCAL = re.compile(r"^local:(\d+)$")
 _ADDRESS = re.compile(r"^(tcp|tls|ucx|inproc)://\S+$")
@@ -144,6 +152,8 @@ class DistributedRunSummary:
     """Connecting (starting a local cluster) and building a first worker's segmenter."""
     segment_seconds: float = 0.0
     """Planning and running the chunks on the workers."""
+    worker_cpu_seconds: float = 0.0
+    """CPU time the worker processes spent on the chunks (all their threads)."""
 
     def lines(self) -> list[str]:
         out = self.run.lines()
@@ -167,14 +177,17 @@ class DistributedRunSummary:
 def connect(options: DistributedOptions) -> Iterator[Client]:
     """A client of the scheduler the options name (a LocalCluster started here for local:N, closed on leaving);
     SchedulerError when it cannot be reached or has no worker within `connect_timeout_s`."""
+    import dask
     from dask.distributed import Client, LocalCluster
 
     spec, cluster = options.scheduler, None
     try:
         if spec.local_workers is not None:
-            cluster = LocalCluster(n_workers=spec.local_workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=logging.ERROR,
-                                   env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+            with dask.config.set(LOCAL_WORKER_CONFIG):  # read by each nanny when it starts
+                cluster = LocalCluster(n_workers=spec.local_workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=logging.ERROR,
+                                       env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                                            "OPENBLAS_NUM_THREADS": "1"})
             client = Client(cluster, timeout=options.connect_timeout_s)
         else:
             client = Client(spec.address, timeout=options.connect_timeout_s)
@@ -327,6 +340,7 @@ def segment_distributed(job: SegmentJob, make_segmenter: Callable[[], Segmenter]
     for result in results:
         summary.add(result.summary)
         report.finished_earlier += result.finished_earlier
+        report.worker_cpu_seconds += result.cpu_seconds
         report.devices[result.worker] = result.device
     shards = shard_caches_in(shards_dir)
     if shards or (labels is not None and job.out_path.exists()):  # labels: updated on the images already there

@@ -21,6 +21,7 @@ import pickle
 import re
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,8 @@ class ChunkResult:
     """Fields of the chunk that an earlier attempt (on a worker that died) had finished: kept, not redone."""
     worker: str
     device: str
+    cpu_seconds: float = 0.0
+    """CPU time of the worker process (all its threads) while it ran the chunk."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ def _progress_reporter() -> Callable[[str], None]:
 
 def segment_chunk(task: ChunkTask) -> ChunkResult:
     """Segment the chunk's fields that no earlier attempt finished into this process's own shard cache."""
+    cpu_started = time.process_time()
     segmenter = _SEGMENTERS.get(task.make_segmenter, task.torch_threads)
     shards_dir = shards_dir_of(task.job.out_path)
     shards_dir.mkdir(parents=True, exist_ok=True)
@@ -165,4 +169,5 @@ def segment_chunk(task: ChunkTask) -> ChunkResult:
         summary = segment_fields(task.job, segmenter, shard, task.scan, todo, task.labels, _progress_reporter())
     else:
         summary = SegmentRunSummary()
-    return ChunkResult(task.name, shard, summary, len(task.ids) - len(todo), worker, segmenter_device_line(segmenter))
+    return ChunkResult(task.name, shard, summary, len(task.ids) - len(todo), worker, segmenter_device_line(segmenter),
+                       time.process_time() - cpu_started)

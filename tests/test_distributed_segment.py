@@ -209,6 +209,18 @@ def test_merge_keeps_an_image_found_twice_alike_and_refuses_it_found_twice_diffe
     assert not (tmp_path / "mixed.h5").exists()
 
 
+def test_merge_caches_labels_update_the_images_already_there(reference: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = Path(shutil.copyfile(reference, tmp_path / "cells.h5"))
+    first = CellCache(out).image_ids[0]
+    summary = merge_caches(out, [], labels={first: [7, 25]})
+    assert (summary.written, summary.labels_changed, summary.images_added) == (True, 1, 0)
+    with CellCache(out) as cache:
+        assert cache.image_table().label_ids.iloc[0] == (7, 25)
+    assert cli.main(["merge-caches", "--out", str(out), str(tmp_path / "missing.h5")]) == 2
+    assert capsys.readouterr().err == f"error: shard cache {tmp_path / 'missing.h5'} does not exist\n"
+
+
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--shard", "2/2", "expected I/N with N >= 1 and 0 <= I < N (e.g. 0/4), got '2/2'"),
     ("--shard", "a/b", "expected I/N with N >= 1 and 0 <= I < N (e.g. 0/4), got 'a/b'"),

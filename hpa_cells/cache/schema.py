@@ -57,7 +57,8 @@ Datasets (every 1-D/2-D table is chunked and resizable along its first axis):
 | `skipped/files` | K | utf-8 str | the field's files when it was skipped: JSON `{file name: [size, mtime_ns]}` (`hpa_cells.images.files_fingerprint`); a rerun retries the field when this changed; `""` in files written before it existed (absent there: readers and writers treat it as all `""`) |
 
 A skipped image that is retried and then yields cells leaves `skipped/` (the merge drops its row); retried and
-skipped again, its row is replaced by the new reason and files.
+skipped again, its row is replaced by the new reason and files. Rows are written in image id order
+(`hpa_cells.cache.appending`).
 
 Version 1 files (written before the full images were stored) lack `image_pixels` and are otherwise the same:
 they stay readable for everything built on crops and masks (the crop MIL); `full_image()` on them raises a
@@ -69,7 +70,8 @@ Beside the file, while a writer runs or after it was killed: `cells.h5.lock` (wr
 on the writer's close) and possibly `cells.h5.tmp` (an interrupted merge, removed by the next writer).
 Readers only see the main file; they warn when a journal is waiting to be merged. The journal
 and its merge are described in `hpa_cells.cache.journal` and `hpa_cells.cache.writer`, the lock in
-`hpa_cells.cache.lock`.
+`hpa_cells.cache.lock`. Runs spread over processes write shard caches of this layout into `cells.h5.shards/`
+(`hpa_cells.cache.shards`), merged by `hpa_cells.cache.merging`.
 """
 
 from __future__ import annotations
