@@ -173,21 +173,28 @@ class DistributedRunSummary:
         return out
 
 
+def start_local_cluster(workers: int):
+    """A LocalCluster of `workers` processes with one thread each, one thread for every math library, and the
+    worker settings of LOCAL_WORKER_CONFIG (what `local:N` starts; close it when done)."""
+    import dask
+    from dask.distributed import LocalCluster
+
+    with dask.config.set(LOCAL_WORKER_CONFIG):  # read by each nanny when it starts
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                            silence_logs=logging.ERROR,
+                            env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+
+
 @contextmanager
 def connect(options: DistributedOptions) -> Iterator[Client]:
     """A client of the scheduler the options name (a LocalCluster started here for local:N, closed on leaving);
     SchedulerError when it cannot be reached or has no worker within `connect_timeout_s`."""
-    import dask
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client
 
     spec, cluster = options.scheduler, None
     try:
         if spec.local_workers is not None:
-            with dask.config.set(LOCAL_WORKER_CONFIG):  # read by each nanny when it starts
-                cluster = LocalCluster(n_workers=spec.local_workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=logging.ERROR,
-                                       env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                                            "OPENBLAS_NUM_THREADS": "1"})
+            cluster = start_local_cluster(spec.local_workers)
             client = Client(cluster, timeout=options.connect_timeout_s)
         else:
             client = Client(spec.address, timeout=options.connect_timeout_s)
@@ -207,6 +214,23 @@ def connect(options: DistributedOptions) -> Iterator[Client]:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _workers_settings(client: Client, job: SegmentJob, make_segmenter: Callable[[], Segmenter],
+                      threads: int | None) -> list[WorkerSettings]:
+    """Build the segmenter on every worker now (in parallel, before any chunk) and check that they all record the
+    same settings (a worker with other model files would make shards that cannot be merged); each worker's."""
+    found = client.run(worker_settings, job, make_segmenter, threads)
+    if not found:
+        raise SchedulerError("the Dask scheduler lost its workers while they were starting")
+    settings = list(found.values())
+    for other in settings[1:]:
+        why = settings_mismatch(settings[0].attrs, settings[0].crop_size, other.attrs, other.crop_size,
+                                first=f"on worker {settings[0].worker}", second=f"on worker {other.worker}")
+        if why is not None:
+            raise CellCacheMismatchError(f"the workers' segmenters differ: {why}; give every worker the same "
+                                         "models and software")
+    return settings
 
 
 def _check_caches(out: Path, shards: Sequence[Path], settings: WorkerSettings) -> None:
@@ -325,8 +349,8 @@ def segment_distributed(job: SegmentJob, make_segmenter: Callable[[], Segmenter]
     threads = 1 if options.scheduler.local_workers is not None else None
     with connect(options) as client:
         workers = len(client.nthreads())
-        settings = client.submit(worker_settings, job, make_segmenter, threads, pure=False).result()
-        ready = time.time()
+        every = _workers_settings(client, job, make_segmenter, threads)
+        settings, ready = every[0], time.time()
         _check_caches(job.out_path, shard_caches_in(shards_dir), settings)
         todo = _plan(job, scan, shard_caches_in(shards_dir), summary)
         tasks = _chunk_tasks(job, make_segmenter, scan, labels, todo, _chunk_size(options, len(todo), workers),
@@ -335,7 +359,7 @@ def segment_distributed(job: SegmentJob, make_segmenter: Callable[[], Segmenter]
         results = _run_tasks(client, tasks, len(todo), shards_dir) if tasks else []
         segmented = time.time()
     report = DistributedRunSummary(summary, options.scheduler.text, workers, chunks=len(tasks),
-                                   devices={settings.worker: settings.device}, startup_seconds=ready - started,
+                                   devices={s.worker: s.device for s in every}, startup_seconds=ready - started,
                                    segment_seconds=segmented - ready)
     for result in results:
         summary.add(result.summary)

@@ -143,10 +143,11 @@ def test_a_worker_dying_mid_chunk_loses_nothing_and_its_chunk_resumes_elsewhere(
     report = segment_distributed(job(images, out), dying,
                                  DistributedOptions(SchedulerSpec.parse(cluster), chunk_size=4))
     assert (tmp_path / "died").exists()  # one worker process did exit mid-chunk
-    # Every chunk of 4 needs at least 3 segmentations: the dead worker had stored 2 fields of its chunk, which the
-    # chunk's next attempt took over from its shard's journal instead of segmenting them again.
-    assert report.finished_earlier == 2
-    assert report.run.images_done + len(report.run.skipped) == N_FIELDS - 2
+    # Both chunks (4 and 3 fields) need at least 3 segmentations: the dead worker had stored 2 segmented fields of its
+    # chunk (and the field without its yellow channel, if that chunk held it), which the chunk's next attempt took
+    # over from the dead attempt's journal instead of segmenting them again: every field was done exactly once.
+    assert report.finished_earlier in (2, 3)
+    assert report.run.images_done + len(report.run.skipped) + report.finished_earlier == N_FIELDS
     assert_same_cache(out, reference)
 
 
