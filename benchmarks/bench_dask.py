@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                   single_s))
         cpu_lines.append(f"CPU time per field while segmenting, {single_label.split(',')[1].strip()}: one process "
                          f"{single[2] / max(single[3], 1):.2f} s, workers "
-                         f"{report.worker_cpu_seconds / max(report.run.images_done, 1):.2f} s (all threads)")
+                         f"{report.worker_cpu_seconds / max(report.run.images_done, 1):.2f} s (all threads); cores "
+                         f"used: one process {single[2] / single[1]:.2f}, workers together "
+                         f"{report.worker_cpu_seconds / max(report.segment_seconds, 1e-9):.2f}")
     print("\n" + "\n".join(cpu_lines))
     print(f"caches identical dataset for dataset (time stamps aside): {'yes' if same else 'NO'}; "
           f"{cold_dask.chunks} chunks; " + "; ".join(sorted(set(cold_dask.devices.values()))))
