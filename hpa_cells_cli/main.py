@@ -16,6 +16,7 @@ PROG = "hpa-cells"
 COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("segment", "segment fields into cells and cache every cell's crop in one HDF5 file"),
     "relabel": ("relabel", "replace the image labels stored in a cell cache by a label file's (no re-segmenting)"),
+    "merge-caches": ("merge_caches", "merge shard caches (segment --shard I/N job arrays) into one cell cache"),
     "train": ("train", "train a MIL model (crop or dense family) on a cell cache from image labels"),
     "predict": ("predict", "predict image labels and per-cell localization with a model or an ensemble"),
     "evaluate": ("evaluate", "score a prediction folder: image macro F1, per-class F1, cell-level mAP"),

@@ -3,6 +3,7 @@
   python scripts/segment.py --images DIR [--labels CSV] --out cells.h5 [--segmenter cellpose|watershed|masks|whole-field]
                             [--model NAME|PATH] [--working-size auto|N] [--crop-size N] [--export-masks DIR]
                             [--limit N] [--strict] [--retry-skipped] [--scaling full_range|per_image_max]
+                            [--device auto|cpu|cuda] [--scheduler local:N|tcp://HOST:PORT | --shard I/N]
 
 Rerunning the same command resumes: images already in the cache are skipped. With no arguments it runs on the
 embedded default (a small synthetic set generated into demo_output/) and says so.
@@ -19,6 +20,13 @@ full-resolution fields (the 2021 data, HPA website downloads) are shrunk 4x (204
 Cellpose assumes the same object sizes in px for all of them. A number N instead resizes every field's longer
 side to N px and scales the assumed object sizes with N (right when every field spans the same field of view).
 The sizes chosen are printed in the summary; the cache records the rule, and each image's working size.
+
+Many fields (README: "Segmenting many fields"): --scheduler local:N spreads the fields over N worker processes
+here, --scheduler tcp://HOST:PORT over the workers of a running Dask scheduler (e.g. on SLURM with dask-jobqueue);
+each worker writes shard caches in OUT.shards/, merged into OUT at the end. --shard I/N segments one shard of the
+folder (for job arrays without Dask); `hpa-cells merge-caches --out OUT OUT.shards` merges the shards. Either way
+the merged cache is identical, cell for cell, to a single-process run, and a rerun of the same command after a
+crash segments only the fields still missing.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hpa_cells_cli.arguments import whole_number
+from hpa_cells_cli.arguments import finite_number, whole_number
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = REPO / "demo_output"
@@ -87,8 +95,52 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="16-bit intensity scaling (data/README.md): full_range maps 0-65535 to 0-255; "
                              "per_image_max maps each channel's maximum to 255, for 12-bit data in 16-bit files "
                              "(default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="torch device for Cellpose, e.g. cuda (default: %(default)s)")
+    parser.add_argument("--device", default="auto",
+                        help="torch device for Cellpose: auto (cuda when a GPU is visible, else cpu), cpu, cuda, "
+                             "cuda:N; with --scheduler each worker resolves it on its own machine; printed in the "
+                             "summary, not recorded in the cache (default: %(default)s)")
+    _add_spread_options(parser)
     return parser
+
+
+def _add_spread_options(parser: argparse.ArgumentParser) -> None:
+    """--scheduler, --chunk-size, --keep-shards, --connect-timeout, --shard."""
+    spread = parser.add_argument_group("spreading the work (README: Segmenting many fields)")
+    spread.add_argument("--scheduler", type=scheduler_option, metavar="local:N|tcp://HOST:PORT",
+                        help="segment on Dask workers: local:N starts N single-thread worker processes here; an "
+                             "address uses a running scheduler (e.g. started by dask-jobqueue); each worker writes "
+                             "shard caches in OUT.shards/, merged into --out at the end")
+    spread.add_argument("--chunk-size", type=whole_number(1), metavar="N",
+                        help="with --scheduler: fields per task (default: about 4 tasks per worker, at most 32)")
+    spread.add_argument("--keep-shards", action="store_true",
+                        help="with --scheduler: keep the shard caches after merging them (default: deleted)")
+    spread.add_argument("--connect-timeout", type=finite_number(above=0), default=30.0, metavar="S",
+                        help="with --scheduler: seconds to wait for the scheduler and a first worker "
+                             "(default: %(default)s)")
+    spread.add_argument("--shard", type=shard_option, metavar="I/N",
+                        help="segment only shard I of N of the folder (a field's shard depends on its id alone) "
+                             "into OUT.shards/shard-I-of-N.h5, for job arrays; then hpa-cells merge-caches --out "
+                             "OUT OUT.shards")
+
+
+def scheduler_option(text: str):
+    """--scheduler: local:N or a scheduler address (argparse reports anything else)."""
+    from segmentation.distributed import SchedulerSpec
+
+    try:
+        return SchedulerSpec.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def shard_option(text: str):
+    """--shard: I/N with 0 <= I < N (argparse reports anything else)."""
+    from segmentation.sharding import ShardSpec
+
+    try:
+        return ShardSpec.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def working_size_option(text: str) -> int | str:
@@ -113,8 +165,10 @@ class OptionError(ValueError):
 
 
 def build_segmenter(args: argparse.Namespace):
-    """The segmenter the options choose (its library imported only now). Raises OptionError for a bad
-    --diameter-tolerance, and the segmenter's own errors for a missing or unreadable model or mask folder."""
+    """The segmenter the options choose (its library imported only now), on the device --device resolves to here
+    (`hpa_cells.devices.resolve_device`: with --scheduler this runs on each worker). Raises OptionError for a bad
+    --diameter-tolerance, DeviceError for cuda without a GPU, and the segmenter's own errors for a missing or
+    unreadable model or mask folder."""
     if args.segmenter == "cellpose":
         from segmentation.cellpose_segmenter import (
             CELL_DIAMETER_AT_512,
@@ -129,8 +183,10 @@ def build_segmenter(args: argparse.Namespace):
         # auto: every field is at the 512 px reference scale whatever its working size, so the object sizes are too
         fixed = ({"cell_diameter": CELL_DIAMETER_AT_512, "nucleus_diameter": NUCLEUS_DIAMETER_AT_512}
                  if args.working_size == "auto" else {})
+        from hpa_cells.devices import resolve_device
+
         return CellposeSegmenter(CellposeSettings(
-            cell_model=args.model, nucleus_model=args.nucleus_model, device=args.device,
+            cell_model=args.model, nucleus_model=args.nucleus_model, device=resolve_device(args.device),
             diameter_tolerance=args.diameter_tolerance or None, cell_assembly=args.cell_assembly, **fixed))
     if args.segmenter == "whole-field":
         from segmentation.whole_field import WholeFieldSegmenter
@@ -172,50 +228,131 @@ def _defaults(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _spread_problem(args: argparse.Namespace) -> str | None:
+    """The error message when the options for spreading the work do not fit together."""
+    if args.shard is not None and args.scheduler is not None:
+        return ("--shard and --scheduler do not go together: --shard I/N is for job arrays without Dask, --scheduler "
+                "spreads the whole folder over Dask workers")
+    if args.scheduler is None and (args.chunk_size is not None or args.keep_shards):
+        return f"{'--chunk-size' if args.chunk_size is not None else '--keep-shards'} needs --scheduler"
+    return None
+
+
+def segment_job(args: argparse.Namespace):
+    """The SegmentJob of the options."""
+    from hpa_cells.crops import CropConfig
+    from segmentation.segment_to_cache import SegmentJob
+
+    return SegmentJob(images_dir=args.images, out_path=args.out, labels_path=args.labels, working_size=args.working_size,
+                      crop=CropConfig(crop_size=args.crop_size, zero_other_cells=not args.keep_neighbours,
+                                      # the whole field needs no context margin around it
+                                      **({"margin_fraction": 0.0} if args.segmenter == "whole-field" else {})),
+                      export_masks_dir=args.export_masks, limit=args.limit, strict=args.strict,
+                      batch_size=args.batch_size, retry_skipped=args.retry_skipped, scaling=args.scaling)
+
+
+def _note_leftover_shards(out: Path) -> None:
+    """Say so when OUT has shard caches waiting to be merged (a single-process run does not read them)."""
+    from hpa_cells.cache.shards import shard_caches_in, shards_dir_of
+
+    waiting = shard_caches_in(shards_dir_of(out))
+    if waiting:
+        print(f"note: {shards_dir_of(out)} holds {len(waiting)} shard cache(s) not merged into {out} (a distributed "
+              f"run or job array that did not finish); this run does not read them: rerun with --scheduler, or "
+              f"merge them: hpa-cells merge-caches --out {out} {shards_dir_of(out)}", file=sys.stderr)
+
+
+def _run_here(args: argparse.Namespace, job) -> int:
+    """Segment in this process: the whole folder into --out, or one shard of it into OUT.shards/."""
+    from dataclasses import replace
+
+    from segmentation.distributed_worker import segmenter_device_line
+    from segmentation.segment_to_cache import segment_folder
+
+    segmenter = build_segmenter(args)
+    if args.shard is None:
+        _note_leftover_shards(args.out)
+        summary = segment_folder(job, segmenter)
+        print(f"\nSegmented {args.images} with {segmenter.name} -> {args.out}")
+    else:
+        shard_out = args.shard.cache_path(args.out)
+        shard_out.parent.mkdir(parents=True, exist_ok=True)
+        summary = segment_folder(replace(job, out_path=shard_out), segmenter, select=args.shard.holds,
+                                 done_in=(args.out,))
+        print(f"\nSegmented shard {args.shard} of {args.images} with {segmenter.name} -> {shard_out}")
+    for line in [*summary.lines(), segmenter_device_line(segmenter)]:
+        print("  " + line)
+    if args.shard is not None:
+        print(f"  when every shard is done: hpa-cells merge-caches --out {args.out} {shard_out.parent}")
+    return 0
+
+
+def _run_distributed(args: argparse.Namespace, job) -> int:
+    """Segment on the Dask workers of --scheduler, then merge their shards into --out."""
+    import functools
+
+    from segmentation.distributed import DistributedOptions, segment_distributed
+
+    options = DistributedOptions(args.scheduler, args.chunk_size, args.keep_shards, args.connect_timeout)
+    report = segment_distributed(job, functools.partial(build_segmenter, args), options)
+    print(f"\nSegmented {args.images} with {args.segmenter} on {report.workers} Dask worker(s) -> {args.out}")
+    for line in report.lines():
+        print("  " + line)
+    return 0
+
+
+def _absolute_paths(args: argparse.Namespace) -> None:
+    """Make the paths the workers open absolute (a worker may start in another folder, or on another machine)."""
+    for name in ("images", "out", "labels", "masks", "export_masks"):
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).absolute())
+    for name in ("model", "nucleus_model"):
+        if Path(getattr(args, name)).is_file():
+            setattr(args, name, str(Path(getattr(args, name)).absolute()))
+
+
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
-    """Run `segment` with `argv` (default: sys.argv[1:]); 0 on success, 1 for a --strict stop, 2 for bad input
-    and for a disk that cannot take the cache (full or read-only)."""
+    """Run `segment` with `argv` (default: sys.argv[1:]); 0 on success, 1 for a --strict stop, 2 for bad input,
+    an unreachable scheduler, a failed distributed run (its finished fields kept for a rerun) and for a disk that
+    cannot take the cache (full or read-only)."""
     args = build_parser(prog).parse_args(argv)
-    problem = _defaults(args)
+    problem = _defaults(args) or _spread_problem(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
 
     from hpa_cells.cache import CellCacheError
-    from hpa_cells.crops import CropConfig
+    from hpa_cells.devices import DeviceError
     from hpa_cells.labels import LabelFileError
     from segmentation.cellpose_models import ModelFormatError, ModelNotFoundError
     from segmentation.mask_folder import MaskFileError
-    from segmentation.segment_to_cache import SegmentJob, StrictModeError, segment_folder
+    from segmentation.segment_to_cache import StrictModeError
 
-    try:
-        segmenter = build_segmenter(args)
-    except (ModelNotFoundError, ModelFormatError, MaskFileError, OptionError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)  # a new folder for the cache is fine
-    job = SegmentJob(images_dir=args.images, out_path=args.out, labels_path=args.labels, working_size=args.working_size,
-                     crop=CropConfig(crop_size=args.crop_size, zero_other_cells=not args.keep_neighbours,
-                                     # the whole field needs no context margin around it
-                                     **({"margin_fraction": 0.0} if args.segmenter == "whole-field" else {})),
-                     export_masks_dir=args.export_masks, limit=args.limit, strict=args.strict,
-                     batch_size=args.batch_size, retry_skipped=args.retry_skipped, scaling=args.scaling)
     if args.working_size == "auto":
         from hpa_cells.images import AUTO_WORKING_SIZE_RULE
 
         print(f"Working size: auto ({AUTO_WORKING_SIZE_RULE})")
     try:
-        summary = segment_folder(job, segmenter)
+        if args.scheduler is None:
+            return _run_here(args, segment_job(args))
+        from segmentation.distributed import DistributedRunError, SchedulerError
+
+        _absolute_paths(args)
+        try:
+            return _run_distributed(args, segment_job(args))
+        except (SchedulerError, DistributedRunError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     except StrictModeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except (ModelNotFoundError, ModelFormatError, MaskFileError, OptionError, DeviceError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, LabelFileError, CellCacheError) as err:  # bad paths, a locked or mismatched cache
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # the disk is full or read-only: the cache stays valid
         print(f"error: {disk_error_message(err, args.out)}", file=sys.stderr)
         return 2
-    print(f"\nSegmented {args.images} with {segmenter.name} -> {args.out}")
-    for line in summary.lines():
-        print("  " + line)
-    return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from hpa_cells.crops import CropConfig, extract_cell_crops
 from hpa_cells.images import (
     AUTO_WORKING_SIZE_RULE,
     SCALINGS,
+    FolderScan,
     ImageReadError,
     auto_working_size,
     files_fingerprint,
@@ -76,6 +77,18 @@ class SegmentRunSummary:
     images_without_labels: int = 0
     working_sizes: Counter = field(default_factory=Counter)
     """(original H, W, working H, W) -> images segmented now at that working size."""
+
+    def add(self, part: SegmentRunSummary) -> None:
+        """Fold in the work of one part of this run (a Dask worker's chunk): fields segmented and skipped, cells,
+        working sizes, dim 16-bit fields. The counts made while planning (found, already done, ...) stay."""
+        self.images_done += part.images_done
+        self.skipped.update(part.skipped)
+        for image_id, found in part.dim_16_bit.items():
+            self.dim_16_bit.setdefault(image_id, found)
+        self.cells_kept += part.cells_kept
+        self.cells_flagged.update(part.cells_flagged)
+        self.cells_per_image.extend(part.cells_per_image)
+        self.working_sizes.update(part.working_sizes)
 
     @property
     def images_per_second(self) -> float:
@@ -211,9 +224,19 @@ def _one_by_one(segmenter, good: list, skip, files_of: Callable[[str], Sequence[
     return kept, results
 
 
-def _cache_provenance(job: SegmentJob, segmenter: Segmenter) -> CacheProvenance:
-    """What the cache records about how its cells were made: segmenter, model checksum, every setting."""
-    provenance = segmenter.provenance()
+def _without_device(value: object) -> object:
+    """A segmenter's provenance without its `device` entries: where the network ran is not part of what the cells
+    mean, and caches (or shards) made on a GPU and on CPUs must merge and resume each other; the run summary says
+    which device ran (`hpa_cells.devices.device_line`)."""
+    if isinstance(value, dict):
+        return {key: _without_device(item) for key, item in value.items() if key != "device"}
+    return value
+
+
+def cache_provenance(job: SegmentJob, segmenter: Segmenter) -> CacheProvenance:
+    """What the cache records about how its cells were made: segmenter, model checksum, every setting (not the
+    device)."""
+    provenance = _without_device(segmenter.provenance())
     cell_model = provenance.get("cell_model")
     return CacheProvenance(
         segmenter=segmenter.name,
@@ -270,20 +293,21 @@ def _crop_image(job: SegmentJob, labels: dict | None, entry: tuple[str, np.ndarr
 
 def _store_image(writer: CellCacheWriter, job: SegmentJob, labels: dict | None, summary: SegmentRunSummary,
                  entry: tuple[str, np.ndarray, tuple[int, int]], result: SegmentationResult,
-                 skip: Callable[[str, str], None], files_of: Callable[[str], Sequence[Path]]) -> None:
-    """Crop one segmented image's cells into the cache (and export its masks); count it in `summary`. A failure
-    while cropping (or data the cache refuses) skips the field; the cache's own errors (disk full) propagate."""
+                 skip: Callable[[str, str], None], files_of: Callable[[str], Sequence[Path]]) -> bool:
+    """Crop one segmented image's cells into the cache (and export its masks); count it in `summary`; True when
+    stored. A failure while cropping (or data the cache refuses) skips the field; the cache's own errors (disk
+    full) propagate."""
     image_id, image, original = entry
     try:
         args = _crop_image(job, labels, entry, result)
     except Exception as err:  # noqa: BLE001 - one bad field never stops the run
         skip(image_id, _failure("cropping", image_id, files_of(image_id), err))
-        return
+        return False
     try:
         writer.add_cell_crops(*args, image_chw=image)
     except CellCacheInputError as err:  # checked before anything is written
         skip(image_id, _failure("storing", image_id, files_of(image_id), err))
-        return
+        return False
     crops = args[1]
     if job.export_masks_dir is not None:
         write_label_mask(job.export_masks_dir / f"{image_id}_cells.png", resize_mask(result.cells, tuple(original)))
@@ -294,16 +318,21 @@ def _store_image(writer: CellCacheWriter, job: SegmentJob, labels: dict | None, 
     summary.cells_per_image.append(len(crops))
     for value in result.qc.flags.tolist():
         summary.cells_flagged.update(names_of_bits(value))
+    return True
 
 
-def _plan(job: SegmentJob, writer: CellCacheWriter, scan, summary: SegmentRunSummary) -> list[str]:
-    """The ids to segment now: new fields, and fields skipped earlier whose files changed (all of them with
-    `retry_skipped`); counts the others in `summary`."""
-    all_ids = sorted(set(scan.complete) | set(scan.incomplete) | set(scan.duplicated))
-    cached = writer.image_ids_with_cells()
-    earlier = writer.skipped_records()
+def all_field_ids(scan: FolderScan) -> list[str]:
+    """Every field id of a folder scan, complete or not, sorted: the order in which fields are segmented."""
+    return sorted(set(scan.complete) | set(scan.incomplete) | set(scan.duplicated))
+
+
+def plan_fields(job: SegmentJob, scan: FolderScan, ids: Sequence[str], cached: Collection[str],
+                earlier: Mapping[str, tuple[str, str]], summary: SegmentRunSummary) -> list[str]:
+    """The ids among `ids` (sorted) to segment now: new fields, and fields skipped earlier (`earlier`: id -> (reason,
+    files fingerprint)) whose files changed (all of them with `retry_skipped`); fields in `cached` (with cells) are
+    done. Counts the others in `summary`; at most `job.limit`."""
     todo = []
-    for image_id in all_ids:
+    for image_id in ids:
         if image_id in cached:
             summary.images_already_done += 1
         elif image_id not in earlier:
@@ -329,9 +358,10 @@ def _dim_data_hook(summary: SegmentRunSummary) -> Callable[[str, Path, int], Non
     return hook
 
 
-def _run(job: SegmentJob, segmenter: Segmenter, writer: CellCacheWriter, scan, labels: dict | None,
-         summary: SegmentRunSummary) -> None:
-    """Segment the fields `_plan` picks into `writer`, skipping (or, strict, stopping at) bad ones."""
+def _run(job: SegmentJob, segmenter: Segmenter, writer: CellCacheWriter, scan: FolderScan, labels: dict | None,
+         summary: SegmentRunSummary, todo: Sequence[str], on_field: Callable[[str], None] | None = None) -> None:
+    """Segment the fields `todo` into `writer`, skipping (or, strict, stopping at) bad ones; `on_field(id)` after
+    each field is stored or skipped (then no progress bar is shown: the caller shows progress)."""
     from tqdm import tqdm
 
     def files_of(image_id: str) -> tuple[Path, ...]:
@@ -344,9 +374,11 @@ def _run(job: SegmentJob, segmenter: Segmenter, writer: CellCacheWriter, scan, l
         logger.warning("skipping %s: %s", image_id, reason)
         writer.add_skipped(image_id, reason, files_fingerprint(files_of(image_id)))
         summary.skipped[image_id] = reason
+        if on_field is not None:
+            on_field(image_id)
 
     readable = []
-    for image_id in _plan(job, writer, scan, summary):
+    for image_id in todo:
         if image_id in scan.duplicated:
             skip(image_id, f"duplicate channel file: {scan.duplicated[image_id]}")
         elif image_id in scan.incomplete:
@@ -358,25 +390,25 @@ def _run(job: SegmentJob, segmenter: Segmenter, writer: CellCacheWriter, scan, l
     def read(batch: Sequence[tuple[str, dict]]) -> list:
         return _read_batch(batch, job.working_size, job.scaling, hook)
 
-    bar = tqdm(total=len(readable), desc="segment", unit="image")
+    bar = tqdm(total=len(readable), desc="segment", unit="image", disable=on_field is not None)
     with bar, ThreadPoolExecutor(max_workers=1) as reader:  # the bar closes on errors too
         for loaded in _read_ahead(reader, list(_batches(readable, job.batch_size)), read):
             for entry, result in _segment_loaded(segmenter, loaded, skip, files_of):
                 if result.n_cells == 0:
                     skip(entry[0], "no cells found")
                     continue
-                _store_image(writer, job, labels, summary, entry, result, skip, files_of)
+                if _store_image(writer, job, labels, summary, entry, result, skip, files_of) and on_field:
+                    on_field(entry[0])
             bar.update(len(loaded))
 
 
-def segment_folder(job: SegmentJob, segmenter: Segmenter) -> SegmentRunSummary:
-    """Run the job; returns this run's summary (progress is shown with tqdm). With a label file, the labels of
-    images already in the cache are updated too (`summary.labels_changed`)."""
-    started = time.time()
+def prepare_run(job: SegmentJob) -> tuple[FolderScan, dict | None, SegmentRunSummary]:
+    """Scan the folder and read the label file (if any): (scan, labels, a summary counting the fields and how the
+    labels match them). Creates the mask export folder."""
     summary = SegmentRunSummary()
     scan = scan_folder(job.images_dir, duplicates="report")
     labels = read_labels(job.labels_path) if job.labels_path else None
-    all_ids = sorted(set(scan.complete) | set(scan.incomplete) | set(scan.duplicated))
+    all_ids = all_field_ids(scan)
     summary.images_found = len(all_ids)
     if labels is not None:
         match = match_labels_to_images(labels, all_ids)
@@ -384,10 +416,45 @@ def segment_folder(job: SegmentJob, segmenter: Segmenter) -> SegmentRunSummary:
         summary.images_without_labels = len(match.images_without_labels)
     if job.export_masks_dir is not None:
         job.export_masks_dir.mkdir(parents=True, exist_ok=True)
-    with CellCacheWriter(job.out_path, job.crop.crop_size, _cache_provenance(job, segmenter), QC_FLAG_NAMES) as writer:
+    return scan, labels, summary
+
+
+def segment_folder(job: SegmentJob, segmenter: Segmenter, *, select: Callable[[str], bool] | None = None,
+                   done_in: Sequence[Path] = ()) -> SegmentRunSummary:
+    """Run the job; returns this run's summary (progress is shown with tqdm). With a label file, the labels of
+    images already in the cache are updated too (`summary.labels_changed`).
+
+    `select` keeps only the fields it accepts (`images_found` counts those: a shard of the folder, see
+    `segmentation.sharding`); fields held by the caches `done_in` (read only; e.g. the final cache a shard will
+    be merged into) count as already done, like those in `job.out_path`."""
+    from hpa_cells.cache.shards import CacheContents, cache_contents
+
+    started = time.time()
+    scan, labels, summary = prepare_run(job)
+    ids = [i for i in all_field_ids(scan) if select(i)] if select is not None else all_field_ids(scan)
+    if select is not None:
+        summary.images_found = len(ids)
+    elsewhere = CacheContents()
+    for path in done_in:
+        elsewhere.add(cache_contents(Path(path)))
+    with CellCacheWriter(job.out_path, job.crop.crop_size, cache_provenance(job, segmenter), QC_FLAG_NAMES) as writer:
         if labels is not None:
             writer.update_labels(labels)
-        _run(job, segmenter, writer, scan, labels, summary)
+        earlier = {**elsewhere.skipped, **writer.skipped_records()}
+        cached = writer.image_ids_with_cells() | set(elsewhere.image_ids)
+        _run(job, segmenter, writer, scan, labels, summary, plan_fields(job, scan, ids, cached, earlier, summary))
     summary.labels_changed = writer.labels_changed
+    summary.seconds = time.time() - started
+    return summary
+
+
+def segment_fields(job: SegmentJob, segmenter: Segmenter, out_path: Path, scan: FolderScan, todo: Sequence[str],
+                   labels: dict | None, on_field: Callable[[str], None] | None = None) -> SegmentRunSummary:
+    """Segment the planned fields `todo` of `scan` into the cache `out_path` (a shard of `job.out_path`: a Dask
+    worker's chunk); `on_field(id)` after each. Returns this part's summary (fields, cells, skips, time)."""
+    started = time.time()
+    summary = SegmentRunSummary()
+    with CellCacheWriter(out_path, job.crop.crop_size, cache_provenance(job, segmenter), QC_FLAG_NAMES) as writer:
+        _run(job, segmenter, writer, scan, labels, summary, todo, on_field)
     summary.seconds = time.time() - started
     return summary

@@ -33,7 +33,8 @@ from hpa_cells.cache import (
     CellCacheWriter,
     DuplicateImageError,
 )
-from hpa_cells.cache.schema import MASK_CHUNK_PIXELS, CacheAppender
+from hpa_cells.cache.appending import CacheAppender
+from hpa_cells.cache.schema import MASK_CHUNK_PIXELS
 from hpa_cells.classes import NUM_CLASSES
 from hpa_cells.crops import CropConfig, extract_cell_crops
 
@@ -784,7 +785,7 @@ def test_a_settings_mismatch_names_the_settings_that_differ() -> None:
     """A cache written before a segmenter option existed: the message names the new keys, not two JSON blobs."""
     import json
 
-    from hpa_cells.cache.writer import _json_differences
+    from hpa_cells.cache.settings import settings_differences as _json_differences
 
     old = json.dumps({"settings": {"diameter_tolerance": 1.25, "use_er": True}, "working_size": 512})
     new = json.dumps({"settings": {"diameter_tolerance": None, "use_er": True, "cell_assembly": "nuclei"},

@@ -7,6 +7,10 @@
 - `journal`: the shards of finished images beside the main file, waiting to be merged (the reader lists them
   to warn, the writer writes and merges them).
 - `lock`: the writer's lock file (one writer per cache, stale locks taken over).
+- `appending`: copying images and skipped rows from other cache files (the journal merge, shard merges);
+  `settings`: whether two caches' settings agree; `label_updates`: labels replaced on merge.
+- `shards`: the shard caches of a run spread over processes (`cells.h5.shards/`); `merging`: merging them into one
+  cache identical to a single-process run (`merge_caches`, `hpa-cells merge-caches`).
 
 The reader never imports the writer. Import the public names from here (`from hpa_cells.cache import ...`).
 """

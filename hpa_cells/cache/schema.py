@@ -57,7 +57,8 @@ Datasets (every 1-D/2-D table is chunked and resizable along its first axis):
 | `skipped/files` | K | utf-8 str | the field's files when it was skipped: JSON `{file name: [size, mtime_ns]}` (`hpa_cells.images.files_fingerprint`); a rerun retries the field when this changed; `""` in files written before it existed (absent there: readers and writers treat it as all `""`) |
 
 A skipped image that is retried and then yields cells leaves `skipped/` (the merge drops its row); retried and
-skipped again, its row is replaced by the new reason and files.
+skipped again, its row is replaced by the new reason and files. Rows are written in image id order
+(`hpa_cells.cache.appending`).
 
 Version 1 files (written before the full images were stored) lack `image_pixels` and are otherwise the same:
 they stay readable for everything built on crops and masks (the crop MIL); `full_image()` on them raises a
@@ -69,7 +70,8 @@ Beside the file, while a writer runs or after it was killed: `cells.h5.lock` (wr
 on the writer's close) and possibly `cells.h5.tmp` (an interrupted merge, removed by the next writer).
 Readers only see the main file; they warn when a journal is waiting to be merged. The journal
 and its merge are described in `hpa_cells.cache.journal` and `hpa_cells.cache.writer`, the lock in
-`hpa_cells.cache.lock`.
+`hpa_cells.cache.lock`. Runs spread over processes write shard caches of this layout into `cells.h5.shards/`
+(`hpa_cells.cache.shards`), merged by `hpa_cells.cache.merging`.
 """
 
 from __future__ import annotations
@@ -203,6 +205,13 @@ class CacheProvenance:
     def parameters_json(self) -> str:
         """The parameters as canonical JSON (sorted keys), the form stored and compared."""
         return json.dumps(dict(self.parameters), sort_keys=True)
+
+    def root_attributes(self, qc_flag_names: Mapping[str, int] | Sequence[str]) -> dict[str, str]:
+        """The provenance root attributes (PROVENANCE_ATTRS) of a cache made with this provenance and these QC
+        flag names, as stored and compared."""
+        return {"segmenter": self.segmenter, "model_sha256": self.model_sha256,
+                "parameters_json": self.parameters_json,
+                "qc_flag_names": json.dumps(normalise_qc_flag_names(qc_flag_names))}
 
 
 def normalise_qc_flag_names(qc_flag_names: Mapping[str, int] | Sequence[str]) -> dict[str, int]:
@@ -378,49 +387,6 @@ def read_strings(dataset: h5py.Dataset, start: int = 0, stop: int | None = None)
     return [str(s) for s in dataset.asstr()[start:stop]]
 
 
-def _same_filters(src: h5py.Dataset, dst: h5py.Dataset) -> bool:
-    """Whether raw chunks of `src` are valid chunks of `dst` (same chunk shape, dtype and filters)."""
-    return (
-        src.chunks == dst.chunks
-        and src.dtype == dst.dtype
-        and src.compression == dst.compression
-        and src.compression_opts == dst.compression_opts
-        and src.shuffle == dst.shuffle
-        and src.fletcher32 == dst.fletcher32
-        and src.scaleoffset == dst.scaleoffset
-    )
-
-
-def copy_rows(src: h5py.Dataset, src_start: int, dst: h5py.Dataset, count: int) -> int:
-    """Append src rows [src_start, src_start + count) to `dst`, as raw compressed chunks when both have
-    the same filters and the rows are chunk-aligned (no decompression), else by reading and writing.
-    Returns the first new row of `dst`."""
-    dst_start = dst.shape[0]
-    if count == 0:
-        return dst_start
-    dst.resize(dst_start + count, axis=0)
-    rows_per_chunk = src.chunks[0] if src.chunks else 0
-    aligned = (
-        rows_per_chunk > 0
-        and _same_filters(src, dst)
-        and src_start % rows_per_chunk == 0
-        and dst_start % rows_per_chunk == 0
-        and count % rows_per_chunk == 0
-    )
-    if not aligned:
-        dst[dst_start : dst_start + count] = src[src_start : src_start + count]
-        return dst_start
-    tail = (0,) * (src.ndim - 1)
-    src_id, dst_id = src.id, dst.id
-    for row in range(0, count, rows_per_chunk):
-        filter_mask, chunk = src_id.read_direct_chunk((src_start + row, *tail))
-        dst_id.write_direct_chunk((dst_start + row, *tail), chunk, filter_mask)
-    return dst_start
-
-
-TABLE_GROUPS = {"cells": CELL_DATASETS, "images": IMAGE_DATASETS}
-
-
 def read_skipped(f: h5py.File) -> dict[str, tuple[str, str]]:
     """The skipped table of cache `f`: image id -> (reason, files JSON), in table order ("" for files written
     before `skipped/files` existed)."""
@@ -428,121 +394,6 @@ def read_skipped(f: h5py.File) -> dict[str, tuple[str, str]]:
     reasons = read_strings(f["skipped/reason"])
     files = read_strings(f[SKIPPED_FILES]) if SKIPPED_FILES in f else [""] * len(ids)
     return {image_id: (reason, text) for image_id, reason, text in zip(ids, reasons, files, strict=True)}
-
-
-def _rewrite_skipped(dst: h5py.File, rows: Mapping[str, tuple[str, str]]) -> None:
-    """Replace `dst`'s whole skipped table by `rows` (creating `skipped/files` in an older file)."""
-    columns = {
-        "skipped/image_id": list(rows),
-        "skipped/reason": [reason for reason, _ in rows.values()],
-        SKIPPED_FILES: [files for _, files in rows.values()],
-    }
-    if SKIPPED_FILES not in dst:
-        dst.create_dataset(SKIPPED_FILES, shape=(0,), dtype=STRING_DTYPE, maxshape=(None,),
-                           chunks=(TABLE_CHUNK_ROWS,))
-    for path, values in columns.items():
-        dataset = dst[path]
-        dataset.resize(len(values), axis=0)
-        if values:
-            dataset[:] = np.array(values, dtype=object)
-
-
-class CacheAppender:
-    """Appends the images and skipped rows of other cache files to one open cache, never an id twice.
-
-    Crops, masks and full masks are copied as they come (raw compressed chunks when the filters
-    match); the small tables are collected and written once by `finish()`, so merging thousands of
-    one-image shards costs one resize per table. The skipped table is kept whole in memory: a later
-    skipped row of an id replaces the earlier one (a retried field skipped again), and an image added with
-    cells removes its id's skipped row (a retried field that succeeded).
-    """
-
-    def __init__(self, dst: h5py.File) -> None:
-        self.dst = dst
-        self._chunked = {
-            path: dst[path]
-            for path in ("crops", "masks", *(f"image_masks/{k}" for k in FULL_MASK_KINDS), FULL_IMAGE_DATASET)
-        }
-        self._tables = {f"{g}/{n}": dst[f"{g}/{n}"] for g, datasets in TABLE_GROUPS.items() for n in datasets}
-        self._pending: dict[str, list[Any]] = {path: [] for path in self._tables}
-        self.known_image_ids = set(read_strings(dst["images/id"]))
-        self.skipped_rows = read_skipped(dst)
-        self._skipped_changed = SKIPPED_FILES not in dst
-        self._next_image = dst["images/id"].shape[0]
-        self.added_images = 0
-        self.added_skipped = 0
-        self.retried_ok = 0
-
-    def add_from(self, src: h5py.File) -> None:
-        """Queue every image and skipped row of cache `src` whose id this cache does not hold yet."""
-        src_ids = read_strings(src["images/id"])
-        if any(image_id not in self.known_image_ids for image_id in src_ids):
-            self._add_images(src, src_ids)
-        for image_id, row in read_skipped(src).items():
-            if image_id in self.known_image_ids or self.skipped_rows.get(image_id) == row:
-                continue
-            self.skipped_rows[image_id] = row
-            self._skipped_changed = True
-            self.added_skipped += 1
-
-    def _add_images(self, src: h5py.File, src_ids: list[str]) -> None:
-        tables = {
-            f"{g}/{n}": src[f"{g}/{n}"][:]
-            for g in ("cells", "images")
-            for n in TABLE_GROUPS[g]
-            if n not in ("id", "image_id")
-        }
-        src_chunked = {path: src[path] for path in self._chunked}
-        for i, image_id in enumerate(src_ids):
-            if image_id in self.known_image_ids:
-                continue
-            start, count = int(tables["images/offset"][i]), int(tables["images/count"][i])
-            height, width = (int(v) for v in tables["images/working_hw"][i])
-            cell_offset = copy_rows(src_chunked["crops"], start, self._chunked["crops"], count)
-            copy_rows(src_chunked["masks"], start, self._chunked["masks"], count)
-            mask_offset = self._chunked["image_masks/cells"].shape[0]
-            for path in (*(f"image_masks/{kind}" for kind in FULL_MASK_KINDS), FULL_IMAGE_DATASET):
-                copy_rows(
-                    src_chunked[path],
-                    int(tables["images/mask_offset"][i]),
-                    self._chunked[path],
-                    padded_pixels(height, width),
-                )
-            pending = self._pending
-            pending["cells/image_index"].append(np.full(count, self._next_image, dtype=np.int32))
-            pending["cells/image_id"].append([image_id] * count)
-            for name in CELL_DATASETS:
-                if name not in ("image_index", "image_id"):
-                    pending[f"cells/{name}"].append(tables[f"cells/{name}"][start : start + count])
-            pending["images/id"].append([image_id])
-            pending["images/offset"].append(np.array([cell_offset], dtype=np.int64))
-            pending["images/mask_offset"].append(np.array([mask_offset], dtype=np.int64))
-            for name in ("count", "original_hw", "working_hw", "labels", "has_labels"):
-                pending[f"images/{name}"].append(tables[f"images/{name}"][i : i + 1])
-            self.known_image_ids.add(image_id)
-            if self.skipped_rows.pop(image_id, None) is not None:
-                self._skipped_changed = True
-                self.retried_ok += 1
-            self._next_image += 1
-            self.added_images += 1
-
-    def finish(self) -> None:
-        """Write the queued table rows (one resize and one write per table)."""
-        for path, parts in self._pending.items():
-            if not parts:
-                continue
-            dataset = self._tables[path]
-            if dataset.dtype.kind == "O":
-                values: Any = np.array([v for part in parts for v in part], dtype=object)
-            else:
-                values = np.concatenate(parts)
-            start = dataset.shape[0]
-            dataset.resize(start + len(values), axis=0)
-            dataset[start:] = values
-            parts.clear()
-        if self._skipped_changed:
-            _rewrite_skipped(self.dst, self.skipped_rows)
-            self._skipped_changed = False
 
 
 def provenance_attrs(f: h5py.File) -> dict[str, str]:

@@ -47,6 +47,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from hpa_cells.cache.appending import CacheAppender
 from hpa_cells.cache.inputs import checked_rows
 from hpa_cells.cache.journal import (
     delete_shards,
@@ -59,12 +60,12 @@ from hpa_cells.cache.journal import (
     unfinished_shards,
     write_shard,
 )
+from hpa_cells.cache.label_updates import apply_label_updates, label_rows, labels_would_change
 from hpa_cells.cache.lock import CacheLock, lock_path_of
 from hpa_cells.cache.schema import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
     LIBVER,
-    CacheAppender,
     CacheProvenance,
     CellCacheError,
     CellCacheInputError,
@@ -74,17 +75,17 @@ from hpa_cells.cache.schema import (
     ImageRows,
     check_schema,
     create_layout,
-    normalise_qc_flag_names,
     package_version,
     provenance_attrs,
     read_skipped,
     read_strings,
 )
+from hpa_cells.cache.settings import same_settings, settings_differences
 from hpa_cells.crops import CellCrops
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CellCacheWriter", "format_bytes", "merge_space_needed"]
+__all__ = ["CellCacheWriter", "check_free_space", "compression_name", "format_bytes", "merge_space_needed"]
 
 MERGE_PROGRESS_EVERY = 1000
 SPACE_MARGIN_BYTES = 16 * 2**20
@@ -110,7 +111,7 @@ def merge_space_needed(path: Path) -> int:
     return main + sum(p.stat().st_size for p in journal_shards(journal_dir_of(path))) + SPACE_MARGIN_BYTES
 
 
-def _check_space(folder: Path, needed: int, what: str, target: Path) -> None:
+def check_free_space(folder: Path, needed: int, what: str, target: Path) -> None:
     """Raise CellCacheSpaceError unless `folder`'s disk has `needed` bytes free."""
     free = shutil.disk_usage(folder).free
     if free < needed:
@@ -125,7 +126,7 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _compression_name(dataset: h5py.Dataset) -> str:
+def compression_name(dataset: h5py.Dataset) -> str:
     """The COMPRESSIONS key matching a dataset's filters (so shards match the main file's chunks)."""
     for name, kwargs in COMPRESSIONS.items():
         if dataset.compression == kwargs.get("compression") and dataset.compression_opts == kwargs.get(
@@ -168,12 +169,7 @@ class CellCacheWriter:
         self.compression = compression
         self.journal_dir = journal_dir_of(self.path)
         self.tmp_path = merge_tmp_path_of(self.path)
-        self._provenance = {
-            "segmenter": provenance.segmenter,
-            "model_sha256": provenance.model_sha256,
-            "parameters_json": provenance.parameters_json,
-            "qc_flag_names": _qc_names_json(normalise_qc_flag_names(qc_flag_names)),
-        }
+        self._provenance = provenance.root_attributes(qc_flag_names)
         self._created = _utc_now()
         self._label_updates: dict[str, np.ndarray] | None = None
         self.labels_changed: int | None = None
@@ -222,10 +218,10 @@ class CellCacheWriter:
             )
         for key, existing in provenance_attrs(f).items():
             if existing == self._provenance[key] or (key.endswith("_json")
-                                                     and _same_settings(existing, self._provenance[key])):
+                                                     and same_settings(existing, self._provenance[key])):
                 continue
             if key.endswith("_json"):
-                changes = "; ".join(_json_differences(existing, self._provenance[key])[:4])
+                changes = "; ".join(settings_differences(existing, self._provenance[key])[:4])
                 raise CellCacheMismatchError(
                     f"{file_path} was written with other {key.removesuffix('_json')}: {changes}; use another cache "
                     "file or the same segmentation settings"
@@ -256,7 +252,7 @@ class CellCacheWriter:
             with main as f:
                 self._check_compatible(f, self.path)
                 self._note_contents(f)
-                existing_compression = _compression_name(f["crops"])
+                existing_compression = compression_name(f["crops"])
             if existing_compression != self.compression:
                 logger.info("%s uses %s compression; new cells follow it", self.path, existing_compression)
                 self.compression = existing_compression
@@ -313,7 +309,7 @@ class CellCacheWriter:
         raw = 0 if rows is None else sum(a.nbytes for a in (rows.crops, rows.masks, rows.cells_hw, rows.nuclei_hw,
                                                              rows.image_chw))
         folder = self.journal_dir if self.journal_dir.is_dir() else self.path.parent
-        _check_space(folder, raw + SPACE_MARGIN_BYTES, "writing the next journal shard", self.journal_dir)
+        check_free_space(folder, raw + SPACE_MARGIN_BYTES, "writing the next journal shard", self.journal_dir)
         final = write_shard(self.journal_dir, self._next_seq, fill)
         self._next_seq += 1
         return final
@@ -394,50 +390,18 @@ class CellCacheWriter:
     def update_labels(self, labels: Mapping[str, Sequence[int]]) -> None:
         """Set the labels (image id -> class ids) of the images this cache holds when it is closed: applied in
         the merge, to images already in the cache and to those added now. Images not in `labels` keep theirs."""
-        from hpa_cells.labels import to_multi_hot
-
-        ids = list(labels)
-        matrix = to_multi_hot([labels[i] for i in ids]) if ids else np.zeros((0, 0), np.uint8)
-        self._label_updates = {image_id: matrix[row] for row, image_id in enumerate(ids)}
-
-    def _apply_label_updates(self, f: h5py.File) -> int:
-        """Write the pending label updates into open cache `f`; the number of images whose labels changed."""
-        if not self._label_updates:
-            return 0
-        ids = read_strings(f["images/id"])
-        labels, has = f["images/labels"][:], f["images/has_labels"][:]
-        changed = 0
-        for row, image_id in enumerate(ids):
-            new = self._label_updates.get(image_id)
-            if new is None or (has[row] and np.array_equal(labels[row], new)):
-                continue
-            labels[row], has[row] = new, 1
-            changed += 1
-        if changed:
-            f["images/labels"][:] = labels
-            f["images/has_labels"][:] = has
-        return changed
-
-    def _labels_would_change(self) -> int:
-        """How many images of the main file the pending label updates change (read only)."""
-        if not self._label_updates or not self.path.exists():
-            return 0
-        with h5py.File(self.path, "r") as f:
-            ids = read_strings(f["images/id"])
-            labels, has = f["images/labels"][:], f["images/has_labels"][:]
-        return sum(1 for row, image_id in enumerate(ids) if image_id in self._label_updates and not (
-            has[row] and np.array_equal(labels[row], self._label_updates[image_id])))
+        self._label_updates = label_rows(labels)
 
     # ----- finishing ---------------------------------------------------------------------
     def _merge(self) -> None:
         """Fold the main file and all journal shards into a new main file (see the module docstring)."""
         shards = journal_shards(self.journal_dir)
-        if not shards and self.path.exists() and not self._labels_would_change():
+        if not shards and self.path.exists() and not labels_would_change(self.path, self._label_updates):
             logger.info("%s: nothing new to merge", self.path)
             if self._label_updates is not None:
                 self.labels_changed = 0
             return
-        _check_space(self.path.parent, merge_space_needed(self.path), "merging the journal", self.path)
+        check_free_space(self.path.parent, merge_space_needed(self.path), "merging the journal", self.path)
         try:
             totals = self._merge_into_tmp(shards)
         except BaseException:
@@ -476,7 +440,7 @@ class CellCacheWriter:
                 if done % MERGE_PROGRESS_EVERY == 0:
                     logger.info("merging into %s: %d / %d journal shards", self.tmp_path, done, len(shards))
             appender.finish()
-            changed = self._apply_label_updates(tmp)
+            changed = apply_label_updates(tmp, self._label_updates)
             if self._label_updates is not None:
                 self.labels_changed = changed
             tmp.attrs["modified"] = _utc_now()
@@ -537,50 +501,3 @@ class CellCacheWriter:
         else:
             self.abandon()  # KeyboardInterrupt / SystemExit: leave fast, the next run merges
 
-
-def _qc_names_json(names: Mapping[str, int]) -> str:
-    """QC flag names as stored: a JSON object {name: bit value} in the given order."""
-    return json.dumps(dict(names))
-
-
-def _without_model_locations(value: object) -> object:
-    """`value` (parsed JSON) without the `path` of any object that also records its `sha256`: a model file is
-    identified by its content, so a moved repository or model folder does not make settings differ."""
-    if isinstance(value, dict):
-        hashed = "sha256" in value
-        return {k: _without_model_locations(v) for k, v in value.items() if not (hashed and k == "path")}
-    if isinstance(value, list):
-        return [_without_model_locations(v) for v in value]
-    return value
-
-
-def _same_settings(stored: str, current: str) -> bool:
-    """True when two JSON settings documents agree once model files are compared by hash, not by path."""
-    try:
-        return _without_model_locations(json.loads(stored)) == _without_model_locations(json.loads(current))
-    except ValueError:
-        return False
-
-
-def _json_differences(stored: str, current: str) -> list[str]:
-    """The settings that differ between two JSON documents, as 'dotted.key: X in the file, Y now' ('missing' for
-    a key one side lacks); the whole documents when either is not JSON."""
-    try:
-        old, new = _without_model_locations(json.loads(stored)), _without_model_locations(json.loads(current))
-    except ValueError:
-        return [f"{stored!r} in the file, {current!r} now"]
-    out: list[str] = []
-
-    def walk(a: object, b: object, path: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b)):
-                walk(a.get(key, _MISSING), b.get(key, _MISSING), f"{path}.{key}" if path else str(key))
-        elif a != b:
-            out.append(f"{path or 'value'}: {'missing' if a is _MISSING else json.dumps(a)} in the file, "
-                       f"{'missing' if b is _MISSING else json.dumps(b)} now")
-
-    walk(old, new, "")
-    return out or [f"{stored!r} in the file, {current!r} now"]
-
-
-_MISSING = object()
