@@ -161,6 +161,17 @@ def finish_field(image_chw: np.ndarray, nuclei: NetworkOutput | np.ndarray, cell
     return build_result(cell_mask, nuclei, stages.qc)
 
 
+def warm_worker() -> int:
+    """Load the flow dynamics in a worker process (Cellpose compiles its numba functions at import, seconds), so the
+    first fields do not wait for it; the process id."""
+    import os
+
+    import cellpose.dynamics  # noqa: F401
+    import cellpose.utils  # noqa: F401
+
+    return os.getpid()
+
+
 def quiet_worker() -> None:
     """Initializer of post-processing worker processes: one thread each for torch and OpenCV (the workers are
     the parallelism; each library's own thread pool would oversubscribe the cores)."""

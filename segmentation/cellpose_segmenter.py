@@ -61,6 +61,7 @@ from segmentation.cellpose_pipeline import (  # noqa: F401  (cellpose_input, nor
     prepare_field,
     quiet_worker,
     scale_to_network,
+    warm_worker,
 )
 from segmentation.preprocessing import FieldImageError, check_field_image
 from segmentation.quality_control import QCConfig
@@ -278,6 +279,7 @@ class CellposeSegmenter:
         self._nucleus_spec = resolve_model(self.settings.nucleus_model, "nuclei")
         self._runners: dict[tuple[str, int], CellposeNetRunner] = {}
         self._pool: ProcessPoolExecutor | None = None
+        self._warming: list[Future] = []
 
     def _runner(self, kind: str, working_size: int) -> CellposeNetRunner:
         key = (kind, working_size)
@@ -303,18 +305,30 @@ class CellposeSegmenter:
         """`function(*args)` in a worker process, or now in this one when there are no workers."""
         if self.postprocess_workers == 0:
             return _done(function, *args)
+        return self._executor()[0].submit(function, *args)
+
+    def _executor(self) -> tuple[ProcessPoolExecutor, list[Future]]:
+        """The worker pool, started on first use with every worker loading the flow dynamics (`warm_worker`)."""
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.postprocess_workers, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=quiet_worker)
             weakref.finalize(self, self._pool.shutdown, cancel_futures=True)
+            self._warming = [self._pool.submit(warm_worker) for _ in range(self.postprocess_workers)]
             logger.info("started %d post-processing worker processes", self.postprocess_workers)
-        return self._pool.submit(function, *args)
+        return self._pool, self._warming
+
+    def start_workers(self) -> list[int]:
+        """Start the worker processes now and wait until each has loaded the flow dynamics (else the first batch
+        does: seconds, e.g. inside a benchmark's timing); their process ids (none without workers)."""
+        if self.postprocess_workers == 0:
+            return []
+        return sorted({future.result() for future in self._executor()[1]})
 
     def close(self) -> None:
         """Stop the worker processes (a later batch starts new ones)."""
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
-            self._pool = None
+            self._pool, self._warming = None, []
 
     def __enter__(self) -> CellposeSegmenter:
         return self
@@ -324,7 +338,7 @@ class CellposeSegmenter:
 
     def __getstate__(self) -> dict:
         """Picklable (e.g. sent to a Dask worker) without its worker processes; the copy starts its own."""
-        return {**self.__dict__, "_pool": None}
+        return {**self.__dict__, "_pool": None, "_warming": []}
 
     # ----- segmentation ---------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ prove nothing).
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Iterator
 
@@ -127,7 +128,9 @@ def test_settings_are_checked_and_the_segmenter_pickles_without_its_workers(
         CellposeSegmenter(postprocess_workers=-1)
     with pytest.raises(ValueError, match=r"^network_batch_size must be None or a whole number >= 1, got 0$"):
         CellposeSegmenter(network_batch_size=0)
-    with_workers.segment_batch(fields[:1])  # the pool is running
+    pids = with_workers.start_workers()  # the pool is running, every worker has loaded the flow dynamics
+    assert 1 <= len(pids) <= 2 and os.getpid() not in pids
+    assert CellposeSegmenter().start_workers() == []
     copy = pickle.loads(pickle.dumps(with_workers))
     assert copy._pool is None and copy.postprocess_workers == 2
     assert copy.provenance() == with_workers.provenance()  # the workers are no setting: caches stay resumable
