@@ -19,13 +19,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-PACKAGES = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "cellpose": "cellpose",
+PACKAGES = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "cellpose": "cellpose.dynamics",
             "segmentation-models-pytorch": "segmentation_models_pytorch",
             "iterative-stratification": "iterstrat", "timm": "timm", "h5py": "h5py",
             "scikit-image": "skimage", "opencv-python-headless": "cv2", "numba": "numba", "scipy": "scipy",
             "pandas": "pandas", "fastremap": "fastremap", "fill-voids": "fill_voids", "dask": "dask",
             "distributed": "distributed"}
-"""Distribution name -> module imported to check it loads."""
+"""Distribution name -> module imported to check it loads (cellpose.dynamics: its numba functions compile at import,
+which is where a numpy the pin does not allow would fail)."""
 
 
 def package_report() -> dict:
