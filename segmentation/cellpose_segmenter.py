@@ -256,7 +256,8 @@ class CellposeSegmenter:
     (`segmentation.cellpose_pipeline`); they start with the first batch and stop with `close()` (or at exit).
     `network_batch_size` caps the fields of one network pass (None: every same-shape field of a batch at once);
     within a `segment_batch` call the workers finish one network batch while the network runs the next.
-    Neither changes the masks. Use as a context manager to stop the workers when done.
+    Neither changes the masks. Use as a context manager to stop the workers when done. The workers are started
+    with "spawn": a script that uses them needs the `if __name__ == "__main__":` guard.
     """
 
     name = "cellpose"
@@ -337,8 +338,9 @@ class CellposeSegmenter:
         self.close()
 
     def __getstate__(self) -> dict:
-        """Picklable (e.g. sent to a Dask worker) without its worker processes; the copy starts its own."""
-        return {**self.__dict__, "_pool": None, "_warming": []}
+        """Picklable (e.g. sent to a Dask worker) without its worker processes and networks: the copy starts its own
+        workers and loads the networks (on its `device`) when it first segments."""
+        return {**self.__dict__, "_pool": None, "_warming": [], "_runners": {}}
 
     # ----- segmentation ---------------------------------------------------------------------------------------
 

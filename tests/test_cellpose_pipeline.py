@@ -132,7 +132,7 @@ def test_settings_are_checked_and_the_segmenter_pickles_without_its_workers(
     assert 1 <= len(pids) <= 2 and os.getpid() not in pids
     assert CellposeSegmenter().start_workers() == []
     copy = pickle.loads(pickle.dumps(with_workers))
-    assert copy._pool is None and copy.postprocess_workers == 2
+    assert copy._pool is None and copy._runners == {} and copy.postprocess_workers == 2
     assert copy.provenance() == with_workers.provenance()  # the workers are no setting: caches stay resumable
     assert "postprocess_workers" not in str(copy.provenance())
     copy.close()
