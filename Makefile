@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hpa-cells-installed
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test test-all lint bench gpu-check-quick clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,12 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# The GPU check's plumbing on this machine's CPU, with tiny sizes (minutes; benchmarks/gpu/README.md): the same
+# stages and files as the one call on a GPU machine, no numbers to keep.
+gpu-check-quick: setup
+	PYTHON=$(PY) benchmarks/gpu/run_gpu_check.sh --quick --device cpu --no-install --out runs/gpu_check_quick \
+		--work runs/gpu_check_quick_work
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info demo_output

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_mil.py --out runs/bench_mil [--images 800] [--seed 7] [--encoder resnet10t]
                                    [--epochs 10] [--rows attention mean image supervised dense ensemble]
+                                   [--device cpu|cuda|auto] [--workers N]
 
 Every row is trained on the same balanced synthetic set and the same multilabel-stratified train/validation
 split (checked), and scored on the validation images only:
@@ -68,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dense-cell-pool", choices=("mean", "lse"), default="mean", help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="(default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    p.add_argument("--device", default="cpu",
+                   help="training and prediction device: cpu, cuda or auto (default: %(default)s, the recorded runs')")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of training (default: %(default)s)")
     p.add_argument("--cell-score", choices=("gated", "cell"), default="gated",
                    help="the cell score of the cell_map entry and the ensemble combinations; both scores are recorded "
                         "(default: %(default)s)")
@@ -91,9 +95,10 @@ def build_caches(args: argparse.Namespace) -> tuple[Path, Path, Path]:
                       show_progress=True)
     cells = args.out / "cells_truth.h5"
     fields = args.out / f"fields_{args.image_size}.h5"
-    for path, segmenter, crop in ((cells, MaskFolderSegmenter(folder), CropConfig()),
-                                  (fields, WholeFieldSegmenter(), CropConfig(crop_size=args.image_size,
-                                                                             margin_fraction=0.0))):
+    caches = [(cells, MaskFolderSegmenter(folder), CropConfig())]
+    if "image" in args.rows:  # only the image row reads whole fields
+        caches.append((fields, WholeFieldSegmenter(), CropConfig(crop_size=args.image_size, margin_fraction=0.0)))
+    for path, segmenter, crop in caches:
         job = SegmentJob(images_dir=folder, out_path=path, labels_path=folder / "train.csv", working_size=512,
                          crop=crop)
         summary = segment_folder(job, segmenter)
@@ -105,8 +110,8 @@ def train_row(row: str, args: argparse.Namespace, cells: Path, fields: Path, tru
     from mil.config import DenseConfig, MILConfig
     from mil.training import TrainConfig, train_model
 
-    base = TrainConfig(epochs=args.epochs, learning_rate=args.lr, seed=args.seed, device="cpu", patience=100,
-                       max_cells=args.max_cells)
+    base = TrainConfig(epochs=args.epochs, learning_rate=args.lr, seed=args.seed, device=args.device, patience=100,
+                       max_cells=args.max_cells, num_workers=args.workers)
     crop = MILConfig(encoder=args.encoder, input_size=args.input_size)
     settings = {
         "attention": (cells, crop, base),
@@ -265,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"row {row} was validated on other images than the first row")
             loaded = load_model(folder)
             started = time.time()
-            own = predict_cache(loaded, fields if row == "image" else cells, show_progress=False, cell_score="cell")
+            own = predict_cache(loaded, fields if row == "image" else cells, device=args.device, show_progress=False,
+                                cell_score="cell")
             seconds = time.time() - started
             by_score = {"cell": own, "gated": with_cell_score(own, "gated")}
             predictions[row] = by_score

@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from hpa_cells.devices import DEVICE_CHOICES_TEXT
+
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command's options; `prog` names it in the usage line (default: the running file's name)."""
@@ -24,27 +26,31 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--truth", type=Path, help="synthetic folder with per-cell truth (cells.csv + masks)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--json-out", type=Path, metavar="FILE", help="also write the JSON object to FILE")
-    p.add_argument("--device", default="cpu", help="for the true-mask pass (default: %(default)s)")
+    p.add_argument("--device", default="auto",
+                   help=f"for the true-mask pass (--truth): {DEVICE_CHOICES_TEXT} (default: %(default)s)")
     return p
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     """Run `evaluate` with `argv` (default: sys.argv[1:]); 0 on success, 2 for bad input."""
     args = build_parser(prog).parse_args(argv)
+    from hpa_cells.devices import DeviceError, describe_device, device_line, resolve_device
     from hpa_cells.labels import LabelFileError
     from hpa_cells.predictions import PredictionFolderError
     from mil.evaluation import TruthFolderError, evaluate_predictions
 
-    try:
-        report = evaluate_predictions(args.pred, args.labels, args.truth, args.device)
-    except (LabelFileError, PredictionFolderError, TruthFolderError, ValueError) as err:
+    try:  # DeviceError is a ValueError: a cuda device on a machine without one
+        device = resolve_device(args.device)
+        report = evaluate_predictions(args.pred, args.labels, args.truth, device)
+    except (DeviceError, LabelFileError, PredictionFolderError, TruthFolderError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    record = {**report.to_dict(), "device": describe_device(device)}
     if args.json_out is not None:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        args.json_out.write_text(json.dumps(record, indent=2) + "\n")
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps(record, indent=2))
     else:
-        print("\n".join(report.lines()))
+        print("\n".join([*report.lines(), device_line(device)]))
     return 0

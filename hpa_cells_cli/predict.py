@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from hpa_cells.devices import DEVICE_CHOICES_TEXT
 from hpa_cells_cli.arguments import whole_number
 
 BUNDLED = "bundled"
@@ -78,8 +79,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="folder of fields ({id}_{red,green,blue,yellow}.png/jpg/tif) to segment first, into "
                         f"OUT/{IMAGES_CACHE_NAME} (kept: a rerun resumes) (or --cache)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--batch-size", type=whole_number(1), default=8, help="images per forward pass (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=whole_number(1), default=None,
+                   help="images per forward pass (default: 8 on the CPU, 256 on a GPU)")
+    p.add_argument("--cell-budget", type=whole_number(1), default=None, metavar="N",
+                   help="most cells per forward pass, counting each image's padding to the largest of its pass "
+                        "(default: no limit on the CPU, 4096 on a GPU)")
+    p.add_argument("--device", default="auto",
+                   help=f"{DEVICE_CHOICES_TEXT}; on a GPU with bf16 the passes run in bf16 (default: %(default)s)")
     p.add_argument("--cell-score", choices=("gated", "cell"), default="gated",
                    help="what cells.csv's class probabilities are: gated = sqrt(cell probability x image probability), "
                         "which ranks cells across images better; cell = the cell's own probability (default: %(default)s)")
@@ -97,7 +103,7 @@ def segment_images(args: argparse.Namespace) -> Path | int:
 
     cache = args.out / IMAGES_CACHE_NAME
     print(f"Segmenting the fields in {args.images} into {cache} (kept: rerunning resumes)")
-    code = segment.main(["--images", str(args.images), "--out", str(cache), "--device", args.device],
+    code = segment.main(["--images", str(args.images), "--out", str(cache), "--device", str(args.device)],
                         prog="predict.py --images")
     if code != 0:
         return code
@@ -108,9 +114,10 @@ def segment_images(args: argparse.Namespace) -> Path | int:
     return cache
 
 
-def print_summary(predictions, members: list, seconds: float, out: Path, paths: dict) -> None:
-    """The one-screen result: counts, speed, the most predicted classes and the files written."""
+def print_summary(predictions, members: list, seconds: float, out: Path, paths: dict, device: str) -> None:
+    """The one-screen result: counts, speed, the device, the most predicted classes and the files written."""
     from hpa_cells.classes import CLASS_NAMES
+    from hpa_cells.devices import device_line
 
     counts: dict[int, int] = {}
     for ids in predictions.predicted_labels().values():
@@ -119,6 +126,7 @@ def print_summary(predictions, members: list, seconds: float, out: Path, paths: 
     kind = f"an ensemble of {len(members)} models" if len(members) > 1 else f"a {members[0].config.family} model"
     print(f"\nPredicted {len(predictions.image_ids)} images, {len(predictions.cells)} cells with {kind} in "
           f"{seconds:.1f} s ({len(predictions.image_ids) / seconds:.1f} images/s) -> {out}")
+    print(f"  {device_line(device)}")
     top = sorted(counts.items(), key=lambda kv: -kv[1])[:8]
     print("  most predicted: " + (", ".join(f"{CLASS_NAMES[c]} {n}" for c, n in top) or "none"))
     for name, path in paths.items():
@@ -171,6 +179,19 @@ def unpredicted_fields(predictions, cache_path: Path, skipped: dict[str, str]) -
     return {**missing, **{i: reason for i, reason in skipped.items() if i not in predicted}}
 
 
+def load_members(args: argparse.Namespace) -> list | str:
+    """The --model folders loaded on the --device (resolved in `args.device`: "auto" becomes cuda or cpu), or the
+    one-line error: a device this machine lacks, a missing or unreadable model folder."""
+    from hpa_cells.devices import DeviceError, resolve_device
+    from mil.model_folder import ModelFolderError, load_model
+
+    try:
+        args.device = resolve_device(args.device)
+        return [load_model(folder, device=args.device) for folder in resolve_model_folders(args.model)]
+    except (DeviceError, ModelFolderError, BundledModelMissing) as err:
+        return str(err)
+
+
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     """Run `predict` with `argv` (default: sys.argv[1:]); 0 on success, 2 for bad input."""
     args = build_parser(prog).parse_args(argv)
@@ -178,10 +199,11 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         print(f"error: {ONE_INPUT_ERROR}", file=sys.stderr)
         return 2
     from hpa_cells.cache import CellCacheError
+    from hpa_cells.devices import describe_device
     from hpa_cells.maps import class_id_of
     from hpa_cells.predictions import write_prediction_folder
     from mil.ensemble import predict_members
-    from mil.model_folder import ModelFolderError, load_model
+    from mil.inference import prediction_batching
 
     try:
         map_classes = [class_id_of(c) for c in args.map_classes]
@@ -189,10 +211,9 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         print(f"error: --map-classes: {err}", file=sys.stderr)
         return 2
     started = time.time()
-    try:  # the model first: a missing one fails before a long segmentation
-        members = [load_model(folder, device=args.device) for folder in resolve_model_folders(args.model)]
-    except (ModelFolderError, BundledModelMissing) as err:
-        print(f"error: {err}", file=sys.stderr)
+    members = load_members(args)  # the model first: a missing one fails before a long segmentation
+    if isinstance(members, str):
+        print(f"error: {members}", file=sys.stderr)
         return 2
     if args.images is not None:
         cache = segment_images(args)
@@ -207,13 +228,15 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     flag_names, skipped = checked
     try:
         predictions, manifest = predict_members(members, args.cache, args.out, args.batch_size, args.device,
-                                                cell_score=args.cell_score)
+                                                cell_score=args.cell_score, cell_budget=args.cell_budget)
     except (CellCacheError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    manifest.update(device=describe_device(args.device),
+                    batching=prediction_batching(args.device, args.batch_size, args.cell_budget).to_dict())
     unpredicted = unpredicted_fields(predictions, args.cache, skipped)
     paths = write_prediction_folder(predictions, args.out, manifest, flag_names, unpredicted)
-    print_summary(predictions, members, time.time() - started, args.out, paths)
+    print_summary(predictions, members, time.time() - started, args.out, paths, args.device)
     if unpredicted:
         print(f"  {len(unpredicted)} fields without a prediction (skipped while segmenting, or without cells) are in "
               f"submission.csv with an empty prediction (manifest.json: unpredicted)")

@@ -60,12 +60,13 @@ def average_predictions(members: Sequence[Predictions], names: Sequence[str] | N
                        np.mean([m.thresholds for m in members], axis=0), first.cell_score)
 
 
-def predict_members(members: Sequence[LoadedModel], cache_path: Path, out_dir: Path, batch_size: int = 8,
+def predict_members(members: Sequence[LoadedModel], cache_path: Path, out_dir: Path, batch_size: int | None = None,
                     device: str = "cpu", show_progress: bool = True,
-                    cell_score: str = "gated") -> tuple[Predictions, dict]:
+                    cell_score: str = "gated", *, cell_budget: int | None = None) -> tuple[Predictions, dict]:
     """Predict a cache with one model or an ensemble; returns the predictions and the manifest entries naming
     every member; `cell_score` (`hpa_cells.predictions.CELL_SCORES`) scores each member's cells before averaging. Dense
-    members' pixel maps go to `out_dir/pixel_probabilities.h5` (their mean for several)."""
+    members' pixel maps go to `out_dir/pixel_probabilities.h5` (their mean for several). `batch_size` and
+    `cell_budget` as in `mil.inference.predict_bags` (None: by device)."""
     require_cell_score(cell_score)
     from hpa_cells.pixel_maps import PIXEL_MAPS_FILE, average_pixel_map_files
 
@@ -79,7 +80,7 @@ def predict_members(members: Sequence[LoadedModel], cache_path: Path, out_dir: P
         if len(members) > 1:
             logger.info("ensemble member %d/%d: %s (%s)", index + 1, len(members), loaded.folder, loaded.config.family)
         predictions.append(predict_cache(loaded, cache_path, batch_size, device, show_progress, member_maps.get(index),
-                                         cell_score=cell_score))
+                                         cell_score=cell_score, cell_budget=cell_budget))
     if len(dense) > 1:
         average_pixel_map_files([member_maps[i] for i in dense], final_maps)
         for i in dense:

@@ -15,14 +15,25 @@ What a cell's class probability in that table is (`CELL_SCORES`, chosen by `cell
   scores, so it can differ from the argmax of its own probabilities. The cell's own probability is
   `gated ** 2 / p_image`. A dense model's per-pixel maps are never gated.
 - `cell`: the cell's own probability only (what the head's per-cell logits say).
+
+Batching (`PredictionBatching`, `prediction_batching`): on the CPU, 8 images per forward pass in float32, as
+always. On a GPU, bags are grouped up to 256 images and 4,096 cells per pass (counting the padding of every bag to
+the group's largest), copied through page-locked memory without waiting, and run under bf16 autocast where the GPU
+supports it; a background thread reads the next groups from the cache while the GPU works. The probabilities then
+differ from float32 ones by rounding only (about 1e-3; `tests/test_gpu_stages.py` checks them against the CPU's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -31,6 +42,7 @@ import torch
 from hpa_cells.cache import CellCache
 from hpa_cells.classes import CLASS_NAMES
 from hpa_cells.crops import CropConfig, extract_cell_crops
+from hpa_cells.devices import resolve_device, supports_bf16
 from hpa_cells.predictions import CELL_SCORES, Predictions
 from hpa_cells.qc_flags import DEFAULT_EXCLUDE_FLAGS, flag_bits
 from mil.families import get_family
@@ -96,18 +108,116 @@ def bags_from_masks(fields: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarr
             yield BagInput(image_id, cut.crops, cut.masks, np.ones(len(cut), bool), table)
 
 
-def _batched(bags: Iterable[BagInput], batch_size: int) -> Iterator[list[BagInput]]:
+CPU_IMAGES_PER_PASS = 8
+GPU_IMAGES_PER_PASS = 256
+GPU_CELLS_PER_PASS = 4096
+"""Padded cells (images x the group's largest bag) of one forward pass on a GPU: 4,096 crops of 128 px are 0.27 GB
+of uint8 to copy and about 2 GB as float32 inputs on the device, which fits GPUs of 8 GB and more."""
+
+
+@dataclass(frozen=True)
+class PredictionBatching:
+    """How bags are grouped into forward passes, and the precision of the passes.
+
+    images: bags per pass; cells: most padded cells per pass (bags x the group's largest bag; a bag larger than this
+    is a pass of its own), None for no limit; bf16: bf16 autocast (CUDA only)."""
+
+    images: int
+    cells: int | None
+    bf16: bool
+
+    def __post_init__(self) -> None:
+        if isinstance(self.images, bool) or not isinstance(self.images, int) or self.images < 1:
+            raise ValueError(f"images per forward pass must be a whole number >= 1, got {self.images!r}")
+        if self.cells is not None and (not isinstance(self.cells, int) or self.cells < 1):
+            raise ValueError(f"cells per forward pass must be None or a whole number >= 1, got {self.cells!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def prediction_batching(device: str | torch.device, batch_size: int | None = None, cell_budget: int | None = None,
+                        bf16: bool | None = None) -> PredictionBatching:
+    """The batching of a prediction on `device` (resolved, e.g. by `hpa_cells.devices.resolve_device`): the given
+    values, else on the CPU 8 images, no cell limit, float32; on a GPU 256 images up to 4,096 cells, bf16 where
+    the GPU supports it. ValueError for bf16 on a device without it."""
+    device = str(device)
+    gpu = device.startswith("cuda")
+    if bf16 is None:
+        bf16 = supports_bf16(device)
+    elif bf16 and not supports_bf16(device):
+        raise ValueError(f"bf16 prediction needs a CUDA GPU with bf16 support; {device} has none")
+    if batch_size is None:
+        batch_size = GPU_IMAGES_PER_PASS if gpu else CPU_IMAGES_PER_PASS
+    if cell_budget is None and gpu:
+        cell_budget = GPU_CELLS_PER_PASS
+    return PredictionBatching(batch_size, cell_budget, bool(bf16))
+
+
+def _batched(bags: Iterable[BagInput], batching: PredictionBatching) -> Iterator[list[BagInput]]:
+    """Groups of bags in order: at most `batching.images` bags and `batching.cells` padded cells each."""
     batch: list[BagInput] = []
+    widest = 0
     for bag in bags:
         if len(bag) == 0:
             logger.warning("image %s has no cells; it gets no prediction", bag.image_id)
             continue
-        batch.append(bag)
-        if len(batch) == batch_size:
+        wider = max(widest, len(bag))
+        over_cells = batching.cells is not None and (len(batch) + 1) * wider > batching.cells
+        if batch and (len(batch) == batching.images or over_cells):
             yield batch
-            batch = []
+            batch, wider = [], len(bag)
+        batch.append(bag)
+        widest = wider
     if batch:
         yield batch
+
+
+Item = TypeVar("Item")
+
+
+def _prefetched(items: Iterator[Item], depth: int = 2) -> Iterator[Item]:
+    """`items` in order, made up to `depth` ahead in a background thread (the cache is read while the device
+    works). An error in the thread is raised here; stopping early stops (and closes) `items` in the thread."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which raises it
+            put((end, err))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="predict-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _cell_frame(bag: BagInput, used: np.ndarray, probs: np.ndarray, attention: np.ndarray) -> pd.DataFrame:
@@ -126,24 +236,30 @@ def _cell_frame(bag: BagInput, used: np.ndarray, probs: np.ndarray, attention: n
 
 
 @torch.no_grad()
-def predict_bags(loaded: LoadedModel, bags: Iterable[BagInput], batch_size: int = 8,
+def predict_bags(loaded: LoadedModel, bags: Iterable[BagInput], batch_size: int | None = None,
                  device: str | torch.device = "cpu", show_progress: bool = False,
                  total: int | None = None, pixel_maps: PixelMapSink | None = None,
-                 cell_score: str = "gated") -> Predictions:
+                 cell_score: str = "gated", *, cell_budget: int | None = None, bf16: bool | None = None) -> Predictions:
     """Run the model over bags (all cells of each image). `pixel_maps` receives a dense model's per-pixel maps;
-    `cell_score` says what the cells' class probabilities are (`CELL_SCORES`)."""
+    `cell_score` says what the cells' class probabilities are (`CELL_SCORES`). `device` may be "auto"; `batch_size`
+    (images per pass), `cell_budget` (padded cells per pass) and `bf16` default by device (`prediction_batching`)."""
     require_cell_score(cell_score)
     from tqdm import tqdm
 
+    device = resolve_device(str(device))
+    batching = prediction_batching(device, batch_size, cell_budget, bf16)
     model = loaded.model.to(device).eval()
     run_group = get_family(loaded.config.family).predict_group
+    precision = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if batching.bf16
+                 else contextlib.nullcontext())
     image_ids: list[str] = []
     image_probs: list[np.ndarray] = []
     cell_frames: list[pd.DataFrame] = []
     attention_rows: list[np.ndarray] = []
     bar = tqdm(total=total, desc="predict", unit="image", disable=not show_progress)
-    for group in _batched(bags, batch_size):
-        out = run_group(model, group, device)
+    for group in _prefetched(_batched(bags, batching)):
+        with precision:
+            out = run_group(model, group, device)
         for i, bag in enumerate(group):
             k = len(bag)
             image_ids.append(bag.image_id)
@@ -202,19 +318,19 @@ def model_exclude_flags(loaded: LoadedModel) -> tuple[str, ...]:
     return tuple(loaded.training.get("exclude_flags", DEFAULT_EXCLUDE_FLAGS))
 
 
-def predict_cache(loaded: LoadedModel, cache_path: Path, batch_size: int = 8, device: str | torch.device = "cpu",
-                  show_progress: bool = True, pixel_maps_path: Path | None = None,
-                  cell_score: str = "gated") -> Predictions:
+def predict_cache(loaded: LoadedModel, cache_path: Path, batch_size: int | None = None,
+                  device: str | torch.device = "cpu", show_progress: bool = True, pixel_maps_path: Path | None = None,
+                  cell_score: str = "gated", *, cell_budget: int | None = None, bf16: bool | None = None) -> Predictions:
     """Predict every image of a cell cache; a dense model's pixel maps go to `pixel_maps_path` when given (see
-    `hpa_cells.pixel_maps`); `cell_score` as in `predict_bags`."""
+    `hpa_cells.pixel_maps`); `cell_score`, `batch_size`, `cell_budget` and `bf16` as in `predict_bags`."""
     from hpa_cells.pixel_maps import PixelMapWriter
 
     with CellCache(cache_path) as cache:
         total = cache.num_images
     family = get_family(loaded.config.family)
     bags = bags_from_cache(cache_path, model_exclude_flags(loaded), family.inputs)
+    options = {"cell_score": cell_score, "cell_budget": cell_budget, "bf16": bf16}
     if pixel_maps_path is None or not family.pixel_maps:
-        return predict_bags(loaded, bags, batch_size, device, show_progress, total, cell_score=cell_score)
+        return predict_bags(loaded, bags, batch_size, device, show_progress, total, **options)
     with PixelMapWriter(pixel_maps_path) as writer:
-        return predict_bags(loaded, bags, batch_size, device, show_progress, total, pixel_maps=writer.add,
-                            cell_score=cell_score)
+        return predict_bags(loaded, bags, batch_size, device, show_progress, total, pixel_maps=writer.add, **options)

@@ -1,5 +1,6 @@
 """What a model family predicts from: `BagInput` (all cells of one image) and the `GroupOutput` of one forward pass
-over a group of bags. Shared by `mil.inference` (which batches the bags) and each family's `predict_group`."""
+over a group of bags. Shared by `mil.inference` (which batches the bags) and each family's `predict_group`, with
+the group's inputs as tensors (`padded_crops`, `usable_mask`) and their copy to the device (`to_device`)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,29 @@ def usable_mask(group: list[BagInput]) -> tuple[torch.Tensor, torch.Tensor]:
         present[i, :k] = True
         usable[i, :k] = torch.from_numpy(bag.usable if bag.usable.any() else np.ones(k, bool))
     return present, usable
+
+
+def padded_crops(group: list[BagInput]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(crops `B,N,4,S,S`, masks `B,N,S,S`), both uint8 and zero past each bag's cells (N: the largest bag), so the
+    copy to a GPU moves bytes, not floats; the model's inputs are `crops.float() / 255` and `masks.float()`."""
+    n = max(len(b) for b in group)
+    s = group[0].crops.shape[-1]
+    crops = torch.zeros((len(group), n, 4, s, s), dtype=torch.uint8)
+    masks = torch.zeros((len(group), n, s, s), dtype=torch.uint8)
+    for i, bag in enumerate(group):
+        if bag.crops.dtype != np.uint8 or bag.masks.dtype != np.uint8:
+            raise ValueError(f"image {bag.image_id}: crops and masks must be uint8, got {bag.crops.dtype} and "
+                             f"{bag.masks.dtype}")
+        k = len(bag)
+        crops[i, :k] = torch.from_numpy(bag.crops)
+        masks[i, :k] = torch.from_numpy(bag.masks)
+    return crops, masks
+
+
+def to_device(tensor: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """`tensor` on `device`. To a GPU through page-locked memory and without waiting (`non_blocking`): the copy
+    is queued behind the work already on the device, and everything queued after it sees the copied data."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

@@ -23,25 +23,50 @@ Diameters are in pixels of the image as given (the working size, 512 px by defau
 measured on the real HPA fields with reference masks in ../shared/data: cells at 512 px have a median
 equivalent diameter of about 80 px (61-111 px across fields), nuclei about 40 px. Other working sizes scale
 them linearly (`default_diameters`).
+
+Speed (the GPU path): the network passes run on `CellposeSettings.device` ("auto": a GPU when torch sees one),
+batched over fields (`network_batch_size` fields per pass); the CPU work of each field before and after them
+(`segmentation.cellpose_pipeline`: input normalisation; flow dynamics, seeded growth, QC) can run in
+`postprocess_workers` worker processes, so the network works on the next fields while the workers finish the
+previous ones, within one `segment_batch` call (between its network batches) and across the batches of
+`segment_stream`. The masks are the same with or without workers.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import multiprocessing
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
 
-import cv2
 import numpy as np
 import torch
 
-from hpa_cells.channels import ER, MICROTUBULE, NUCLEUS
-from hpa_cells.normalisation import normalise_percentile
+from hpa_cells.devices import resolve_device
 from segmentation.cellpose_models import CellposeNetSpec, build_network, resolve_model
-from segmentation.preprocessing import check_field_image
+from segmentation.cellpose_pipeline import (  # noqa: F401  (cellpose_input, normalize_percentile: this module's API)
+    CELL_ASSEMBLIES,
+    FieldStages,
+    MaskSettings,
+    NetworkOutput,
+    cellpose_input,
+    evidence_from_outputs,
+    finish_field,
+    flows_to_mask,
+    normalize_percentile,
+    prepare_field,
+    quiet_worker,
+    scale_to_network,
+    warm_worker,
+)
+from segmentation.preprocessing import FieldImageError, check_field_image
 from segmentation.quality_control import QCConfig
-from segmentation.result import SegmentationResult, build_result
-from segmentation.seeded_cells import SeededCellSettings, grow_cells_from_nuclei
+from segmentation.result import SegmentationResult
+from segmentation.seeded_cells import SeededCellSettings
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +75,6 @@ CELL_DIAMETER_AT_512 = 80.0
 NUCLEUS_DIAMETER_AT_512 = 40.0
 EDGE_MARGIN = 8
 """Zeros (px at network scale) around every network input, as Cellpose's `run_net` pads."""
-CELL_ASSEMBLIES = ("nuclei", "flows")
 SIZE_ESTIMATE_SCALE = 2 / 3
 """Object size (fraction of the network's `diam_mean`) in the cheap pass that measures diameters for refinement:
 within about 10% of the full-scale measurement on the synthetic and real fields, at under half the cost."""
@@ -60,32 +84,6 @@ def default_diameters(working_size: int) -> tuple[float, float]:
     """(cell, nucleus) diameters in pixels for images whose longer side is `working_size`."""
     scale = working_size / REFERENCE_WORKING_SIZE
     return CELL_DIAMETER_AT_512 * scale, NUCLEUS_DIAMETER_AT_512 * scale
-
-
-def normalize_percentile(channel: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
-    """Cellpose's `normalize99` convention: the `low`/`high` percentiles become 0 and 1, no clipping, float32.
-
-    Cellpose's setting of `hpa_cells.normalisation.normalise_percentile`, used for training and inference alike,
-    so the bundled models and Cellpose's built-ins see what they expect. A flat channel becomes zeros.
-    """
-    return normalise_percentile(channel, low, high, clip=False, min_range=1e-3, precision="float32")
-
-
-def cellpose_input(image_chw: np.ndarray, kind: str, use_er: bool = True) -> np.ndarray:
-    """The `2,H,W` float32 network input for one field.
-
-    cells: channel 0 = microtubules (averaged with ER when `use_er`, which fills cells whose microtubules are
-    faint), channel 1 = nucleus. nuclei: channel 0 = nucleus, channel 1 = zeros (Cellpose's nuclei convention).
-    """
-    if kind == "cells":
-        cyto = image_chw[MICROTUBULE].astype(np.float32)
-        if use_er:
-            cyto = 0.5 * (cyto + image_chw[ER].astype(np.float32))
-        return np.stack([normalize_percentile(cyto), normalize_percentile(image_chw[NUCLEUS])])
-    if kind == "nuclei":
-        nucleus = normalize_percentile(image_chw[NUCLEUS])
-        return np.stack([nucleus, np.zeros_like(nucleus)])
-    raise ValueError(f"kind must be 'cells' or 'nuclei', got {kind!r}")
 
 
 @dataclass(frozen=True)
@@ -110,7 +108,7 @@ class CellposeNetRunner:
         self.diameter = float(diameter)
         self.device = torch.device(device)
         self.flow = flow or FlowSettings()
-        if net is None:  # channels-last weights: faster CPU convolutions (oneDNN); a caller's network is left as is
+        if net is None:  # channels-last weights: faster convolutions (oneDNN, cuDNN); a caller's network is left as is
             net = build_network(spec, self.device).to(memory_format=torch.channels_last)
         self.net = net
 
@@ -124,62 +122,49 @@ class CellposeNetRunner:
         """Factor applied to inputs so objects of `diameter` px become `diam_mean` px."""
         return self.spec.diam_mean / self.diameter
 
+    @property
+    def mask_settings(self) -> MaskSettings:
+        """The flow-dynamics settings of this network's outputs (the smallest object scaled to its `diam_mean`)."""
+        min_size = int(self.flow.min_size_fraction * np.pi * (self.spec.diam_mean / 2) ** 2)
+        return MaskSettings(self.flow.niter, self.flow.cellprob_threshold, self.flow.flow_threshold, min_size)
+
     def network_outputs(self, inputs: Sequence[np.ndarray], rescale: float | None = None,
                         ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Run the network once over a batch of `2,H,W` inputs; returns (flows `2,h,w`, cellprob `h,w`) per
-        input at network scale. `rescale` overrides the runner's own (`diam_mean / diameter`).
-
-        Each rescaled input is surrounded by zeros as in Cellpose's own `run_net` (`transforms.get_pad_yx`: the
-        size is rounded up to a multiple of 16 plus 8 px on every side, the input centred), and inputs of
-        different shapes share the largest such canvas. Without that margin the network's outputs at the image
-        edge differ from Cellpose's, and the flow-error check then discards many whole cells (BENCHMARKS.md).
-        """
+        input at network scale. `rescale` overrides the runner's own (`diam_mean / diameter`)."""
         factor = self.rescale if rescale is None else rescale
-        scaled = []
-        for x in inputs:
-            h, w = x.shape[1:]
-            sh, sw = max(16, round(h * factor)), max(16, round(w * factor))
-            scaled.append(np.stack([cv2.resize(c, (sw, sh), interpolation=cv2.INTER_LINEAR) for c in x]))
-        # Cellpose's get_pad_yx: round up to a multiple of 16, split the rest around the image, add the margin.
+        return self.run_scaled([scale_to_network(x, factor) for x in inputs])
+
+    def run_scaled(self, scaled: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The network over inputs already at network scale (`scale_to_network`): one pass on the device.
+
+        Each input is surrounded by zeros as in Cellpose's own `run_net` (`transforms.get_pad_yx`: the size is
+        rounded up to a multiple of 16 plus 8 px on every side, the input centred), and inputs of different
+        shapes share the largest such canvas. Without that margin the network's outputs at the image edge differ
+        from Cellpose's, and the flow-error check then discards many whole cells (BENCHMARKS.md).
+        """
         offsets = [(EDGE_MARGIN + (-s.shape[1] % 16) // 2, EDGE_MARGIN + (-s.shape[2] % 16) // 2) for s in scaled]
         ph = max(s.shape[1] + (-s.shape[1] % 16) for s in scaled) + 2 * EDGE_MARGIN
         pw = max(s.shape[2] + (-s.shape[2] % 16) for s in scaled) + 2 * EDGE_MARGIN
-        batch = np.zeros((len(scaled), 2, ph, pw), np.float32)
+        batch = torch.zeros((len(scaled), 2, ph, pw), dtype=torch.float32,
+                            pin_memory=self.device.type == "cuda")  # page-locked: an asynchronous copy
         for i, ((oy, ox), s) in enumerate(zip(offsets, scaled, strict=True)):
-            batch[i, :, oy:oy + s.shape[1], ox:ox + s.shape[2]] = s
+            batch[i, :, oy:oy + s.shape[1], ox:ox + s.shape[2]] = torch.from_numpy(s)
         with torch.inference_mode():
-            tensor = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+            tensor = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             out = self.net(tensor)[0].float().cpu().contiguous().numpy()
         return [(out[i, :2, oy:oy + s.shape[1], ox:ox + s.shape[2]], out[i, 2, oy:oy + s.shape[1], ox:ox + s.shape[2]])
                 for i, ((oy, ox), s) in enumerate(zip(offsets, scaled, strict=True))]
 
     def cell_evidence(self, inputs: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """For a batch of `2,H,W` inputs (one network pass): the cell-probability logits and the divergence of
-        the predicted flows, each resized to its input's `H,W` (bilinear). Flows point from a cell's edge to its
-        centre, so their divergence is positive on the borders between cells and negative at the centres; it is
-        divided by its 99th percentile of magnitude, so about 1 on clear borders whatever the flows' scale."""
-        evidence = []
-        for (flows, prob), x in zip(self.network_outputs(inputs), inputs, strict=True):
-            divergence = np.gradient(flows[0], axis=0) + np.gradient(flows[1], axis=1)
-            divergence = divergence / (float(np.percentile(np.abs(divergence), 99)) + 1e-6)
-            size = (x.shape[2], x.shape[1])
-            evidence.append((cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR),
-                             cv2.resize(divergence.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)))
-        return evidence
+        the predicted flows, each resized to its input's `H,W` (`cellpose_pipeline.evidence_from_outputs`)."""
+        return [evidence_from_outputs(flows, prob, x.shape[1:])
+                for (flows, prob), x in zip(self.network_outputs(inputs), inputs, strict=True)]
 
     def masks_from_outputs(self, flows: np.ndarray, cellprob: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
         """Follow the flows at network scale, then resize the label mask to `shape_hw` (nearest)."""
-        from cellpose.dynamics import compute_masks
-        from cellpose.utils import fill_holes_and_remove_small_masks
-
-        masks = compute_masks(
-            flows, cellprob, niter=self.flow.niter, cellprob_threshold=self.flow.cellprob_threshold,
-            flow_threshold=self.flow.flow_threshold, device=torch.device("cpu"),
-        )
-        min_size = int(self.flow.min_size_fraction * np.pi * (self.spec.diam_mean / 2) ** 2)
-        masks = fill_holes_and_remove_small_masks(masks, min_size=min_size)
-        h, w = shape_hw
-        return cv2.resize(masks.astype(np.uint16), (w, h), interpolation=cv2.INTER_NEAREST).astype(np.int32)
+        return flows_to_mask(flows, cellprob, shape_hw, self.mask_settings)
 
     def segment(self, inputs: Sequence[np.ndarray], refine_tolerance: float | None = None) -> list[np.ndarray]:
         """Instance masks (`H,W` int32) for a batch of `2,H,W` inputs.
@@ -217,6 +202,7 @@ class CellposeNetRunner:
         return [m for m in masks if m is not None]
 
 
+
 @dataclass(frozen=True)
 class CellposeSettings:
     """User-facing settings of `CellposeSegmenter` (saved as provenance with the cached cells)."""
@@ -233,6 +219,7 @@ class CellposeSettings:
     about 0.02 AP@0.5 at twice the time (BENCHMARKS.md)."""
     use_er: bool = True
     device: str = "cpu"
+    """Where the networks run: "cpu", "cuda", "cuda:N", or "auto" (`hpa_cells.devices.resolve_device`)."""
     cell_assembly: str = "nuclei"
     """"nuclei": grow one cell from each nucleus over the cell network's foreground (`segmentation.seeded_cells`);
     "flows": Cellpose's flow following. See the module docstring."""
@@ -242,20 +229,58 @@ class CellposeSettings:
             raise ValueError(f"cell_assembly must be one of {', '.join(CELL_ASSEMBLIES)}, got {self.cell_assembly!r}")
 
 
+@dataclass
+class _Batch:
+    """One batch in flight: its fields, their same-shape groups, and a future per field for each CPU stage."""
+
+    images: list[np.ndarray]
+    groups: dict[tuple[int, int], list[int]] = field(default_factory=dict)
+    prepared: dict[int, Future] = field(default_factory=dict)
+    finished: dict[int, Future] = field(default_factory=dict)
+
+
+def _done(function: Callable, *args: object) -> Future:
+    """`function(*args)` run now, as a finished future (its result or its exception)."""
+    future: Future = Future()
+    try:
+        future.set_result(function(*args))
+    except Exception as err:  # noqa: BLE001 - kept for the caller, exactly as a worker process would
+        future.set_exception(err)
+    return future
+
+
 class CellposeSegmenter:
-    """Segments cells and nuclei of HPA fields with two Cellpose networks; see the module docstring."""
+    """Segments cells and nuclei of HPA fields with two Cellpose networks; see the module docstring.
+
+    `postprocess_workers` (0: none, everything in this process) worker processes run each field's CPU stages
+    (`segmentation.cellpose_pipeline`); they start with the first batch and stop with `close()` (or at exit).
+    `network_batch_size` caps the fields of one network pass (None: every same-shape field of a batch at once);
+    within a `segment_batch` call the workers finish one network batch while the network runs the next.
+    Neither changes the masks. Use as a context manager to stop the workers when done. The workers are started
+    with "spawn": a script that uses them needs the `if __name__ == "__main__":` guard.
+    """
 
     name = "cellpose"
 
     def __init__(self, settings: CellposeSettings | None = None, qc: QCConfig | None = None,
-                 flow: FlowSettings | None = None, seeded: SeededCellSettings | None = None) -> None:
+                 flow: FlowSettings | None = None, seeded: SeededCellSettings | None = None, *,
+                 postprocess_workers: int = 0, network_batch_size: int | None = None) -> None:
+        if isinstance(postprocess_workers, bool) or not isinstance(postprocess_workers, int) or postprocess_workers < 0:
+            raise ValueError(f"postprocess_workers must be a whole number >= 0, got {postprocess_workers!r}")
+        if network_batch_size is not None and (not isinstance(network_batch_size, int) or network_batch_size < 1):
+            raise ValueError(f"network_batch_size must be None or a whole number >= 1, got {network_batch_size!r}")
         self.settings = settings or CellposeSettings()
         self.qc = qc or QCConfig()
         self.flow = flow or FlowSettings()
         self.seeded = seeded or SeededCellSettings()
+        self.postprocess_workers = postprocess_workers
+        self.network_batch_size = network_batch_size
+        self.device = resolve_device(self.settings.device)
         self._cell_spec = resolve_model(self.settings.cell_model, "cells")
         self._nucleus_spec = resolve_model(self.settings.nucleus_model, "nuclei")
         self._runners: dict[tuple[str, int], CellposeNetRunner] = {}
+        self._pool: ProcessPoolExecutor | None = None
+        self._warming: list[Future] = []
 
     def _runner(self, kind: str, working_size: int) -> CellposeNetRunner:
         key = (kind, working_size)
@@ -265,40 +290,175 @@ class CellposeSegmenter:
                 spec, diameter = self._cell_spec, self.settings.cell_diameter or cell_d
             else:
                 spec, diameter = self._nucleus_spec, self.settings.nucleus_diameter or nucleus_d
-            self._runners[key] = CellposeNetRunner(spec, diameter, self.settings.device, self.flow)
-            logger.info("%s model %s: diameter %.1f px at working size %d (rescale %.3f)",
-                        kind, spec.name, diameter, working_size, self._runners[key].rescale)
+            self._runners[key] = CellposeNetRunner(spec, diameter, self.device, self.flow)
+            logger.info("%s model %s on %s: diameter %.1f px at working size %d (rescale %.3f)",
+                        kind, spec.name, self.device, diameter, working_size, self._runners[key].rescale)
         return self._runners[key]
 
+    def _stages(self, working_size: int) -> FieldStages:
+        nuclei, cells = self._runner("nuclei", working_size), self._runner("cells", working_size)
+        return FieldStages(self.settings.use_er, nuclei.rescale, cells.rescale, nuclei.mask_settings,
+                           cells.mask_settings, self.settings.cell_assembly, self.seeded, self.qc)
+
+    # ----- worker processes -----------------------------------------------------------------------------------
+
+    def _call(self, function: Callable, *args: object) -> Future:
+        """`function(*args)` in a worker process, or now in this one when there are no workers."""
+        if self.postprocess_workers == 0:
+            return _done(function, *args)
+        return self._executor()[0].submit(function, *args)
+
+    def _executor(self) -> tuple[ProcessPoolExecutor, list[Future]]:
+        """The worker pool, started on first use with every worker loading the flow dynamics (`warm_worker`)."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.postprocess_workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=quiet_worker)
+            weakref.finalize(self, self._pool.shutdown, cancel_futures=True)
+            self._warming = [self._pool.submit(warm_worker) for _ in range(self.postprocess_workers)]
+            logger.info("started %d post-processing worker processes", self.postprocess_workers)
+        return self._pool, self._warming
+
+    def start_workers(self) -> list[int]:
+        """Start the worker processes now and wait until each has loaded the flow dynamics (else the first batch
+        does: seconds, e.g. inside a benchmark's timing); their process ids (none without workers)."""
+        if self.postprocess_workers == 0:
+            return []
+        return sorted({future.result() for future in self._executor()[1]})
+
+    def close(self) -> None:
+        """Stop the worker processes (a later batch starts new ones)."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool, self._warming = None, []
+
+    def __enter__(self) -> CellposeSegmenter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        """Picklable (e.g. sent to a Dask worker) without its worker processes and networks: the copy starts its own
+        workers and loads the networks (on its `device`) when it first segments."""
+        return {**self.__dict__, "_pool": None, "_warming": [], "_runners": {}}
+
+    # ----- segmentation ---------------------------------------------------------------------------------------
+
     def segment_batch(self, images: Sequence[np.ndarray]) -> list[SegmentationResult]:
-        """Segment `4,H,W` uint8 fields; images of the same `H,W` share one network pass per model.
+        """Segment `4,H,W` uint8 fields; images of the same `H,W` share one network pass per model (up to
+        `network_batch_size` fields each).
 
         Only same-shape images are stacked: padding a smaller image to its neighbours' shape would change
         CPnet's global style vector (an average over the whole input) and so make an image's masks depend on
-        the other images of its batch.
+        the other images of its batch. The first field that fails raises (FieldImageError for a bad array).
         """
         for index, image in enumerate(images):
             check_field_image(image, f"image {index} of the batch")
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index, image in enumerate(images):
-            groups.setdefault((int(image.shape[1]), int(image.shape[2])), []).append(index)
-        results: list[SegmentationResult | None] = [None] * len(images)
-        for shape_hw, indices in groups.items():
+        batch = self._start(images)
+        self._run_networks(batch)
+        return self._results(batch, return_exceptions=False)
+
+    def segment_stream(self, batches: Iterable[Sequence[np.ndarray]], return_exceptions: bool = False,
+                       ) -> Iterator[list[SegmentationResult | Exception]]:
+        """The results of each batch of `batches`, in order, as `segment_batch` gives them, with the work
+        overlapped: while the caller handles batch k (crops, writes), the workers finish batch k+1 and prepare
+        batch k+2. With `return_exceptions`, a field that fails (a bad array, a failing stage) is its exception
+        in the list instead of stopping the stream; a failing network pass still raises.
+        """
+        waiting: deque[_Batch] = deque()
+        running: _Batch | None = None
+        for images in batches:
+            waiting.append(self._start(images))
+            if len(waiting) < 2:
+                continue
+            ready = waiting.popleft()
+            self._run_networks(ready)
+            if running is not None:
+                yield self._results(running, return_exceptions)
+            running = ready
+        while waiting:
+            ready = waiting.popleft()
+            self._run_networks(ready)
+            if running is not None:
+                yield self._results(running, return_exceptions)
+            running = ready
+        if running is not None:
+            yield self._results(running, return_exceptions)
+
+    def _start(self, images: Sequence[np.ndarray]) -> _Batch:
+        """Group the fields by shape and submit their first CPU stage (a bad array fails its own field)."""
+        batch = _Batch(list(images))
+        for index, image in enumerate(batch.images):
+            try:
+                check_field_image(image, f"image {index} of the batch")
+            except FieldImageError as err:
+                batch.finished[index] = _done(_raise, err)
+                continue
+            batch.groups.setdefault((int(image.shape[1]), int(image.shape[2])), []).append(index)
+        if self.settings.diameter_tolerance is None:  # refinement measures objects first: `_run_refined`
+            for shape_hw, indices in batch.groups.items():
+                stages = self._stages(max(shape_hw))
+                for i in indices:
+                    batch.prepared[i] = self._call(prepare_field, batch.images[i], stages)
+        return batch
+
+    def _run_networks(self, batch: _Batch) -> None:
+        """The network passes of every group of the batch, in batches of `network_batch_size` fields; each field's
+        last CPU stage is submitted as soon as its network outputs are there."""
+        for shape_hw, indices in batch.groups.items():
             working_size = max(shape_hw)
-            batch = [images[i] for i in indices]
-            tolerance = self.settings.diameter_tolerance
-            cell_inputs = [cellpose_input(im, "cells", self.settings.use_er) for im in batch]
-            nuclei = self._runner("nuclei", working_size).segment(
-                [cellpose_input(im, "nuclei") for im in batch], tolerance)
-            if self.settings.cell_assembly == "nuclei":
-                evidence = self._runner("cells", working_size).cell_evidence(cell_inputs)
-                cells = [grow_cells_from_nuclei(im, n, logits, self.seeded, divergence)
-                         for im, n, (logits, divergence) in zip(batch, nuclei, evidence, strict=True)]
-            else:
-                cells = self._runner("cells", working_size).segment(cell_inputs, tolerance)
-            for i, c, n in zip(indices, cells, nuclei, strict=True):
-                results[i] = build_result(c, n, self.qc)
-        return [r for r in results if r is not None]
+            stages = self._stages(working_size)
+            if self.settings.diameter_tolerance is not None:
+                self._run_refined(batch, indices, working_size, stages)
+                continue
+            size = self.network_batch_size or len(indices)
+            for start in range(0, len(indices), size):
+                chunk = []
+                for i in indices[start:start + size]:
+                    if batch.prepared[i].exception() is None:
+                        chunk.append(i)
+                    else:
+                        batch.finished[i] = batch.prepared[i]
+                if not chunk:
+                    continue
+                scaled = [batch.prepared.pop(i).result() for i in chunk]
+                nuclei = self._runner("nuclei", working_size).run_scaled([s[0] for s in scaled])
+                cells = self._runner("cells", working_size).run_scaled([s[1] for s in scaled])
+                for i, n, c in zip(chunk, nuclei, cells, strict=True):
+                    batch.finished[i] = self._call(finish_field, batch.images[i], NetworkOutput(*n),
+                                                   NetworkOutput(*c), stages)
+
+    def _run_refined(self, batch: _Batch, indices: list[int], working_size: int, stages: FieldStages) -> None:
+        """A group with diameter refinement: the nuclei (and with "flows" the cells) are segmented here, each field
+        at its measured object size (`CellposeNetRunner.segment`); the rest of each field goes to `finish_field`."""
+        tolerance = self.settings.diameter_tolerance
+        images = [batch.images[i] for i in indices]
+        nuclei = self._runner("nuclei", working_size).segment([cellpose_input(im, "nuclei") for im in images],
+                                                              tolerance)
+        cell_inputs = [cellpose_input(im, "cells", self.settings.use_er) for im in images]
+        cells_runner = self._runner("cells", working_size)
+        if self.settings.cell_assembly == "nuclei":  # the cell network runs once, at the assumed diameter
+            cells: list = [NetworkOutput(f, p) for f, p in cells_runner.network_outputs(cell_inputs)]
+        else:
+            cells = cells_runner.segment(cell_inputs, tolerance)
+        for i, image, n, c in zip(indices, images, nuclei, cells, strict=True):
+            batch.finished[i] = self._call(finish_field, image, n, c, stages)
+
+    def _results(self, batch: _Batch, return_exceptions: bool) -> list[SegmentationResult | Exception]:
+        """Every field's result in input order (waiting for the workers); the first failure raises unless
+        `return_exceptions`. A worker process that died takes the pool with it: the next batch starts a new one."""
+        out: list[SegmentationResult | Exception] = []
+        for index in range(len(batch.images)):
+            try:
+                out.append(batch.finished[index].result())
+            except BrokenProcessPool:
+                self.close()
+                raise
+            except Exception as err:
+                if not return_exceptions:
+                    raise
+                out.append(err)
+        return out
 
     def provenance(self) -> dict[str, object]:
         return {
@@ -310,3 +470,7 @@ class CellposeSegmenter:
             "cell_model": self._cell_spec.provenance(),
             "nucleus_model": self._nucleus_spec.provenance(),
         }
+
+
+def _raise(error: Exception) -> None:
+    raise error

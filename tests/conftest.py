@@ -27,12 +27,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_gpu = pytest.mark.skip(reason="GPU test: run with --rungpu on a machine with CUDA")
     data = real_data_dir()
     skip_real = pytest.mark.skip(reason=f"real HPA data not found at {data} (set HPA_REAL_DATA to point elsewhere)")
-    for item in items:
-        if "slow" in item.keywords and not config.getoption("--runslow"):
+    for item in items:  # markers, not keywords: keywords also hold the path's folder names (a checkout in .../gpu/)
+        if item.get_closest_marker("slow") is not None and not config.getoption("--runslow"):
             item.add_marker(skip_slow)
-        if "gpu" in item.keywords and not config.getoption("--rungpu"):
+        if item.get_closest_marker("gpu") is not None and not config.getoption("--rungpu"):
             item.add_marker(skip_gpu)
-        if "real" in item.keywords and not data.is_dir():
+        if item.get_closest_marker("real") is not None and not data.is_dir():
             item.add_marker(skip_real)
 
 

@@ -8,7 +8,7 @@
 | `cells.parquet` | the same table (when pyarrow is installed) |
 | `attention.h5` | `attention` `C,A` float32: each cell's raw attention (A = 1, or 28 for per-class heads), rows as in cells.csv |
 | `pixel_probabilities.h5` | dense models only: per-pixel class probabilities of each image (see `hpa_cells.pixel_maps`) |
-| `manifest.json` | `model` (the first model folder), `models` (every member; several = an ensemble), `families`, `cache`, `pixel_maps`, `cell_score` and `cell_score_rule` (what the cells' class probabilities are: `gated` = sqrt(cell x image probability), or `cell`), `ensemble_rule` (ensembles), thresholds, counts (`n_images` = rows of images.csv, `n_cells`, `n_unpredicted`), `unpredicted` (`image_id`, `reason` of each field in submission.csv only), package version |
+| `manifest.json` | `model` (the first model folder), `models` (every member; several = an ensemble), `families`, `cache`, `pixel_maps`, `cell_score` and `cell_score_rule` (what the cells' class probabilities are: `gated` = sqrt(cell x image probability), or `cell`), `ensemble_rule` (ensembles), thresholds, counts (`n_images` = rows of images.csv, `n_cells`, `n_unpredicted`), `unpredicted` (`image_id`, `reason` of each field in submission.csv only), `device` and `batching` (what predict.py ran on and how it grouped the forward passes), package version |
 
 Every file is written atomically (`hpa_cells.atomic_files`), the manifest last: a folder with a manifest is whole.
 """

@@ -22,7 +22,7 @@ from mil.encoders import EncoderWeightsError
 from mil.families._registry import ModelFamily, TrainingData, register_family
 from mil.model import BagBatch, MILModel
 from mil.mosaics import BagsWithMosaics
-from mil.prediction_batches import BagInput, GroupOutput, usable_mask
+from mil.prediction_batches import BagInput, GroupOutput, padded_crops, to_device, usable_mask
 
 logger = logging.getLogger(__name__)
 
@@ -61,19 +61,13 @@ def training_data(model_config: MILConfig, config) -> TrainingData:
 
 def predict_group(model: MILModel, group: list[BagInput], device: str | torch.device) -> GroupOutput:
     """One forward pass over the bags' crops: image logits pool the usable cells, cell logits come from every cell."""
-    n = max(len(b) for b in group)
-    s = group[0].crops.shape[-1]
-    crops = torch.zeros((len(group), n, 4, s, s))
-    masks = torch.zeros((len(group), n, s, s))
+    crops, masks = padded_crops(group)
     present, usable = usable_mask(group)
-    for i, bag in enumerate(group):
-        k = len(bag)
-        crops[i, :k] = torch.from_numpy(bag.crops).float() / 255.0
-        masks[i, :k] = torch.from_numpy(bag.masks).float()
-    batch = BagBatch(crops.to(device), masks.to(device), present.to(device))
+    batch = BagBatch(to_device(crops, device).float() / 255.0, to_device(masks, device).float(),
+                     to_device(present, device))
     embeddings = model.embed_instances(batch)
-    pooled = model.pool(embeddings, usable.to(device))
-    every_cell = model.pool(embeddings, present.to(device))
+    pooled = model.pool(embeddings, to_device(usable, device))
+    every_cell = model.pool(embeddings, batch.valid)
     return GroupOutput(torch.sigmoid(pooled.image_logits.float()).cpu().numpy(),
                        torch.sigmoid(every_cell.cell_logits.float()).cpu().numpy(),
                        pooled.attention.float().cpu().numpy(), usable)

@@ -27,7 +27,7 @@ from mil.encoders import EncoderWeightsError
 from mil.families._factory import load_model
 from mil.families._registry import ModelFamily, TrainingData, register_family
 from mil.model_files import LoadedModel, ModelFolderError
-from mil.prediction_batches import BagInput, GroupOutput, usable_mask
+from mil.prediction_batches import BagInput, GroupOutput, to_device, usable_mask
 
 
 def _crop_model(folder: str | os.PathLike[str], encoder: str) -> LoadedModel:
@@ -99,12 +99,12 @@ def predict_group(model: DenseMILModel, group: list[BagInput], device: str | tor
         ids = bag.cells["cell_id"].to_numpy(dtype=np.int64)
         cell_ids[i, : len(ids)] = torch.from_numpy(ids)
         fitted.append(fit_field(bag.image_chw, bag.cells_hw, input_size, keep_cells=ids))
-    images = torch.from_numpy(np.stack([f.image for f in fitted])).to(device)
-    labels = torch.from_numpy(np.stack([f.cell_labels for f in fitted])).to(device)
+    images = to_device(torch.from_numpy(np.stack([f.image for f in fitted])), device)
+    labels = to_device(torch.from_numpy(np.stack([f.cell_labels for f in fitted])), device)
     pixels = model.pixel_logits(images).float()
-    cells = model.cell_logits(pixels, labels, cell_ids.to(device), present.to(device))
-    pooled = model.pool(cells, usable.to(device))
-    every_cell = model.pool(cells, present.to(device))
+    cells = model.cell_logits(pixels, labels, to_device(cell_ids, device), to_device(present, device))
+    pooled = model.pool(cells, to_device(usable, device))
+    every_cell = model.pool(cells, to_device(present, device))
     pixel_probs = torch.sigmoid(pixels).cpu().numpy()
     maps = []
     for i, (bag, fit) in enumerate(zip(group, fitted, strict=True)):
