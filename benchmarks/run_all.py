@@ -1,6 +1,8 @@
 """Run every benchmark script and keep each one's markdown output in benchmarks/results/{name}.md.
 
-  python benchmarks/run_all.py [name ...]     (names: synthetic, cell_cache, segmentation; default all)
+  python benchmarks/run_all.py [name ...]
+      (names: synthetic, cell_cache, segmentation, segment_layouts, dask, ddp; default all; the longer ones with
+      their own folders, bench_mil.py, bench_real.py, bench_real_mosaics.py and benchmarks/gpu/, are run alone)
 
 BENCHMARKS.md quotes these outputs with the machine, date and command.
 """
@@ -13,7 +15,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("synthetic", "cell_cache", "segmentation")
+BENCHMARKS = ("synthetic", "cell_cache", "segmentation", "segment_layouts", "dask", "ddp")
 
 
 def main(argv: list[str] | None = None) -> int:
