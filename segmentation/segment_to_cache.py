@@ -20,6 +20,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -314,8 +315,8 @@ def _segment_streamed(segmenter, loaded_batches: Iterator[list], skip: Callable[
     """(fields of the batch, its `_segment_loaded` pairs) for each read batch, in order, through the segmenter's
     `segment_stream` (its network passes and workers run ahead of the caller's cropping and writing).
 
-    A failing network pass (or a worker process that died) ends a stream: the batches it held are segmented one by
-    one, so only a bad field is skipped, and a new stream takes the rest. Skips are recorded here, in the caller's
+    A failing network pass (or a worker process that died: its workers are then replaced) ends a stream: the batches
+    it held are segmented one by one, so only a bad field is skipped, and a new stream takes the rest. Skips are recorded here, in the caller's
     thread, when a batch's results are handed over, never while the stream reads ahead."""
     held: deque[list] = deque()  # batches given to the stream whose results have not come back yet
 
@@ -333,7 +334,10 @@ def _segment_streamed(segmenter, loaded_batches: Iterator[list], skip: Callable[
         except Exception as err:  # noqa: BLE001 - find the fields at fault
             if not held:
                 raise
-            logger.info("a network pass failed (%s); segmenting the %d batch(es) in flight one by one", err, len(held))
+            logger.info("the segmentation stream failed (%s: %s); segmenting the %d batch(es) in flight one by one",
+                        type(err).__name__, err, len(held))
+            if isinstance(err, BrokenProcessPool):  # a worker process died: the next call starts new ones
+                segmenter.close()
             while held:
                 loaded = held.popleft()
                 yield len(loaded), _segment_loaded(segmenter, loaded, skip, files_of, one_by_one=True)

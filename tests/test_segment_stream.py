@@ -7,6 +7,9 @@ passes fail and the fields in flight are segmented one by one. The bundled model
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,9 +97,41 @@ def test_failing_network_passes_are_redone_one_by_one_with_the_same_cache(
         summary = segment_folder(segment_command.segment_job(args), segmenter)
     assert summary.skipped == REASONS and summary.images_done == 4
     assert_same_cache(tmp_path / "cells.h5", reference)
-    assert [r.message for r in caplog.records if "network pass failed" in r.message] == [
-        "a network pass failed (simulated out of memory); segmenting the 2 batch(es) in flight one by one"]
+    assert [r.message for r in caplog.records if "stream failed" in r.message] == [
+        "the segmentation stream failed (RuntimeError: simulated out of memory); segmenting the 2 batch(es) in flight "
+        "one by one"]
     assert passes == [2] + [1] * 10  # the first pass, then the nuclei and cells of each of 5 fields on its own
+
+
+@pytest.mark.slow
+def test_a_worker_process_killed_mid_run_loses_nothing(images: Path, reference: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A worker killed (as by the OS when memory runs out) after the first field is written: the batches in flight
+    are segmented one by one on new workers, and the cache is the same."""
+    import segmentation.segment_to_cache as module
+
+    real = module._store_image
+    killed: list[int] = []
+
+    def store_then_kill(*args, **kwargs):
+        stored = real(*args, **kwargs)
+        if not killed:
+            killed.append(segmenter.start_workers()[0])
+            os.kill(killed[0], signal.SIGKILL)
+            time.sleep(1)  # the pool notices before the next submit or result
+        return stored
+
+    monkeypatch.setattr(module, "_store_image", store_then_kill)
+    args = segment_command.build_parser().parse_args(argv(images, tmp_path / "cells.h5", "--batch-size", "1"))
+    with CellposeSegmenter(CellposeSettings(), postprocess_workers=2) as segmenter, \
+            caplog.at_level(logging.INFO, logger="segmentation.segment_to_cache"):
+        summary = segment_folder(segment_command.segment_job(args), segmenter)
+        assert killed and killed[0] not in segmenter.start_workers()  # new workers took over
+    assert summary.skipped == REASONS and summary.images_done == 4
+    failures = [r.message for r in caplog.records if "stream failed" in r.message]
+    assert len(failures) == 1 and failures[0].startswith("the segmentation stream failed (BrokenProcessPool: ")
+    assert_same_cache(tmp_path / "cells.h5", reference)
 
 
 @pytest.mark.parametrize(("more", "message"), [
