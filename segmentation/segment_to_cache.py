@@ -264,15 +264,21 @@ def _read_ahead(reader: ThreadPoolExecutor, batches: Sequence[Sequence[tuple[str
         yield loaded
 
 
+def _readable(loaded: list, skip: Callable[[str, str], None]) -> list[tuple]:
+    """(image_id, image, original shape) of the readable fields of a read batch; the others skipped with their
+    reason."""
+    for image_id, _, _, reason in loaded:
+        if reason:
+            skip(image_id, reason)
+    return [(i, im, orig) for i, im, orig, reason in loaded if im is not None]
+
+
 def _segment_loaded(segmenter: Segmenter, loaded: list, skip: Callable[[str, str], None],
                     files_of: Callable[[str], Sequence[Path]], one_by_one: bool = False) -> list[tuple]:
     """((image_id, image, original shape), result) for the readable images of a batch; unreadable ones skipped.
     A batch whose segmentation fails is segmented again image by image, so only the bad field is skipped
     (`one_by_one`: image by image from the start)."""
-    good = [(i, im, orig) for i, im, orig, reason in loaded if im is not None]
-    for image_id, _, _, reason in loaded:
-        if reason:
-            skip(image_id, reason)
+    good = _readable(loaded, skip)
     if one_by_one or getattr(segmenter, "reads_masks_by_id", False):  # masks made elsewhere: one file per image
         good, results = _one_by_one(segmenter, good, skip, files_of)
     else:
@@ -295,10 +301,7 @@ def _streamed_results(loaded: list, results: Sequence, segmenter: Segmenter, ski
     """((image_id, image, original shape), result) for one streamed batch: its unreadable fields skipped first (as
     `_segment_loaded` does), then a field whose result is an exception segmented once more on its own, as the
     one-by-one fallback does, so its skip reason is the one a run without workers records."""
-    good = [(i, im, orig) for i, im, orig, reason in loaded if im is not None]
-    for image_id, _, _, reason in loaded:
-        if reason:
-            skip(image_id, reason)
+    good = _readable(loaded, skip)
     out = []
     for entry, result in zip(good, results, strict=True):
         if isinstance(result, Exception):
@@ -310,14 +313,15 @@ def _streamed_results(loaded: list, results: Sequence, segmenter: Segmenter, ski
     return out
 
 
-def _segment_streamed(segmenter, loaded_batches: Iterator[list], skip: Callable[[str, str], None],
+def _segment_streamed(segmenter: Segmenter, loaded_batches: Iterator[list], skip: Callable[[str, str], None],
                       files_of: Callable[[str], Sequence[Path]]) -> Iterator[tuple[int, list[tuple]]]:
     """(fields of the batch, its `_segment_loaded` pairs) for each read batch, in order, through the segmenter's
     `segment_stream` (its network passes and workers run ahead of the caller's cropping and writing).
 
     A failing network pass (or a worker process that died: its workers are then replaced) ends a stream: the batches
-    it held are segmented one by one, so only a bad field is skipped, and a new stream takes the rest. Skips are recorded here, in the caller's
-    thread, when a batch's results are handed over, never while the stream reads ahead."""
+    it held are segmented one by one, so only a bad field is skipped, and a new stream takes the rest. Skips are
+    recorded here, in the caller's thread, when a batch's results are handed over, never while the stream reads
+    ahead."""
     held: deque[list] = deque()  # batches given to the stream whose results have not come back yet
 
     def feed() -> Iterator[list[np.ndarray]]:
