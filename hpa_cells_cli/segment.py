@@ -3,7 +3,8 @@
   python scripts/segment.py --images DIR [--labels CSV] --out cells.h5 [--segmenter cellpose|watershed|masks|whole-field]
                             [--model NAME|PATH] [--working-size auto|N] [--crop-size N] [--export-masks DIR]
                             [--limit N] [--strict] [--retry-skipped] [--scaling full_range|per_image_max]
-                            [--device auto|cpu|cuda] [--scheduler local:N|tcp://HOST:PORT | --shard I/N]
+                            [--device auto|cpu|cuda] [--postprocess-workers N] [--network-batch-size M]
+                            [--scheduler local:N|tcp://HOST:PORT | --shard I/N]
 
 Rerunning the same command resumes: images already in the cache are skipped. With no arguments it runs on the
 embedded default (a small synthetic set generated into demo_output/) and says so.
@@ -20,6 +21,10 @@ full-resolution fields (the 2021 data, HPA website downloads) are shrunk 4x (204
 Cellpose assumes the same object sizes in px for all of them. A number N instead resizes every field's longer
 side to N px and scales the assumed object sizes with N (right when every field spans the same field of view).
 The sizes chosen are printed in the summary; the cache records the rule, and each image's working size.
+
+On a GPU (README: "On a GPU"): --postprocess-workers N runs each field's CPU work (flow dynamics, cells grown from
+nuclei, QC) in N processes while the network runs the next batch, and --network-batch-size M caps the fields of
+one network pass; neither changes the cache (it stays written by this one process).
 
 Many fields (README: "Segmenting many fields"): --scheduler local:N spreads the fields over N worker processes
 here, --scheduler tcp://HOST:PORT over the workers of a running Dask scheduler (e.g. on SLURM with dask-jobqueue);
@@ -85,7 +90,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="also write {id}_cells.png / {id}_nuclei.png 16-bit masks at the original resolution")
     parser.add_argument("--limit", type=whole_number(0), help="segment at most this many new images (>= 0)")
     parser.add_argument("--batch-size", type=whole_number(1), default=8,
-                        help="images per network pass (default: %(default)s)")
+                        help="images read and segmented together: one network pass per shape, unless "
+                             "--network-batch-size splits it (default: %(default)s)")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first field that would be skipped (unreadable, empty, failing)")
     parser.add_argument("--retry-skipped", action="store_true",
@@ -95,12 +101,27 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="16-bit intensity scaling (data/README.md): full_range maps 0-65535 to 0-255; "
                              "per_image_max maps each channel's maximum to 255, for 12-bit data in 16-bit files "
                              "(default: %(default)s)")
-    parser.add_argument("--device", default="auto",
-                        help="torch device for Cellpose: auto (cuda when a GPU is visible, else cpu), cpu, cuda, "
-                             "cuda:N; with --scheduler each worker resolves it on its own machine; printed in the "
-                             "summary, not recorded in the cache (default: %(default)s)")
+    _add_cellpose_device_options(parser)
     _add_spread_options(parser)
     return parser
+
+
+def _add_cellpose_device_options(parser: argparse.ArgumentParser) -> None:
+    """--device, --postprocess-workers, --network-batch-size (the Cellpose segmenter's; the cache does not depend on
+    them)."""
+    group = parser.add_argument_group("where Cellpose runs, keeping a GPU fed (README: On a GPU)")
+    group.add_argument("--device", default="auto",
+                       help="torch device for Cellpose: auto (cuda when a GPU is visible, else cpu), cpu, cuda, "
+                            "cuda:N; with --scheduler each worker resolves it on its own machine; printed in the "
+                            "summary, not recorded in the cache (default: %(default)s)")
+    group.add_argument("--postprocess-workers", type=whole_number(0), default=0, metavar="N",
+                       help="CPU processes that run each field's post-processing (flow dynamics, cells grown from "
+                            "nuclei, QC) while the network runs the next batch; e.g. cores - 1 on a GPU machine; 0 = "
+                            "in this process; not with --scheduler (Dask's worker processes cannot start processes: "
+                            "use more Dask workers); the cache is the same either way (default: %(default)s)")
+    group.add_argument("--network-batch-size", type=whole_number(1), metavar="M",
+                       help="at most M fields per network pass (e.g. 32 on a GPU, with --batch-size 64); the cache "
+                            "is the same either way (default: every same-shape field of a --batch-size batch)")
 
 
 def _add_spread_options(parser: argparse.ArgumentParser) -> None:
@@ -187,7 +208,8 @@ def build_segmenter(args: argparse.Namespace):
 
         return CellposeSegmenter(CellposeSettings(
             cell_model=args.model, nucleus_model=args.nucleus_model, device=resolve_device(args.device),
-            diameter_tolerance=args.diameter_tolerance or None, cell_assembly=args.cell_assembly, **fixed))
+            diameter_tolerance=args.diameter_tolerance or None, cell_assembly=args.cell_assembly, **fixed),
+            postprocess_workers=args.postprocess_workers, network_batch_size=args.network_batch_size)
     if args.segmenter == "whole-field":
         from segmentation.whole_field import WholeFieldSegmenter
 
@@ -225,6 +247,19 @@ def _defaults(args: argparse.Namespace) -> str | None:
         return "--out is required with --images"
     if args.out.is_dir():
         return f"--out {args.out} is a folder, not a cache file (give a file such as {args.out / 'cells.h5'})"
+    return None
+
+
+def _speed_problem(args: argparse.Namespace) -> str | None:
+    """The error message when --postprocess-workers or --network-batch-size do not fit the other options."""
+    given = [name for name, value in (("--postprocess-workers", args.postprocess_workers),
+                                      ("--network-batch-size", args.network_batch_size)) if value]
+    if given and args.segmenter != "cellpose":
+        return (f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} for --segmenter cellpose (its network "
+                f"passes and their post-processing); --segmenter {args.segmenter} has neither")
+    if args.postprocess_workers and args.scheduler is not None:
+        return ("--postprocess-workers does not go with --scheduler: Dask's worker processes cannot start processes of "
+                "their own; spread the CPU work over more Dask workers instead (--network-batch-size is fine)")
     return None
 
 
@@ -270,21 +305,37 @@ def _run_here(args: argparse.Namespace, job) -> int:
     from segmentation.segment_to_cache import segment_folder
 
     segmenter = build_segmenter(args)
-    if args.shard is None:
-        _note_leftover_shards(args.out)
-        summary = segment_folder(job, segmenter)
-        print(f"\nSegmented {args.images} with {segmenter.name} -> {args.out}")
-    else:
-        shard_out = args.shard.cache_path(args.out)
-        shard_out.parent.mkdir(parents=True, exist_ok=True)
-        summary = segment_folder(replace(job, out_path=shard_out), segmenter, select=args.shard.holds,
-                                 done_in=(args.out,))
-        print(f"\nSegmented shard {args.shard} of {args.images} with {segmenter.name} -> {shard_out}")
-    for line in [*summary.lines(), segmenter_device_line(segmenter)]:
+    try:
+        if args.shard is None:
+            _note_leftover_shards(args.out)
+            summary = segment_folder(job, segmenter)
+            print(f"\nSegmented {args.images} with {segmenter.name} -> {args.out}")
+        else:
+            shard_out = args.shard.cache_path(args.out)
+            shard_out.parent.mkdir(parents=True, exist_ok=True)
+            summary = segment_folder(replace(job, out_path=shard_out), segmenter, select=args.shard.holds,
+                                     done_in=(args.out,))
+            print(f"\nSegmented shard {args.shard} of {args.images} with {segmenter.name} -> {shard_out}")
+    finally:
+        if hasattr(segmenter, "close"):  # its worker processes (a --strict stop or an error included)
+            segmenter.close()
+    for line in [*summary.lines(), segmenter_device_line(segmenter), *_speed_lines(segmenter)]:
         print("  " + line)
     if args.shard is not None:
         print(f"  when every shard is done: hpa-cells merge-caches --out {args.out} {shard_out.parent}")
     return 0
+
+
+def _speed_lines(segmenter) -> list[str]:
+    """The summary's lines on post-processing workers and network passes, when the options asked for them."""
+    lines = []
+    workers = getattr(segmenter, "postprocess_workers", 0)
+    if workers:
+        lines.append(f"post-processing: {workers} worker process{'es' if workers != 1 else ''}")
+    network = getattr(segmenter, "network_batch_size", None)
+    if network:
+        lines.append(f"network passes: at most {network} field{'s' if network != 1 else ''} each")
+    return lines
 
 
 def _run_distributed(args: argparse.Namespace, job) -> int:
@@ -316,7 +367,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     an unreachable scheduler, a failed distributed run (its finished fields kept for a rerun) and for a disk that
     cannot take the cache (full or read-only)."""
     args = build_parser(prog).parse_args(argv)
-    problem = _defaults(args) or _spread_problem(args)
+    problem = _speed_problem(args) or _defaults(args) or _spread_problem(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

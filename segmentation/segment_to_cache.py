@@ -7,16 +7,20 @@ a field too small to segment, no cells found, ...) is recorded in the cache's `s
 the field's files (size and mtime), and the run goes on (`strict` stops at it instead). A skipped field is tried
 again on a later run when its files changed, or always with `retry_skipped`; if it then yields cells it leaves
 the skipped table. Only the cache's own failures (disk full, a locked cache) stop a run.
-Reading the next batch overlaps with segmenting the current one (a background thread).
+Reading the next batch overlaps with segmenting the current one (a background thread). A segmenter with
+post-processing worker processes (`CellposeSegmenter(postprocess_workers=N)`) is fed batch after batch through its
+`segment_stream`, so its network passes, its workers' per-field CPU work and the cropping and writing here overlap;
+cropping and writing stay in this process, the cache's single writer. The cache is the same either way.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -260,15 +264,22 @@ def _read_ahead(reader: ThreadPoolExecutor, batches: Sequence[Sequence[tuple[str
         yield loaded
 
 
-def _segment_loaded(segmenter: Segmenter, loaded: list, skip: Callable[[str, str], None],
-                    files_of: Callable[[str], Sequence[Path]]) -> list[tuple]:
-    """((image_id, image, original shape), result) for the readable images of a batch; unreadable ones skipped.
-    A batch whose segmentation fails is segmented again image by image, so only the bad field is skipped."""
-    good = [(i, im, orig) for i, im, orig, reason in loaded if im is not None]
+def _readable(loaded: list, skip: Callable[[str, str], None]) -> list[tuple]:
+    """(image_id, image, original shape) of the readable fields of a read batch; the others skipped with their
+    reason."""
     for image_id, _, _, reason in loaded:
         if reason:
             skip(image_id, reason)
-    if getattr(segmenter, "reads_masks_by_id", False):  # masks made elsewhere, one file per image
+    return [(i, im, orig) for i, im, orig, reason in loaded if im is not None]
+
+
+def _segment_loaded(segmenter: Segmenter, loaded: list, skip: Callable[[str, str], None],
+                    files_of: Callable[[str], Sequence[Path]], one_by_one: bool = False) -> list[tuple]:
+    """((image_id, image, original shape), result) for the readable images of a batch; unreadable ones skipped.
+    A batch whose segmentation fails is segmented again image by image, so only the bad field is skipped
+    (`one_by_one`: image by image from the start)."""
+    good = _readable(loaded, skip)
+    if one_by_one or getattr(segmenter, "reads_masks_by_id", False):  # masks made elsewhere: one file per image
         good, results = _one_by_one(segmenter, good, skip, files_of)
     else:
         try:
@@ -277,6 +288,78 @@ def _segment_loaded(segmenter: Segmenter, loaded: list, skip: Callable[[str, str
             logger.info("segmenting a batch failed (%s); segmenting its %d images one by one", err, len(good))
             good, results = _one_by_one(segmenter, good, skip, files_of)
     return list(zip(good, results, strict=True))
+
+
+def _streams(segmenter: Segmenter) -> bool:
+    """Whether `_run` feeds the segmenter through `segment_stream`: only when worker processes do its per-field CPU
+    work, the one thing the stream overlaps with the network passes and the writing here."""
+    return callable(getattr(segmenter, "segment_stream", None)) and getattr(segmenter, "postprocess_workers", 0) > 0
+
+
+def _streamed_results(loaded: list, results: Sequence, segmenter: Segmenter, skip: Callable[[str, str], None],
+                      files_of: Callable[[str], Sequence[Path]]) -> list[tuple]:
+    """((image_id, image, original shape), result) for one streamed batch: its unreadable fields skipped first (as
+    `_segment_loaded` does), then a field whose result is an exception segmented once more on its own, as the
+    one-by-one fallback does, so its skip reason is the one a run without workers records."""
+    good = _readable(loaded, skip)
+    out = []
+    for entry, result in zip(good, results, strict=True):
+        if isinstance(result, Exception):
+            logger.info("segmenting %s failed in the stream (%s); segmenting it on its own", entry[0], result)
+            kept, again = _one_by_one(segmenter, [entry], skip, files_of)
+            out.extend(zip(kept, again, strict=True))
+        else:
+            out.append((entry, result))
+    return out
+
+
+def _segment_streamed(segmenter: Segmenter, loaded_batches: Iterator[list], skip: Callable[[str, str], None],
+                      files_of: Callable[[str], Sequence[Path]]) -> Iterator[tuple[int, list[tuple]]]:
+    """(fields of the batch, its `_segment_loaded` pairs) for each read batch, in order, through the segmenter's
+    `segment_stream` (its network passes and workers run ahead of the caller's cropping and writing).
+
+    A failing network pass (or a worker process that died: its workers are then replaced) ends a stream: the batches
+    it held are segmented one by one, so only a bad field is skipped, and a new stream takes the rest. Skips are
+    recorded here, in the caller's thread, when a batch's results are handed over, never while the stream reads
+    ahead."""
+    held: deque[list] = deque()  # batches given to the stream whose results have not come back yet
+
+    def feed() -> Iterator[list[np.ndarray]]:
+        for loaded in loaded_batches:
+            held.append(loaded)
+            yield [image for _, image, _, _ in loaded if image is not None]
+
+    stream: Iterator[list] = segmenter.segment_stream(feed(), return_exceptions=True)
+    while True:
+        try:
+            results = next(stream)
+        except StopIteration:
+            return
+        except Exception as err:  # noqa: BLE001 - find the fields at fault
+            if not held:
+                raise
+            logger.info("the segmentation stream failed (%s: %s); segmenting the %d batch(es) in flight one by one",
+                        type(err).__name__, err, len(held))
+            if isinstance(err, BrokenProcessPool):  # a worker process died: the next call starts new ones
+                segmenter.close()
+            while held:
+                loaded = held.popleft()
+                yield len(loaded), _segment_loaded(segmenter, loaded, skip, files_of, one_by_one=True)
+            stream = segmenter.segment_stream(feed(), return_exceptions=True)
+            continue
+        loaded = held.popleft()
+        yield len(loaded), _streamed_results(loaded, results, segmenter, skip, files_of)
+
+
+def _segmented(segmenter: Segmenter, loaded_batches: Iterable[list], skip: Callable[[str, str], None],
+               files_of: Callable[[str], Sequence[Path]]) -> Iterator[tuple[int, list[tuple]]]:
+    """(fields of the batch, ((image_id, image, original shape), result) pairs) for each read batch, in order:
+    streamed when the segmenter has post-processing workers (`_segment_streamed`), else batch by batch."""
+    if _streams(segmenter):
+        yield from _segment_streamed(segmenter, iter(loaded_batches), skip, files_of)
+        return
+    for loaded in loaded_batches:
+        yield len(loaded), _segment_loaded(segmenter, loaded, skip, files_of)
 
 
 def _crop_image(job: SegmentJob, labels: dict | None, entry: tuple[str, np.ndarray, tuple[int, int]],
@@ -392,14 +475,15 @@ def _run(job: SegmentJob, segmenter: Segmenter, writer: CellCacheWriter, scan: F
 
     bar = tqdm(total=len(readable), desc="segment", unit="image", disable=on_field is not None)
     with bar, ThreadPoolExecutor(max_workers=1) as reader:  # the bar closes on errors too
-        for loaded in _read_ahead(reader, list(_batches(readable, job.batch_size)), read):
-            for entry, result in _segment_loaded(segmenter, loaded, skip, files_of):
+        loaded_batches = _read_ahead(reader, list(_batches(readable, job.batch_size)), read)
+        for fields, segmented in _segmented(segmenter, loaded_batches, skip, files_of):
+            for entry, result in segmented:  # cropped and written here: this process is the cache's one writer
                 if result.n_cells == 0:
                     skip(entry[0], "no cells found")
                     continue
                 if _store_image(writer, job, labels, summary, entry, result, skip, files_of) and on_field:
                     on_field(entry[0])
-            bar.update(len(loaded))
+            bar.update(fields)
 
 
 def prepare_run(job: SegmentJob) -> tuple[FolderScan, dict | None, SegmentRunSummary]:

@@ -4,10 +4,12 @@ utilisation, and the segmenter alone.
     python benchmarks/gpu/bench_gpu_segmentation.py --images DIR --out WORK --device cuda [--workers 15]
         [--batch-size 64] [--network-batch-size 32] [--limit N] [--stream-fields 256] --json OUT.json
 
-1. job: the whole `segment` job (`segmentation.segment_to_cache.segment_folder`: read, segment, QC, crops, the HDF5
-   cache) over the fields of --images (at most --limit) into a fresh cache, with the bundled Cellpose models on
-   --device, the CPU stages in --workers processes, --batch-size fields per `segment_batch` call and at most
-   --network-batch-size per network pass;
+1. job: the whole `segment` job (`segmentation.segment_to_cache.segment_folder`, what `segment --postprocess-workers
+   --network-batch-size` runs: read, segment, QC, crops, the HDF5 cache) over the fields of --images (at most
+   --limit) into a fresh cache, with the bundled Cellpose models on --device, the CPU stages in --workers
+   processes, batches of --batch-size fields streamed through `segment_stream` (reading ahead, the network passes,
+   the workers and the cropping and writing in this process overlap) and at most --network-batch-size per network
+   pass: the real job's fields/s;
 2. segmenter: `CellposeSegmenter.segment_stream` over fields already in memory (no reading, cropping or writing), in
    batches of --batch-size: what the job would reach if the cache side kept up.
 A warm-up batch (worker start, cuDNN and numba set-up) runs first, outside both timings.
@@ -36,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                    help="post-processing worker processes (default: all cores but one)")
-    p.add_argument("--batch-size", type=int, default=64, help="fields per segment_batch call (default: 64)")
+    p.add_argument("--batch-size", type=int, default=64, help="fields per batch read and segmented (default: 64)")
     p.add_argument("--network-batch-size", type=int, default=32, help="fields per network pass (default: 32)")
     p.add_argument("--limit", type=int, help="segment at most this many fields")
     p.add_argument("--stream-fields", type=int, default=256, help="fields of the segmenter-alone run (0: skip)")
