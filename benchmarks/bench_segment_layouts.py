@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = best["real 2018 (512 px PNG)"]["fields"] / best["real 2018 (512 px PNG)"]["seconds"]
     print(f"\nmachine: {platform.node()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} thread(s); "
           f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
-    print("\n| fields | fields | cells | best seconds | fields/s | cells/s | ratio to real 2018 | working size |")
+    print("\n| folder | fields | cells | best seconds | fields/s | cells/s | ratio to real 2018 | working size |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in best.items():
         rate = r["fields"] / r["seconds"]
