@@ -137,3 +137,13 @@ def green_marker_bags(n_images: int, seed: int, crop_size: int = 32, classes: tu
                             np.repeat(disc[None].astype(np.uint8), n, axis=0), np.zeros(n, dtype=np.int64),
                             labels, cell_classes))
     return bags
+
+
+def write_cell_labels(bags, path: Path) -> Path:
+    """A per-cell label CSV (image_id, cell_id, labels) from the hand bags' cell truth (cell ids 1..N)."""
+    lines = ["image_id,cell_id,labels"]
+    for bag in bags:
+        for k, classes in enumerate(bag.cell_classes, start=1):
+            lines.append(f"{bag.image_id},{k},{' '.join(str(c) for c in np.flatnonzero(classes))}")
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mil_fixtures import green_marker_bags, write_bag_cache
+from mil_fixtures import green_marker_bags, write_bag_cache, write_cell_labels
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, RandomSampler
 
@@ -195,14 +195,6 @@ def group_of_one(monkeypatch: pytest.MonkeyPatch):
     dist.destroy_process_group()
 
 
-def _cell_label_file(bags, path: Path) -> Path:
-    lines = ["image_id,cell_id,labels"]
-    for bag in bags:
-        for k, classes in enumerate(bag.cell_classes, start=1):
-            lines.append(f"{bag.image_id},{k},{' '.join(str(c) for c in np.flatnonzero(classes))}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
 
 def test_every_head_trains_under_ddp_with_cell_labels_and_a_frozen_encoder(group_of_one: None,
                                                                          tmp_path: Path) -> None:
@@ -211,7 +203,7 @@ def test_every_head_trains_under_ddp_with_cell_labels_and_a_frozen_encoder(group
     losses reach every parameter of every head)."""
     bags = green_marker_bags(12, seed=2)
     cache = write_bag_cache(tmp_path / "cells.h5", bags)
-    config = replace(FAST, cell_labels=str(_cell_label_file(bags, tmp_path / "cells.csv")))
+    config = replace(FAST, cell_labels=str(write_cell_labels(bags, tmp_path / "cells.csv")))
     for head in list_heads():
         metrics = train_model(cache, tmp_path / head, replace(TINY_MODEL, head=head), config)
         assert metrics["trained_on"]["distributed_backend"] == "gloo" and metrics["epochs_run"] == 1

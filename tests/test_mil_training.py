@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mil_fixtures import green_marker_bags, random_bags, write_bag_cache
+from mil_fixtures import green_marker_bags, random_bags, write_bag_cache, write_cell_labels
 from safetensors.torch import load_file
 from sklearn.metrics import average_precision_score
 
@@ -439,21 +439,12 @@ def test_resuming_with_other_settings_is_refused(square_cache: Path, tmp_path: P
 # ----- cell supervision (the upper bound) and input standardisation -------------------------------------
 
 
-def _write_cell_labels(bags, path: Path) -> Path:
-    """A per-cell label CSV (image_id, cell_id, labels) from the hand bags' cell truth (cell ids 1..N)."""
-    lines = ["image_id,cell_id,labels"]
-    for bag in bags:
-        for k, classes in enumerate(bag.cell_classes, start=1):
-            lines.append(f"{bag.image_id},{k},{' '.join(str(c) for c in np.flatnonzero(classes))}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
 
 def test_cell_supervised_training_learns_both_markers_per_cell(tmp_path: Path) -> None:
     """Per-cell labels train the cells directly: after 6 short epochs both marker classes rank the right cells."""
     bags = green_marker_bags(32, seed=0)
     cache = write_bag_cache(tmp_path / "train.h5", bags)
-    labels = _write_cell_labels(bags, tmp_path / "cells.csv")
+    labels = write_cell_labels(bags, tmp_path / "cells.csv")
     train_mil(cache, tmp_path / "model", replace(TINY_MODEL, head="instance"),
               replace(FAST, epochs=6, batch_size=8, max_cells=6, cell_labels=str(labels)))
     f1, aps, prevalence = _evaluate_on_fresh_bags(tmp_path / "model", tmp_path)
@@ -464,7 +455,7 @@ def test_cell_supervised_training_learns_both_markers_per_cell(tmp_path: Path) -
 def test_cell_labels_must_cover_every_training_cell(tmp_path: Path) -> None:
     bags = green_marker_bags(8, seed=0)
     cache = write_bag_cache(tmp_path / "train.h5", bags)
-    labels = _write_cell_labels(bags, tmp_path / "cells.csv")
+    labels = write_cell_labels(bags, tmp_path / "cells.csv")
     config = replace(FAST, epochs=1, val_fraction=0.5, seed=0, cell_labels=str(labels))
     with CellCache(cache) as opened:
         first_training_image = opened.image_ids[int(split_indices(opened.labels, config)[0][0])]

@@ -248,6 +248,8 @@ def test_12_bit_data_in_16_bit_pngs_warns_once_and_scaling_per_image_max_stretch
     ("--limit", "-1", "argument --limit: must be a whole number >= 0, got '-1'"),
     ("--batch-size", "0", "argument --batch-size: must be a whole number >= 1, got '0'"),
     ("--crop-size", "big", "argument --crop-size: must be a whole number >= 4, got 'big'"),
+    ("--postprocess-workers", "-1", "argument --postprocess-workers: must be a whole number >= 0, got '-1'"),
+    ("--network-batch-size", "0", "argument --network-batch-size: must be a whole number >= 1, got '0'"),
 ])
 def test_numeric_options_are_checked(option: str, value: str, message: str,
                                      capsys: pytest.CaptureFixture[str]) -> None:

@@ -150,15 +150,3 @@ def test_options_that_do_not_fit_are_one_line_errors(more: list[str], message: s
     assert segment_command.main(["--images", str(tmp_path), "--out", str(tmp_path / "c.h5"), *more]) == 2
     assert capsys.readouterr().err == f"error: {message}\n"
     assert not (tmp_path / "c.h5").exists()
-
-
-@pytest.mark.parametrize(("option", "value", "message"), [
-    ("--postprocess-workers", "-1", "argument --postprocess-workers: must be a whole number >= 0, got '-1'"),
-    ("--network-batch-size", "0", "argument --network-batch-size: must be a whole number >= 1, got '0'"),
-])
-def test_numeric_options_are_checked(option: str, value: str, message: str,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as stop:
-        segment_command.main(["--images", "x", "--out", "y.h5", option, value])
-    assert stop.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
