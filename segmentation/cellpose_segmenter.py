@@ -306,7 +306,12 @@ class CellposeSegmenter:
         """`function(*args)` in a worker process, or now in this one when there are no workers."""
         if self.postprocess_workers == 0:
             return _done(function, *args)
-        return self._executor()[0].submit(function, *args)
+        try:
+            return self._executor()[0].submit(function, *args)
+        except BrokenProcessPool:  # a worker died while the pool was idle: new workers, the field is not lost
+            logger.warning("a post-processing worker process died; starting %d new ones", self.postprocess_workers)
+            self.close()
+            return self._executor()[0].submit(function, *args)
 
     def _executor(self) -> tuple[ProcessPoolExecutor, list[Future]]:
         """The worker pool, started on first use with every worker loading the flow dynamics (`warm_worker`)."""

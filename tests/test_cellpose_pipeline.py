@@ -136,3 +136,21 @@ def test_settings_are_checked_and_the_segmenter_pickles_without_its_workers(
     assert copy.provenance() == with_workers.provenance()  # the workers are no setting: caches stay resumable
     assert "postprocess_workers" not in str(copy.provenance())
     copy.close()
+
+
+def test_a_worker_that_died_while_idle_is_replaced_at_the_next_field(fields: list[np.ndarray]) -> None:
+    """A pool whose worker was killed between batches is broken at the next submit: new workers take the field."""
+    import signal
+    import time
+
+    with CellposeSegmenter(postprocess_workers=1) as segmenter:
+        (dead,) = segmenter.start_workers()
+        os.kill(dead, signal.SIGKILL)
+        for _ in range(100):  # the pool notices the death in its management thread
+            if segmenter._pool._broken:
+                break
+            time.sleep(0.05)
+        assert segmenter._pool._broken
+        assert_same(segmenter.segment_batch(fields[:2]), CellposeSegmenter().segment_batch(fields[:2]))
+        assert segmenter.start_workers() != [dead]
+
