@@ -20,7 +20,6 @@ for them a torn pair is detected by the token only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpa_cells.atomic_files import atomic_output, write_json_atomic
+from hpa_cells.file_hashes import sha256_of_file
 
 if TYPE_CHECKING:
     import torch
@@ -63,13 +63,6 @@ def _next_name(name: str) -> str:
     return f"{stem}.next.{suffix}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def checkpoint_exists(folder: str | Path) -> bool:
     """Whether `folder` holds a checkpoint to resume (a manifest, or the state file of an older checkpoint)."""
@@ -93,7 +86,7 @@ def save_checkpoint(folder: str | Path, tensors: Mapping[str, torch.Tensor], sta
     with atomic_output(staged[CHECKPOINT_STATE], fsync=True) as partial:
         partial.write_text(json.dumps({**state, TOKEN_KEY: token}, indent=1) + "\n")
     manifest = {"format": MANIFEST_FORMAT, TOKEN_KEY: token,
-                "files": {name: _sha256(path) for name, path in staged.items()}}
+                "files": {name: sha256_of_file(path) for name, path in staged.items()}}
     write_json_atomic(folder / CHECKPOINT_MANIFEST, manifest, indent=1)  # the commit
     for name, path in staged.items():
         os.replace(path, folder / name)
@@ -129,7 +122,7 @@ def _resolve_files(folder: Path, manifest: dict[str, str] | None) -> tuple[dict[
     paths, mismatched, missing = {}, [], []
     for name, sha in manifest.items():
         candidates = [p for p in (folder / name, folder / _next_name(name)) if p.is_file()]
-        matching = [p for p in candidates if _sha256(p) == sha]
+        matching = [p for p in candidates if sha256_of_file(p) == sha]
         if matching:
             paths[name] = matching[0]
         elif candidates:

@@ -17,7 +17,6 @@ knowing how they were built (Cellpose's own ``CellposeModel`` always builds the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from typing import Literal
 import torch
 
 from hpa_cells.atomic_files import atomic_output, write_json_atomic
+from hpa_cells.file_hashes import sha256_of_file  # also imported from here by the segmentation trainer
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +82,6 @@ class CellposeNetSpec:
         record["path"] = str(self.path)
         return record
 
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_model(name_or_path: str | os.PathLike[str], kind: ModelKind) -> CellposeNetSpec:

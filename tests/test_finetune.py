@@ -17,11 +17,11 @@ from mil_fixtures import PROVENANCE, QC_FLAG_NAMES, _cell_records, green_marker_
 from safetensors.torch import load_file, save_file
 
 from hpa_cells.cache import CellCacheWriter
+from hpa_cells.file_hashes import sha256_of_file
 from hpa_cells_cli import train as train_command
 from mil.config import DenseConfig, MILConfig
 from mil.training import InitFolderError, TrainConfig, train_model
 from mil.training import loop as training_loop
-from mil.training.finetune import sha256_of_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

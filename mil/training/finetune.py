@@ -14,13 +14,13 @@ until they train) and its batch-norm statistics are not updated (eval mode).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torch import nn
 
+from hpa_cells.file_hashes import sha256_of_file
 from mil.config import ConfigError, ModelConfig
 from mil.families import ModelFamily, build_model, model_config_from_dict
 from mil.model_files import ModelFolderError, check_model_files, read_config_record
@@ -41,13 +41,6 @@ class InitSource:
     model_config: ModelConfig
     weights_sha256: str
 
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_buildable(config: ModelConfig, source: Path) -> None:

@@ -23,9 +23,9 @@ import numpy as np
 
 from hpa_cells.cache import CellCache
 from hpa_cells.checkpoints import checkpoint_exists, read_checkpoint_state
+from hpa_cells.file_hashes import sha256_of_file
 from hpa_cells.labels import read_labels, to_multi_hot
 from mil.training.config import SETTINGS_ADDED_LATER, TrainConfig, TrainingError
-from mil.training.finetune import sha256_of_file
 
 logger = logging.getLogger(__name__)
 
