@@ -40,17 +40,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def link_fields(source: Path, ids: list[str], folder: Path) -> Path:
-    """`folder` holding symbolic links to the four channel files of each id in `source`."""
+def link_fields(source: Path, folder: Path, limit: int | None = None) -> Path:
+    """`folder` holding symbolic links to the channel files of the first `limit` complete fields of `source`
+    (`hpa_cells.images.scan_folder`: the same discovery as `segment.py`)."""
+    from hpa_cells.images import scan_folder
+
     folder.mkdir(parents=True)
-    for image_id in ids:
-        for channel in sorted(source.glob(f"{image_id}_*")):
-            (folder / channel.name).symlink_to(channel.resolve())
+    for files in list(scan_folder(source).complete.values())[:limit]:
+        for path in files.values():
+            (folder / path.name).symlink_to(path.resolve())
     return folder
-
-
-def field_ids(folder: Path) -> list[str]:
-    return sorted({p.name.rsplit("_", 1)[0] for p in folder.glob("*_blue.*")})
 
 
 def make_folders(args: argparse.Namespace, root: Path) -> dict[str, Path]:
@@ -62,8 +61,8 @@ def make_folders(args: argparse.Namespace, root: Path) -> dict[str, Path]:
     for folder in (real2018, real2021):
         if not folder.is_dir():
             sys.exit(f"real fields not found: {folder} (set --data or HPA_REAL_DATA)")
-    folders = {"real 2018 (512 px PNG)": link_fields(real2018, field_ids(real2018)[: args.fields], root / "r2018"),
-               "real 2021 (2048/3072 px 16-bit PNG)": link_fields(real2021, field_ids(real2021), root / "r2021")}
+    folders = {"real 2018 (512 px PNG)": link_fields(real2018, root / "r2018", args.fields),
+               "real 2021 (2048/3072 px 16-bit PNG)": link_fields(real2021, root / "r2021")}
     for name, preset in (("synthetic 512 px (default)", "default"), ("synthetic 512 px (hpa2018 preset)", "hpa2018")):
         folder = root / f"synthetic_{preset}"
         write_dataset(folder, args.fields, SyntheticConfig.preset(preset, seed=0, size=512), show_progress=False)
