@@ -381,6 +381,13 @@ def score_rows(args: argparse.Namespace, fields: list, status: dict) -> dict:
     ids = [f.image_id for f in fields]
     y = to_multi_hot([f.labels for f in fields])
     rows, arrays = {}, {}
+
+    def scored(title: str, saved: dict, probs, pred) -> tuple[dict, object]:
+        """A row's entry (title, bootstrap metrics, its run's seconds and folds) and the bootstrap itself."""
+        boot = bootstrap_image_metrics(y, probs, pred, resamples=args.resamples, seed=args.seed)
+        return {"title": title, "status": "done", "metrics": {k: v.to_dict() for k, v in boot.metrics.items()},
+                "seconds": saved["seconds"], "folds": saved["folds"]}, boot
+
     for row in ROWS:
         found = pooled(args, row, ids)
         if found is None:
@@ -388,12 +395,9 @@ def score_rows(args: argparse.Namespace, fields: list, status: dict) -> dict:
             continue
         saved, probs, pred = found
         arrays[row] = (probs, pred)
-        boot = bootstrap_image_metrics(y, probs, pred, resamples=args.resamples, seed=args.seed)
-        rows[row] = {"title": row_title(row), "status": "done",
-                     "metrics": {k: v.to_dict() for k, v in boot.metrics.items()},
-                     "per_class_ap": {CLASS_NAMES[c]: v.to_dict() for c, v in boot.per_class_ap.items()},
-                     "seconds": saved["seconds"], "folds": saved["folds"],
-                     "fields_without_prediction": saved.get("missing_fields", [])}
+        rows[row], boot = scored(row_title(row), saved, probs, pred)
+        rows[row].update(per_class_ap={CLASS_NAMES[c]: v.to_dict() for c, v in boot.per_class_ap.items()},
+                         fields_without_prediction=saved.get("missing_fields", []))
     comparisons = {}
     for a, b in COMPARISONS:
         if a in arrays and b in arrays:
@@ -406,10 +410,7 @@ def score_rows(args: argparse.Namespace, fields: list, status: dict) -> dict:
                 continue
             saved, probs, pred = found
             key = f"{row}@{name}"
-            boot = bootstrap_image_metrics(y, probs, pred, resamples=args.resamples, seed=args.seed)
-            rows[key] = {"title": f"{row_title(row)} [{name}: {work}]", "status": "done",
-                         "metrics": {k: v.to_dict() for k, v in boot.metrics.items()},
-                         "seconds": saved["seconds"], "folds": saved["folds"]}
+            rows[key] = scored(f"{row_title(row)} [{name}: {work}]", saved, probs, pred)[0]
             diff = paired_bootstrap_image_metrics(y, arrays[row], (probs, pred), resamples=args.resamples,
                                                   seed=args.seed)
             comparisons[f"{key} - {row}"] = {k: v.to_dict() for k, v in diff.items()}
