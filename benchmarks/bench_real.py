@@ -105,6 +105,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also score the rows of another work folder (the same folds, another setting, e.g. "
                         "hpa2018=runs/bench_real_hpa2018), as rows ROW@NAME with the paired difference ROW@NAME - "
                         "ROW; repeatable")
+    p.add_argument("--recipe", default="default",
+                   help="the attention rows' training recipe, a row of bench_weak_supervision.py (RECIPES: e.g. "
+                        "topk1, dual_stream, self_training), in pretraining and fine-tuning alike; use its own --work "
+                        "folder (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=15, help="real training epochs per fold (default: %(default)s)")
     p.add_argument("--patience", type=int, default=8, help="real training early-stopping patience (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, every row (default: %(default)s)")
@@ -203,11 +207,36 @@ def model_settings(kind: str, args: argparse.Namespace):
                        patience=args.patience, max_cells=args.max_cells)
     crop = MILConfig(encoder=args.encoder, input_size=args.input_size)
     if kind == "attention":
-        return crop, base
+        return recipe_settings(crop, base, args.recipe)[:2]
     if kind == "mean":
         return replace(crop, head="mean"), base
     return (replace(crop, head="mean", input_size=args.image_size, use_mask_channel=False),
             replace(base, max_cells=1, exclude_flags=()))
+
+
+def recipe_settings(model_config, train_config, recipe: str):
+    """(model config, training config, self-training rounds) of an attention row under a weak-supervision recipe
+    of bench_weak_supervision.py (its changes to the default, not its epochs or data)."""
+    from bench_weak_supervision import RECIPES
+
+    if recipe not in RECIPES or "cell_labels" in RECIPES[recipe][2]:
+        usable = [name for name, (_, _, train) in RECIPES.items() if "cell_labels" not in train]
+        raise RowError(f"--recipe {recipe}: not a weak-supervision recipe; choose one of {', '.join(usable)}")
+    _, model_changes, train_changes = RECIPES[recipe]
+    train_changes = {k: v for k, v in train_changes.items() if k not in ("self_training", "epochs")}
+    return (replace(model_config, **model_changes), replace(train_config, **train_changes),
+            int(RECIPES[recipe][2].get("self_training", 0)))
+
+
+def train_row_model(kind: str, args: argparse.Namespace, cache: Path, folder: Path, model_config, train_config):
+    """Train one model of a row: by the recipe's self-training rounds for an attention row, else plainly."""
+    from mil.self_training import train_with_self_training
+    from mil.training import train_model
+
+    rounds = recipe_settings(model_config, train_config, args.recipe)[2] if kind == "attention" else 0
+    if rounds:
+        return train_with_self_training(cache, folder, model_config, train_config, rounds)
+    return train_model(cache, folder, model_config, train_config)
 
 
 def trained(folder: Path) -> bool:
@@ -216,7 +245,6 @@ def trained(folder: Path) -> bool:
 
 def pretrained_model(kind: str, args: argparse.Namespace, caches: dict, timings: dict) -> Path:
     """The model of `kind` trained on the synthetic fields only (trained once; resumable)."""
-    from mil.training import train_model
 
     if "synthetic" not in caches:
         caches["synthetic"] = synthetic_caches(args, timings)
@@ -228,7 +256,7 @@ def pretrained_model(kind: str, args: argparse.Namespace, caches: dict, timings:
     train_config = replace(train_config, epochs=args.synthetic_epochs, patience=100)
     print(f"pretraining {KIND_TITLES[kind]} on {args.synthetic_fields} synthetic fields -> {folder}")
     started = time.time()
-    metrics = train_model(whole if kind == "image" else cells, folder, model_config, train_config)
+    metrics = train_row_model(kind, args, whole if kind == "image" else cells, folder, model_config, train_config)
     timings[f"pretrain {kind}"] = {"epochs": metrics["epochs_run"], "train_seconds": metrics["train_seconds_this_run"],
                                    "seconds": round(time.time() - started, 1),
                                    "train_fields": metrics["n_train_images"]}
@@ -291,7 +319,6 @@ def init_settings(train_config, pretrained: Path, args: argparse.Namespace):
 def fold_row(row: str, args: argparse.Namespace, splits: list[dict], caches: dict, timings: dict) -> dict:
     """A trained row: per fold, a model trained on the fold's training fields (from scratch or from the synthetic
     model) predicts the held-out fields; a `synthetic` row predicts every field with the pretrained model."""
-    from mil.training import train_model
 
     kind, start = row.split("_")
     cells, whole = caches["real"]
@@ -310,7 +337,7 @@ def fold_row(row: str, args: argparse.Namespace, splits: list[dict], caches: dic
                 train_config = init_settings(train_config, pretrained, args)
             if not trained(folder):
                 print(f"{row}: fold {split['fold']}: training -> {folder}")
-                train_model(cache, folder, model_config, train_config)
+                train_row_model(kind, args, cache, folder, model_config, train_config)
         probs, thresholds, missing = predict_fields(folder, cache, split["held_out"])
         out["image_ids"] += split["held_out"]
         out["probs"] += probs.tolist()

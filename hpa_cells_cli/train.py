@@ -42,7 +42,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from hpa_cells.devices import DEVICE_CHOICES_TEXT
-from hpa_cells_cli.arguments import fold_count, non_negative_int, open_fraction, positive_float, positive_int
+from hpa_cells_cli.arguments import (
+    fold_count,
+    non_negative_float,
+    non_negative_int,
+    open_fraction,
+    positive_float,
+    positive_int,
+)
 
 CROP_OPTIONS = {"encoder": "encoder", "head": "head", "input_size": "input_size", "no_mask_channel": "use_mask_channel"}
 DENSE_OPTIONS = {"dense_arch": "arch", "dense_encoder": "encoder", "head": "head", "cell_pool": "cell_pool",
@@ -136,9 +143,35 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--mosaic-bags", type=non_negative_int, default=0, metavar="N",
                    help="crop family: add N bags per epoch that each mix the cells of 2-4 single-label training "
                         "images with different labels (label: the union; see mil/mosaics.py) (default: %(default)s)")
+    _add_weak_supervision_options(p)
     p.add_argument("--seed", type=non_negative_int, default=0, help="(default: %(default)s)")
     _add_device_options(p)
     return p
+
+
+def _add_weak_supervision_options(p: argparse.ArgumentParser) -> None:
+    """The cell-level terms beside the image loss, and self-training (BENCHMARKS.md "Weak supervision": what
+    each measured on the MIL benchmark)."""
+    p.add_argument("--negative-cell-weight", type=non_negative_float, default=0.5, metavar="W",
+                   help="weight of the loss pushing down every cell's logits of classes its image lacks "
+                        "(default: %(default)s)")
+    p.add_argument("--topk-cells", type=non_negative_int, default=0, metavar="K",
+                   help="crop family: for every class an image has, pull up its K best cells (top-k instance loss; "
+                        "0 = off) (default: %(default)s)")
+    p.add_argument("--topk-weight", type=non_negative_float, default=1.0, metavar="W",
+                   help="weight of the top-k instance loss (default: %(default)s)")
+    p.add_argument("--self-training-rounds", type=non_negative_int, default=0, metavar="R",
+                   help="crop family: after the MIL model, R rounds that each train a new model on the previous "
+                        "one's confident cells as per-cell targets (mil/self_training.py; rounds in OUT/round*, the "
+                        "last round's model in OUT) (default: %(default)s)")
+    p.add_argument("--pseudo-positive-ratio", type=open_fraction, default=0.5, metavar="F",
+                   help="self-training: a cell is a positive target for a class its image has when its probability "
+                        "is at least F x the image's best cell's (default: %(default)s)")
+    p.add_argument("--pseudo-negative-ratio", type=open_fraction, default=0.2, metavar="F",
+                   help="self-training: ... a negative target when at most F x the best cell's; unknown between "
+                        "(default: %(default)s)")
+    p.add_argument("--pseudo-label-weight", type=non_negative_float, default=1.0, metavar="W",
+                   help="self-training: weight of the per-cell pseudo-label loss (default: %(default)s)")
 
 
 def _explicit_options(argv: list[str] | None, prog: str | None) -> set[str]:
@@ -202,6 +235,13 @@ def _check_options(args: argparse.Namespace, explicit: set[str], model_config) -
     if args.mosaic_bags and args.labels is not None:
         return ("--mosaic-bags cannot be combined with --labels yet (mosaic bags take their labels from the cache): "
                 "relabel the cache instead (hpa-cells relabel --cache CACHE --labels CSV), or drop --mosaic-bags")
+    if (args.topk_cells or args.self_training_rounds) and model_config.family != "crop":
+        return "--topk-cells and --self-training-rounds apply to --family crop only"
+    if args.self_training_rounds and args.pseudo_negative_ratio >= args.pseudo_positive_ratio:
+        return (f"--pseudo-negative-ratio {args.pseudo_negative_ratio} must be below --pseudo-positive-ratio "
+                f"{args.pseudo_positive_ratio}")
+    if args.self_training_rounds and args.cell_labels is not None:
+        return "--self-training-rounds cannot be combined with --cell-labels (the cells already have labels)"
     if args.dense_window is not None and args.dense_window > model_config.input_size:
         return f"--dense-window {args.dense_window} is larger than --dense-input-size {model_config.input_size}"
     return None
@@ -220,7 +260,9 @@ def _train_config(args: argparse.Namespace):
                        init_standardisation=args.init_standardisation,
                        freeze_encoder_epochs=args.freeze_encoder_epochs, mosaic_bags=args.mosaic_bags,
                        labels=str(args.labels) if args.labels else None,
-                       split_file=str(args.split_file) if args.split_file else None)
+                       split_file=str(args.split_file) if args.split_file else None,
+                       negative_cell_weight=args.negative_cell_weight, topk_cells=args.topk_cells,
+                       topk_weight=args.topk_weight, pseudo_label_weight=args.pseudo_label_weight)
 
 
 def _print_summary(args: argparse.Namespace, family: str, metrics: dict) -> None:
@@ -238,6 +280,11 @@ def _print_summary(args: argparse.Namespace, family: str, metrics: dict) -> None
     print(f"  best epoch {metrics['best_epoch']} of {metrics['epochs_run']}; validation loss {metrics['val_loss']:.4f}")
     print(f"  validation macro F1 {metrics['val_macro_f1']:.3f} with fitted thresholds "
           f"({metrics['val_macro_f1_at_0.5']:.3f} at 0.5)")
+    for entry in metrics.get("self_training", {}).get("per_round", [])[1:]:
+        counts = entry["pseudo_labels"]
+        print(f"  self-training round {entry['round']}: pseudo-labels for {counts['cells']} cells "
+              f"({counts['positive_entries']} positive, {counts['unknown_entries']} unknown (cell, class) entries; "
+              f"the rest negative), {entry['folder']}")
     print(f"  {metrics['n_train_images']} training / {metrics['n_val_images']} validation images; "
           f"{metrics['train_seconds_this_run']:.0f} s training, {metrics['train_images_per_second']} images/s, "
           f"{metrics['train_cells_per_second']} cells/s")
@@ -312,11 +359,29 @@ def _train(args: argparse.Namespace, model_config, train_config) -> tuple[dict |
         rank = ranks.rank
         if not ranks.main:
             logging.getLogger().setLevel(logging.WARNING)
+        if args.self_training_rounds:
+            return _self_train(args, model_config, train_config, ranks), None, rank
         return train_model(args.cache, args.out, model_config, train_config, overwrite=args.overwrite), None, rank
     except _user_errors() as err:
         return None, str(err), rank
     finally:
         stop_process_group()
+
+
+def _self_train(args: argparse.Namespace, model_config, train_config, ranks) -> dict:
+    """Self-training rounds after the MIL model (one process only: the rounds' labelling pass runs once)."""
+    from mil.pseudo_labels import PseudoLabelRule
+    from mil.self_training import train_with_self_training
+    from mil.training.config import TrainingError
+
+    if ranks.world_size > 1:
+        raise TrainingError("--self-training-rounds runs in one process; under torchrun train each round's model "
+                            "with --pseudo-labels from mil/self_training.py, or drop torchrun")
+    if args.overwrite:
+        raise TrainingError("--overwrite cannot be combined with --self-training-rounds: remove the --out folder to "
+                            "train every round again")
+    rule = PseudoLabelRule(args.pseudo_positive_ratio, args.pseudo_negative_ratio)
+    return train_with_self_training(args.cache, args.out, model_config, train_config, args.self_training_rounds, rule)
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:

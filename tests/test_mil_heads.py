@@ -29,8 +29,9 @@ def _mask(lengths: list[int], n: int) -> torch.Tensor:
     return torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
 
 
-def test_registry_lists_the_six_heads() -> None:
-    assert list_heads() == ["attention", "class_gated_attention", "gated_attention", "instance", "max", "mean"]
+def test_registry_lists_the_seven_heads() -> None:
+    assert list_heads() == ["attention", "class_gated_attention", "dual_stream", "gated_attention", "instance", "max",
+                            "mean"]
 
 
 @pytest.mark.parametrize(("name", "kwargs"), HEAD_CASES, ids=HEAD_IDS)
@@ -126,7 +127,7 @@ def test_unknown_head_name_lists_the_registered_heads() -> None:
         create_head("transformer", in_features=D, num_classes=K)
     assert str(info.value) == (
         "unknown pooling head 'transformer'; registered heads: "
-        "attention, class_gated_attention, gated_attention, instance, max, mean"
+        "attention, class_gated_attention, dual_stream, gated_attention, instance, max, mean"
     )
 
 

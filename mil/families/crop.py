@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -23,6 +24,7 @@ from mil.families._registry import ModelFamily, TrainingData, register_family
 from mil.model import BagBatch, MILModel
 from mil.mosaics import BagsWithMosaics
 from mil.prediction_batches import BagInput, GroupOutput, padded_crops, to_device, usable_mask
+from mil.pseudo_labels import pseudo_label_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def warm_start_config(config: MILConfig, folder: str | os.PathLike[str]) -> MILC
 
 def training_data(model_config: MILConfig, config) -> TrainingData:
     """Bags over a cache for the training loop; `config` is a `mil.training.TrainConfig` (max_cells, seed,
-    exclude_flags, cell_labels for cell-supervised training, mosaic_bags for extra mosaic bags in training)."""
+    exclude_flags, cell_labels for cell-supervised training, pseudo_labels for self-training, mosaic_bags for extra mosaic bags in training)."""
 
     def make_dataset(cache_path: Path, image_indices: Sequence[int], train: bool) -> Dataset:
         cell_labels = None
@@ -50,6 +52,12 @@ def training_data(model_config: MILConfig, config) -> TrainingData:
                                                 config.cell_labels, image_indices=image_indices)
             logger.info("cell-supervised training on %d images: %d of their cells carry at least one class (%s)",
                         len(image_indices), int((cell_labels.sum(1) > 0).sum()), config.cell_labels)
+        if train and config.pseudo_labels is not None:
+            with CellCache(cache_path) as cache:
+                cell_labels = pseudo_label_matrix(cache, Path(config.pseudo_labels), image_indices)
+            logger.info("self-training on %d images: %d known (cell, class) targets, %d positive (%s)",
+                        len(image_indices), int((~np.isnan(cell_labels)).sum()), int(np.nansum(cell_labels)),
+                        config.pseudo_labels)
         if train and config.mosaic_bags:
             return BagsWithMosaics(cache_path, image_indices, config.mosaic_bags, config.max_cells, seed=config.seed,
                                    exclude_flags=config.exclude_flags)

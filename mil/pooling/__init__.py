@@ -3,6 +3,7 @@
 from mil.pooling import (  # noqa: F401  (importing the modules registers the heads)
     attention_pooling,
     class_attention_pooling,
+    dual_stream_pooling,
     instance_pooling,
     max_pooling,
     mean_pooling,

@@ -14,7 +14,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 SETTINGS_ADDED_LATER = {"dense_window": None, "mosaic_bags": 0, "init_from": None,
                         "init_standardisation": "keep", "freeze_encoder_epochs": 0, "labels": None,
-                        "split_file": None, "precision": "auto"}
+                        "split_file": None, "precision": "auto", "topk_cells": 0, "topk_weight": 1.0,
+                        "pseudo_labels": None, "pseudo_label_weight": 1.0}
 """TrainConfig fields added after checkpoints were first written, with the value older runs had in effect."""
 
 
@@ -50,6 +51,14 @@ class TrainConfig:
     on other CUDA GPUs, fp32 on the CPU), "fp32", "bf16" or "fp16"; see `mil.training.precision`."""
     exclude_flags: tuple[str, ...] = DEFAULT_EXCLUDE_FLAGS
     encoder_weights: str | None = None
+    topk_cells: int = 0
+    """The top-k instance loss (`mil.training.losses.topk_instance_loss`): for every class an image has, its
+    `topk_cells` highest-scoring cells are pulled towards the class, weighted by `topk_weight`; 0 = off."""
+    topk_weight: float = 1.0
+    pseudo_labels: str | None = None
+    """Self-training (`mil.self_training`): a per-cell pseudo-label CSV (image_id, cell_id, labels, uncertain) whose
+    known entries train the cell logits beside the image loss, weighted by `pseudo_label_weight`."""
+    pseudo_label_weight: float = 1.0
     cell_labels: str | None = None
     """Per-cell label CSV (image_id, cell_id, labels): train the cells directly (the fully supervised upper
     bound) instead of from image labels; see `mil.cell_labels`."""
@@ -96,10 +105,18 @@ class TrainConfig:
             raise ValueError(f"patience must be at least 1 epoch, got {self.patience}")
         if self.folds and not 0 <= self.fold < self.folds:
             raise ValueError(f"fold must be in 0..{self.folds - 1}, got {self.fold}")
+        if self.topk_cells < 0 or self.topk_weight < 0 or self.pseudo_label_weight < 0:
+            raise ValueError(f"topk_cells, topk_weight and pseudo_label_weight must be >= 0, got {self.topk_cells}, "
+                             f"{self.topk_weight}, {self.pseudo_label_weight}")
+        if self.pseudo_labels is not None and self.cell_labels is not None:
+            raise ValueError("pseudo-labels (pseudo_labels) and per-cell labels (cell_labels) exclude each other")
         if self.mosaic_bags < 0:
             raise ValueError(f"mosaic_bags must be >= 0, got {self.mosaic_bags}")
         if self.mosaic_bags and self.cell_labels is not None:
             raise ValueError("mosaic bags (mosaic_bags) cannot be combined with per-cell label training (cell_labels)")
+        if self.mosaic_bags and self.pseudo_labels is not None:
+            raise ValueError("mosaic bags (mosaic_bags) cannot be combined with self-training's pseudo-labels "
+                             "(pseudo_labels): mosaic cells carry no pseudo-labels")
         if self.mosaic_bags and self.labels is not None:
             raise ValueError("mosaic bags (mosaic_bags) cannot be combined with a label file (labels) yet: mosaics "
                              "take their labels from the cache")

@@ -1,5 +1,6 @@
-"""The training losses: BCE or focal loss on image (or cell) logits, the negative-cell term, class weighting and
-the prior initialisation of the class bias."""
+"""The training losses: BCE or focal loss on image (or cell) logits, the negative-cell term, the top-k instance
+term, the pseudo-label cell term of self-training (`mil.self_training`), class weighting and the prior
+initialisation of the class bias."""
 
 from __future__ import annotations
 
@@ -36,17 +37,51 @@ def negative_cell_loss(cell_logits: torch.Tensor, valid: torch.Tensor, labels: t
     return per_entry[absent].mean()
 
 
+def topk_instance_loss(cell_logits: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """BCE pulling up, for every class an image has, the logits of its `k` highest-scoring real cells.
+
+    The instance-level half of the MIL assumption ("some cell has class k"): where attention pooling lets a
+    positive image be explained by a blend of many cells, this asks that its best cells themselves say so. Cells
+    of bags with fewer than `k` real cells count once each. Averaged over (bag, present class, chosen cell).
+    """
+    b, n, num_classes = cell_logits.shape
+    k = min(k, n)
+    ranked = cell_logits.masked_fill(~valid.unsqueeze(-1), float("-inf"))
+    top = torch.topk(ranked, k, dim=1).values  # B,k,K
+    chosen = torch.isfinite(top) & (labels > 0.5).unsqueeze(1)
+    if not chosen.any():
+        return cell_logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(top[chosen], torch.ones_like(top[chosen]))
+
+
+def pseudo_label_loss(cell_logits: torch.Tensor, valid: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE of the cell logits against per-cell targets where they are known: `targets` `B,N,K` holds 1, 0 or NaN
+    (unknown: left out), as self-training's pseudo-labels do (`mil.self_training`). Averaged over known entries
+    of real cells."""
+    known = valid.unsqueeze(-1) & ~torch.isnan(targets)
+    if not known.any():
+        return cell_logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(cell_logits[known], targets[known])
+
+
 def batch_loss(output, batch, cell_targets: torch.Tensor | None, config: TrainConfig,
                pos_weight: torch.Tensor | None) -> torch.Tensor:
-    """The training loss of one batch: with per-cell targets (cell supervision) the loss over every real cell;
-    else the image loss plus `negative_cell_weight` x `negative_cell_loss`."""
-    if cell_targets is not None:
+    """The training loss of one batch. Cell supervision (`config.cell_labels`): the loss over every real cell.
+    Else the image loss, plus `negative_cell_weight` x `negative_cell_loss`, plus `topk_weight` x
+    `topk_instance_loss` when `topk_cells` is set, plus `pseudo_label_weight` x `pseudo_label_loss` when the bags
+    carry pseudo-labels (`config.pseudo_labels`)."""
+    if cell_targets is not None and config.pseudo_labels is None:
         valid = batch.valid
         return loss_function(output.cell_logits.float()[valid], cell_targets[valid], config, pos_weight)
+    cell_logits = output.cell_logits.float()
     loss = loss_function(output.image_logits.float(), batch.labels, config, pos_weight)
     if config.negative_cell_weight > 0:
-        loss = loss + config.negative_cell_weight * negative_cell_loss(
-            output.cell_logits.float(), batch.valid, batch.labels)
+        loss = loss + config.negative_cell_weight * negative_cell_loss(cell_logits, batch.valid, batch.labels)
+    if config.topk_cells > 0:
+        loss = loss + config.topk_weight * topk_instance_loss(cell_logits, batch.valid, batch.labels,
+                                                               config.topk_cells)
+    if cell_targets is not None:
+        loss = loss + config.pseudo_label_weight * pseudo_label_loss(cell_logits, batch.valid, cell_targets)
     return loss
 
 

@@ -1,0 +1,88 @@
+"""Cell-level self-training: a trained MIL model's confident cells become per-cell targets for the next model.
+
+The 2021 HPA single-cell winners trained on image labels, then relabelled cells with their own predictions and
+trained again. Round 0 is the MIL model from image labels; each round after it predicts the training images'
+cells with the previous round's model, turns them into pseudo-labels with the image labels as a constraint
+(`mil.pseudo_labels.make_pseudo_labels`), and trains a new model from scratch on the same images and split with
+the image loss plus `pseudo_label_weight` x BCE on the known cell targets
+(`mil.training.losses.pseudo_label_loss`). Every round lives in its own folder and finished rounds are reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from hpa_cells.atomic_files import write_json_atomic
+from hpa_cells.cache import CellCache
+from mil.pseudo_labels import PseudoLabelRule, make_pseudo_labels, pseudo_label_summary, write_pseudo_labels
+
+logger = logging.getLogger(__name__)
+
+
+def label_cells(model_folder: Path, cache_path: Path, train_ids: list[str], rule: PseudoLabelRule,
+                device: str = "cpu", labels_path: str | None = None) -> pd.DataFrame:
+    """The pseudo-labels of the training images' cells from the model in `model_folder` (its cells' own
+    probabilities over `cache_path`); image labels from the cache, or from `labels_path` (`train.py --labels`)."""
+    from mil.inference import bags_from_cache, model_exclude_flags, predict_bags
+    from mil.model_folder import load_model
+    from mil.training.resume import label_override
+
+    loaded = load_model(model_folder)
+    wanted = set(train_ids)
+    bags = (bag for bag in bags_from_cache(cache_path, model_exclude_flags(loaded)) if bag.image_id in wanted)
+    predictions = predict_bags(loaded, bags, device=device, show_progress=True, total=len(wanted), cell_score="cell")
+    with CellCache(cache_path) as cache:
+        labels = label_override(cache, labels_path)[0] if labels_path is not None else cache.labels
+        position = {image_id: i for i, image_id in enumerate(cache.image_ids)}
+        image_labels = {image_id: labels[position[image_id]] for image_id in train_ids}
+    return make_pseudo_labels(predictions.cells, image_labels, rule)
+
+
+def _finished(folder: Path) -> bool:
+    return (folder / "metrics.json").is_file() and (folder / "weights.safetensors").is_file()
+
+
+def train_with_self_training(cache_path: Path, out_dir: Path, model_config, config, rounds: int,
+                             rule: PseudoLabelRule | None = None) -> dict:
+    """Round 0 (the MIL model from image labels) in `out_dir/round0`, then `rounds` self-training rounds, round r
+    in `out_dir/round{r}` with its `pseudo_labels.csv`; the last round's model folder is `out_dir` itself.
+    Finished rounds are reused, so rerunning continues. Returns the last round's metrics (with the rounds'
+    pseudo-label counts and training seconds in `self_training`)."""
+    from mil.training import train_model
+
+    rule = rule or PseudoLabelRule()
+    if getattr(model_config, "family", "crop") != "crop":
+        raise ValueError(f"self-training trains crop-family models (per-cell targets of cell crops), not "
+                         f"{model_config.family}")
+    if rounds < 1:
+        raise ValueError(f"self-training needs at least 1 round after the MIL model, got {rounds}")
+    record = []
+    previous = None
+    for r in range(rounds + 1):
+        folder = out_dir if r == rounds else out_dir / f"round{r}"
+        round_config = config
+        entry = {"round": r, "folder": str(folder)}
+        if r > 0:
+            pseudo = out_dir / f"round{r}" / "pseudo_labels.csv"
+            if not pseudo.is_file():
+                train_ids = json.loads((previous / "metrics.json").read_text())["train_image_ids"]
+                labels = label_cells(previous, cache_path, train_ids, rule, config.device, config.labels)
+                pseudo.parent.mkdir(parents=True, exist_ok=True)
+                write_pseudo_labels(labels, pseudo)
+            entry["pseudo_labels"] = pseudo_label_summary(pd.read_csv(pseudo, dtype=str, keep_default_na=False))
+            logger.info("self-training round %d: %s", r, entry["pseudo_labels"])
+            round_config = replace(config, pseudo_labels=str(pseudo))
+        metrics = (json.loads((folder / "metrics.json").read_text()) if _finished(folder)
+                   else train_model(cache_path, folder, model_config, round_config))
+        entry["train_seconds"] = metrics.get("train_seconds_this_run")
+        record.append(entry)
+        previous = folder
+    summary = {"rounds": rounds, "rule": {"positive_ratio": rule.positive_ratio,
+                                          "negative_ratio": rule.negative_ratio}, "per_round": record}
+    write_json_atomic(out_dir / "self_training.json", summary, indent=1)
+    return {**metrics, "self_training": summary}
