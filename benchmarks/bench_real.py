@@ -109,6 +109,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the attention rows' training recipe, a row of bench_weak_supervision.py (RECIPES: e.g. "
                         "topk1, dual_stream, self_training), in pretraining and fine-tuning alike; use its own --work "
                         "folder (default: %(default)s)")
+    p.add_argument("--link-from", type=Path, metavar="WORK",
+                   help="a work folder whose real and synthetic caches (and synthetic fields) this --work folder links "
+                        "to instead of making its own: the same cells for another recipe or setting")
     p.add_argument("--epochs", type=int, default=15, help="real training epochs per fold (default: %(default)s)")
     p.add_argument("--patience", type=int, default=8, help="real training early-stopping patience (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, every row (default: %(default)s)")
@@ -485,9 +488,24 @@ def _load_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def link_caches(args: argparse.Namespace) -> None:
+    """--link-from: symbolic links in --work to the other work folder's caches and synthetic fields (kept if they
+    exist already)."""
+    names = ("real_cells.h5", f"real_fields_{args.image_size}.h5", "synthetic", "synthetic_cells.h5",
+             f"synthetic_fields_{args.image_size}.h5")
+    for name in names:
+        source, link = args.link_from.resolve() / name, args.work / name
+        if not source.exists():
+            raise RowError(f"--link-from {args.link_from}: {source} does not exist")
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(source)
+
+
 def run_rows(args: argparse.Namespace, fields: list, timings: dict, status: dict) -> None:
     """The real caches, the split files, then each asked row not yet done; `timings` and `status` (row -> why it
     did not run) are updated and saved after every row."""
+    if args.link_from is not None:
+        link_caches(args)
     caches = {"real": real_caches(args, fields, timings)}
     splits = write_split_files(args, fields)
     labels = {f.image_id: f.labels for f in fields}
@@ -529,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
                                seed=args.seed)
         else:
             run_rows(args, fields, timings, status)
-    except (RealDataError, FoldsFileError) as err:
+    except (RealDataError, FoldsFileError, RowError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     results = score_rows(args, fields, status)

@@ -133,6 +133,7 @@ def train(row: str, args: argparse.Namespace, cells: Path, truth: Path) -> dict 
 def validation_predictions(folder: Path, cells: Path, val_ids: list[str], device: str):
     """The model's predictions (the cells' own probabilities) of the validation images, saved beside the model
     (`val_predictions/`, a prediction folder) and reused."""
+    from hpa_cells.cache import CellCache
     from hpa_cells.predictions import read_prediction_folder, write_prediction_folder
     from mil.inference import bags_from_cache, model_exclude_flags, predict_bags
     from mil.model_folder import load_model
@@ -146,7 +147,10 @@ def validation_predictions(folder: Path, cells: Path, val_ids: list[str], device
     started = time.time()
     own = predict_bags(loaded, bags, device=device, total=len(val_ids), cell_score="cell")
     seconds = time.time() - started
-    write_prediction_folder(saved, own, {"model": str(folder), "cache": str(cells), "images": "validation"})
+    with CellCache(cells) as cache:
+        flag_names = cache.qc_flag_names
+    write_prediction_folder(own, saved, {"model": str(folder), "cache": str(cells), "images": "validation"},
+                            flag_names)
     return own, len(val_ids) / seconds
 
 
@@ -232,6 +236,39 @@ class Scoreboard:
                 "share_better": result.share_b_better, "resamples": result.resamples, "images": result.n_images}
 
 
+def pseudo_label_quality(folder: Path, truth: Path) -> dict:
+    """Diagnostics only (never used to choose anything): each round's pseudo-labels against the true cell labels
+    of the training cells: precision and recall of the positive targets, the share of true negatives among the
+    negative targets, and the share of (cell, class) entries left unknown."""
+    import pandas as pd
+
+    from hpa_cells.metrics import read_cell_truth
+
+    cell_truth = read_cell_truth(truth)
+    out = {}
+    for path in sorted(folder.glob("round*/pseudo_labels.csv")):
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        counts = {"true_positive": 0, "positive": 0, "truly_positive": 0, "negative": 0, "true_negative": 0,
+                  "unknown": 0, "entries": 0}
+        for image_id, cell_id, labels, unknown in table.itertuples(index=False):
+            true = set(cell_truth[image_id].get(int(cell_id), ()))
+            positive, uncertain = set(map(int, labels.split())), set(map(int, unknown.split()))
+            negative = set(range(28)) - positive - uncertain
+            counts["true_positive"] += len(positive & true)
+            counts["positive"] += len(positive)
+            counts["truly_positive"] += len(true)
+            counts["negative"] += len(negative)
+            counts["true_negative"] += len(negative - true)
+            counts["unknown"] += len(uncertain)
+            counts["entries"] += 28
+        out[path.parent.name] = {
+            "positive_precision": counts["true_positive"] / max(counts["positive"], 1),
+            "positive_recall": counts["true_positive"] / max(counts["truly_positive"], 1),
+            "negative_precision": counts["true_negative"] / max(counts["negative"], 1),
+            "unknown_share": counts["unknown"] / max(counts["entries"], 1), **counts}
+    return out
+
+
 def compute_entry(metrics: dict, folder: Path) -> dict:
     """Training cost of a row: seconds and epochs over every round of a self-trained row."""
     per_round = metrics.get("self_training", {}).get("per_round")
@@ -265,6 +302,9 @@ def run_row(row: str, args: argparse.Namespace, board: Scoreboard | None, cells:
     folder = model_folder(row, args)
     own, images_per_second = validation_predictions(folder, cells, board.val_ids, args.device)
     entry = {"title": RECIPES[row][0], **compute_entry(metrics, folder), **board.score_row(row, own)}
+    quality = pseudo_label_quality(folder, truth)
+    if quality:
+        entry["pseudo_label_quality"] = quality
     if images_per_second is not None:
         entry["inference_images_per_second"] = round(images_per_second, 2)
     results["rows"][row] = {**results["rows"].get(row, {}), **entry}
