@@ -131,26 +131,35 @@ def train(row: str, args: argparse.Namespace, cells: Path, truth: Path) -> dict 
 
 
 def validation_predictions(folder: Path, cells: Path, val_ids: list[str], device: str):
-    """The model's predictions (the cells' own probabilities) of the validation images, saved beside the model
-    (`val_predictions/`, a prediction folder) and reused."""
-    from hpa_cells.cache import CellCache
-    from hpa_cells.predictions import read_prediction_folder, write_prediction_folder
+    """(the model's predictions of the validation images with the cells' own probabilities, images per second or
+    None when reused): saved beside the model as `val_predictions.npz` (exact float32 probabilities, no pickle)."""
+    import pandas as pd
+
+    from hpa_cells.classes import CLASS_NAMES
+    from hpa_cells.predictions import Predictions
     from mil.inference import bags_from_cache, model_exclude_flags, predict_bags
     from mil.model_folder import load_model
 
-    saved = folder / "val_predictions"
-    if (saved / "manifest.json").is_file():
-        return read_prediction_folder(saved), None
+    saved = folder / "val_predictions.npz"
+    classes = list(CLASS_NAMES)
+    if saved.is_file():
+        data = np.load(saved, allow_pickle=False)
+        table = pd.DataFrame(data["cell_probs"], columns=classes)
+        table.insert(0, "cell_id", data["cell_ids"])
+        table.insert(0, "image_id", data["cell_image_ids"].astype(str))
+        return Predictions(list(data["image_ids"].astype(str)), data["image_probs"], table,
+                           np.zeros((len(table), 1), np.float32), data["thresholds"], "cell"), None
     loaded = load_model(folder)
     wanted = set(val_ids)
     bags = (bag for bag in bags_from_cache(cells, model_exclude_flags(loaded)) if bag.image_id in wanted)
     started = time.time()
     own = predict_bags(loaded, bags, device=device, total=len(val_ids), cell_score="cell")
     seconds = time.time() - started
-    with CellCache(cells) as cache:
-        flag_names = cache.qc_flag_names
-    write_prediction_folder(own, saved, {"model": str(folder), "cache": str(cells), "images": "validation"},
-                            flag_names)
+    np.savez(saved, image_ids=np.asarray(own.image_ids), image_probs=own.image_probs.astype(np.float32),
+             thresholds=np.asarray(own.thresholds, np.float32),
+             cell_image_ids=own.cells["image_id"].to_numpy().astype(str),
+             cell_ids=own.cells["cell_id"].to_numpy(np.int64),
+             cell_probs=own.cells[classes].to_numpy(np.float32))
     return own, len(val_ids) / seconds
 
 
