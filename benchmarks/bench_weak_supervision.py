@@ -122,12 +122,30 @@ def train(row: str, args: argparse.Namespace, cells: Path, truth: Path) -> dict 
     print(f"{row}: training {RECIPES[row][0]} -> {folder}")
     if not rounds:
         return train_model(cells, folder, model_config, train_config)
+    reuse_earlier_rounds(row, args, folder)
+    return train_with_self_training(cells, folder, model_config, train_config, rounds)
+
+
+MODEL_FILES = ("config.json", "weights.safetensors", "thresholds.json", "metrics.json", "metrics.csv",
+               "training_curves.png")
+
+
+def reuse_earlier_rounds(row: str, args: argparse.Namespace, folder: Path) -> None:
+    """Round 0 of a self-training row IS the default row's model, and round 1 of a 2-round row is the 1-round row's
+    model (same recipe, same seed): copy them instead of training them again."""
     first = folder / "round0"
     default = model_folder("default", args)
-    if not first.exists() and (default / "weights.safetensors").is_file():  # round 0 IS the default recipe
-        shutil.copytree(default, first, ignore=shutil.ignore_patterns("checkpoint"))
+    if not first.exists() and (default / "weights.safetensors").is_file():
+        shutil.copytree(default, first, ignore=shutil.ignore_patterns("checkpoint", "val_predictions*"))
         print(f"{row}: round 0 is the default row's model ({default})")
-    return train_with_self_training(cells, folder, model_config, train_config, rounds)
+    one_round = model_folder("self_training", args)
+    second = folder / "round1"
+    if row != "self_training" and not second.exists() and (one_round / "self_training.json").is_file():
+        second.mkdir(parents=True)
+        for name in MODEL_FILES:
+            shutil.copy2(one_round / name, second / name)
+        shutil.copy2(one_round / "round1" / "pseudo_labels.csv", second / "pseudo_labels.csv")
+        print(f"{row}: round 1 is the self_training row's model ({one_round})")
 
 
 def validation_predictions(folder: Path, cells: Path, val_ids: list[str], device: str):
