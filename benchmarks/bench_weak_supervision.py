@@ -307,7 +307,7 @@ def compute_entry(metrics: dict, folder: Path) -> dict:
     if per_round:
         seconds = sum(r["train_seconds"] or 0 for r in per_round)
         rounds = len(per_round) - 1
-    return {"train_seconds": seconds, "epochs": metrics["epochs_run"], "best_epoch": metrics["best_epoch"],
+    return {"train_seconds": None if seconds is None else round(seconds, 1), "epochs": metrics["epochs_run"], "best_epoch": metrics["best_epoch"],
             "self_training_rounds": rounds, "train_cells_per_second": metrics.get("train_cells_per_second"),
             "trained_on": metrics.get("trained_on", {}).get("device", {}).get("name")}
 

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
                          "--segmenter", args.segmenter, "--diameter-tolerance", "0",  # one pass: the fast path
                          "--cell-assembly", "flows"])  # synthetic cells: flows fit them best (BENCHMARKS.md)
     model = out / "model"
-    step(f"4. train attention MIL ({args.epochs} epochs) -> {model}")
+    step(f"4. train attention MIL ({args.epochs} epochs), then self-train it (the default recipe) -> {model}")
     run_script(train, ["--cache", str(cache), "--out", str(model), "--epochs", str(args.epochs),
                        "--seed", str(args.seed)])
     predictions = out / "predictions"

@@ -49,6 +49,7 @@ from hpa_cells_cli.arguments import (
     open_fraction,
     positive_float,
     positive_int,
+    rounds_option,
 )
 
 CROP_OPTIONS = {"encoder": "encoder", "head": "head", "input_size": "input_size", "no_mask_channel": "use_mask_channel"}
@@ -160,10 +161,12 @@ def _add_weak_supervision_options(p: argparse.ArgumentParser) -> None:
                         "0 = off) (default: %(default)s)")
     p.add_argument("--topk-weight", type=non_negative_float, default=1.0, metavar="W",
                    help="weight of the top-k instance loss (default: %(default)s)")
-    p.add_argument("--self-training-rounds", type=non_negative_int, default=0, metavar="R",
+    p.add_argument("--self-training-rounds", type=rounds_option, default="auto", metavar="auto|R",
                    help="crop family: after the MIL model, R rounds that each train a new model on the previous "
                         "one's confident cells as per-cell targets (mil/self_training.py; rounds in OUT/round*, the "
-                        "last round's model in OUT) (default: %(default)s)")
+                        "last round's model in OUT). auto: the default recipe's rounds for a crop-family run from "
+                        "image labels (BENCHMARKS.md \"Weak supervision\"), 0 with --family dense, --cell-labels or "
+                        "--mosaic-bags; 0 trains the MIL model alone (default: %(default)s)")
     p.add_argument("--pseudo-positive-ratio", type=open_fraction, default=0.5, metavar="F",
                    help="self-training: a cell is a positive target for a class its image has when its probability "
                         "is at least F x the image's best cell's (default: %(default)s)")
@@ -235,13 +238,18 @@ def _check_options(args: argparse.Namespace, explicit: set[str], model_config) -
     if args.mosaic_bags and args.labels is not None:
         return ("--mosaic-bags cannot be combined with --labels yet (mosaic bags take their labels from the cache): "
                 "relabel the cache instead (hpa-cells relabel --cache CACHE --labels CSV), or drop --mosaic-bags")
-    if (args.topk_cells or args.self_training_rounds) and model_config.family != "crop":
-        return "--topk-cells and --self-training-rounds apply to --family crop only"
-    if args.self_training_rounds and args.pseudo_negative_ratio >= args.pseudo_positive_ratio:
+    rounds = args.self_training_rounds
+    if args.topk_cells and model_config.family != "crop":
+        return "--topk-cells applies to --family crop only"
+    if rounds != "auto" and rounds and model_config.family != "crop":
+        return "--self-training-rounds applies to --family crop only"
+    if rounds != "auto" and rounds and args.cell_labels is not None:
+        return "--self-training-rounds cannot be combined with --cell-labels (the cells already have labels)"
+    if rounds != "auto" and rounds and args.mosaic_bags:
+        return "--self-training-rounds cannot be combined with --mosaic-bags (mosaic cells carry no pseudo-labels)"
+    if self_training_rounds(args, model_config) and args.pseudo_negative_ratio >= args.pseudo_positive_ratio:
         return (f"--pseudo-negative-ratio {args.pseudo_negative_ratio} must be below --pseudo-positive-ratio "
                 f"{args.pseudo_positive_ratio}")
-    if args.self_training_rounds and args.cell_labels is not None:
-        return "--self-training-rounds cannot be combined with --cell-labels (the cells already have labels)"
     if args.dense_window is not None and args.dense_window > model_config.input_size:
         return f"--dense-window {args.dense_window} is larger than --dense-input-size {model_config.input_size}"
     return None
@@ -359,8 +367,9 @@ def _train(args: argparse.Namespace, model_config, train_config) -> tuple[dict |
         rank = ranks.rank
         if not ranks.main:
             logging.getLogger().setLevel(logging.WARNING)
-        if args.self_training_rounds:
-            return _self_train(args, model_config, train_config, ranks), None, rank
+        rounds = self_training_rounds(args, model_config)
+        if rounds:
+            return _self_train(args, model_config, train_config, rounds), None, rank
         return train_model(args.cache, args.out, model_config, train_config, overwrite=args.overwrite), None, rank
     except _user_errors() as err:
         return None, str(err), rank
@@ -368,20 +377,25 @@ def _train(args: argparse.Namespace, model_config, train_config) -> tuple[dict |
         stop_process_group()
 
 
-def _self_train(args: argparse.Namespace, model_config, train_config, ranks) -> dict:
-    """Self-training rounds after the MIL model (one process only: the rounds' labelling pass runs once)."""
+def self_training_rounds(args: argparse.Namespace, model_config) -> int:
+    """The self-training rounds this run trains: --self-training-rounds, where `auto` is the default recipe's
+    (`mil.self_training.DEFAULT_ROUNDS`) for a crop-family run from image labels without mosaic bags, else 0."""
+    from mil.self_training import DEFAULT_ROUNDS
+
+    if args.self_training_rounds != "auto":
+        return int(args.self_training_rounds)
+    plain = model_config.family == "crop" and args.cell_labels is None and not args.mosaic_bags
+    return DEFAULT_ROUNDS if plain else 0
+
+
+def _self_train(args: argparse.Namespace, model_config, train_config, rounds: int) -> dict:
+    """The MIL model, then `rounds` self-training rounds (`mil.self_training`)."""
     from mil.pseudo_labels import PseudoLabelRule
     from mil.self_training import train_with_self_training
-    from mil.training.config import TrainingError
 
-    if ranks.world_size > 1:
-        raise TrainingError("--self-training-rounds runs in one process; under torchrun train each round's model "
-                            "with --pseudo-labels from mil/self_training.py, or drop torchrun")
-    if args.overwrite:
-        raise TrainingError("--overwrite cannot be combined with --self-training-rounds: remove the --out folder to "
-                            "train every round again")
     rule = PseudoLabelRule(args.pseudo_positive_ratio, args.pseudo_negative_ratio)
-    return train_with_self_training(args.cache, args.out, model_config, train_config, args.self_training_rounds, rule)
+    return train_with_self_training(args.cache, args.out, model_config, train_config, rounds, rule,
+                                    overwrite=args.overwrite)
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:

@@ -31,6 +31,7 @@ from mil.pseudo_labels import (
 )
 from mil.self_training import train_with_self_training
 from mil.training import TrainConfig
+from mil.training.config import TrainingError
 from mil.training.losses import batch_loss, pseudo_label_loss, topk_instance_loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -210,11 +211,17 @@ def test_self_training_round_trains_on_its_pseudo_labels_and_resumes(tmp_path: P
     assert (out / "weights.safetensors").is_file()
     config = json.loads((out / "config.json").read_text())
     assert config["training"]["pseudo_labels"] == str(out / "round1" / "pseudo_labels.csv")
-    before = (out / "weights.safetensors").stat().st_mtime_ns, (out / "round0" / "weights.safetensors").stat().st_mtime_ns
-    again = train_with_self_training(cache, out, TINY_MODEL, FAST, rounds=1)  # finished rounds are reused
-    assert again["val_loss"] == metrics["val_loss"]
-    assert before == ((out / "weights.safetensors").stat().st_mtime_ns,
-                      (out / "round0" / "weights.safetensors").stat().st_mtime_ns)
+    first_weights = (out / "round0" / "weights.safetensors").stat().st_mtime_ns
+    with pytest.raises(TrainingError, match=re.escape(f"{out} holds a finished model")):  # as a plain run's folder
+        train_with_self_training(cache, out, TINY_MODEL, FAST, rounds=1)
+    more = train_with_self_training(cache, out, TINY_MODEL, replace(FAST, epochs=3), rounds=1)
+    assert more["epochs_run"] == 3  # more --epochs continue the last round; the earlier rounds are reused
+    assert (out / "round0" / "weights.safetensors").stat().st_mtime_ns == first_weights
+    assert json.loads((out / "round0" / "metrics.json").read_text())["epochs_run"] == 2
+    (out / "round1" / "pseudo_labels.csv").write_text("stale\n")
+    again = train_with_self_training(cache, out, TINY_MODEL, FAST, rounds=1, overwrite=True)  # every round again
+    assert again["epochs_run"] == 2
+    assert pd.read_csv(out / "round1" / "pseudo_labels.csv").shape[0] == len(train_cells)
     with pytest.raises(ValueError, match="self-training needs at least 1 round after the MIL model, got 0"):
         train_with_self_training(cache, tmp_path / "none", TINY_MODEL, FAST, rounds=0)
 
@@ -243,13 +250,15 @@ def test_train_command_runs_self_training_with_the_cell_terms(tmp_path: Path,
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    (["--family", "dense", "--topk-cells", "1"], "--topk-cells and --self-training-rounds apply to --family crop only"),
+    (["--family", "dense", "--topk-cells", "1"], "--topk-cells applies to --family crop only"),
+    (["--family", "dense", "--self-training-rounds", "1"], "--self-training-rounds applies to --family crop only"),
+    (["--self-training-rounds", "2", "--mosaic-bags", "4"],
+     "--self-training-rounds cannot be combined with --mosaic-bags (mosaic cells carry no pseudo-labels)"),
+    (["--pseudo-negative-ratio", "0.6"], "--pseudo-negative-ratio 0.6 must be below --pseudo-positive-ratio 0.5"),
     (["--self-training-rounds", "1", "--pseudo-negative-ratio", "0.5"],
      "--pseudo-negative-ratio 0.5 must be below --pseudo-positive-ratio 0.5"),
     (["--self-training-rounds", "1", "--cell-labels", "cells.csv"],
      "--self-training-rounds cannot be combined with --cell-labels (the cells already have labels)"),
-    (["--self-training-rounds", "1", "--overwrite"],
-     "--overwrite cannot be combined with --self-training-rounds: remove the --out folder to train every round again"),
 ])
 def test_train_command_refuses_impossible_weak_supervision_options(tmp_path: Path, options: list[str], message: str,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
@@ -267,3 +276,19 @@ def test_loss_weight_options_must_be_non_negative_numbers(capsys: pytest.Capture
     with pytest.raises(SystemExit):
         train_command.main(["--cache", "c.h5", "--out", "o", "--topk-weight", "-1"])
     assert "argument --topk-weight: must be a number >= 0, got -1" in capsys.readouterr().err
+
+
+def test_the_default_command_self_trains_a_crop_run_and_auto_stays_off_where_it_cannot_apply(tmp_path: Path) -> None:
+    from hpa_cells_cli import train as train_command
+    from mil.self_training import DEFAULT_ROUNDS
+
+    cache = write_bag_cache(tmp_path / "cells.h5", green_marker_bags(12, seed=2))
+    assert train_command.main(["--cache", str(cache), "--out", str(tmp_path / "default"), *TINY_ARGS]) == 0
+    summary = json.loads((tmp_path / "default" / "self_training.json").read_text())
+    assert summary["rounds"] == DEFAULT_ROUNDS and (tmp_path / "default" / "round0" / "weights.safetensors").is_file()
+    assert train_command.main(["--cache", str(cache), "--out", str(tmp_path / "plain"), *TINY_ARGS,
+                               "--self-training-rounds", "0"]) == 0
+    assert (tmp_path / "plain" / "weights.safetensors").is_file() and not (tmp_path / "plain" / "round0").exists()
+    assert train_command.main(["--cache", str(cache), "--out", str(tmp_path / "mosaic"), *TINY_ARGS,
+                               "--mosaic-bags", "2"]) == 0
+    assert not (tmp_path / "mosaic" / "round0").exists()
