@@ -58,6 +58,7 @@ RECIPES: dict[str, tuple[str, dict, dict]] = {
                       {}, {"self_training": 1}),
     "self_training_2": ("self-training, 2 rounds", {}, {"self_training": 2}),
     "epochs20": ("default, 20 epochs", {}, {"epochs": 20}),
+    "self_training_epochs20": ("self-training, 1 round, every round 20 epochs", {}, {"self_training": 1, "epochs": 20}),
     "input96": ("default, 96 px input", {"input_size": 96}, {}),
     "supervised_epochs20": ("supervised upper bound, 20 epochs", {"head": "instance"},
                             {"cell_labels": "TRUTH", "epochs": 20}),
@@ -67,6 +68,8 @@ RECIPES: dict[str, tuple[str, dict, dict]] = {
 }
 FOLDER_NAMES = {"default": "attention", "mean": "mean", "supervised": "supervised"}
 """Rows that share bench_mil.py's model folders (the same settings)."""
+ROUND0_SOURCES = {"self_training": "default", "self_training_2": "default", "self_training_epochs20": "epochs20"}
+"""Self-training rows: the row whose model is their round 0 (the same recipe without self-training)."""
 GATE_ROWS = ("gate_fit",)
 ROWS = tuple(RECIPES) + GATE_ROWS
 
@@ -131,16 +134,17 @@ MODEL_FILES = ("config.json", "weights.safetensors", "thresholds.json", "metrics
 
 
 def reuse_earlier_rounds(row: str, args: argparse.Namespace, folder: Path) -> None:
-    """Round 0 of a self-training row IS the default row's model, and round 1 of a 2-round row is the 1-round row's
-    model (same recipe, same seed): copy them instead of training them again."""
+    """Round 0 of a self-training row IS the model of its recipe without self-training (`ROUND0_SOURCES`), and
+    round 1 of a 2-round row is the 1-round row's model (same recipe, same seed): copy them instead of training
+    them again."""
     first = folder / "round0"
-    default = model_folder("default", args)
-    if not first.exists() and (default / "weights.safetensors").is_file():
-        shutil.copytree(default, first, ignore=shutil.ignore_patterns("checkpoint", "val_predictions*"))
-        print(f"{row}: round 0 is the default row's model ({default})")
+    source = model_folder(ROUND0_SOURCES.get(row, "default"), args)
+    if not first.exists() and (source / "weights.safetensors").is_file():
+        shutil.copytree(source, first, ignore=shutil.ignore_patterns("checkpoint", "val_predictions*"))
+        print(f"{row}: round 0 is the model of {source}")
     one_round = model_folder("self_training", args)
     second = folder / "round1"
-    if row != "self_training" and not second.exists() and (one_round / "self_training.json").is_file():
+    if row == "self_training_2" and not second.exists() and (one_round / "self_training.json").is_file():
         second.mkdir(parents=True)
         for name in MODEL_FILES:
             shutil.copy2(one_round / name, second / name)
