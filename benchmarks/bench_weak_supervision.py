@@ -68,10 +68,18 @@ RECIPES: dict[str, tuple[str, dict, dict]] = {
 }
 FOLDER_NAMES = {"default": "attention", "mean": "mean", "supervised": "supervised"}
 """Rows that share bench_mil.py's model folders (the same settings)."""
+REFERENCES = ("default", "mean", "self_training")
+"""Rows every row is compared with (paired bootstrap), when they were scored in the same run: the former default,
+the simple baseline, and the new default."""
+SUPERVISED_OF = {"epochs20": "supervised_epochs20", "self_training_epochs20": "supervised_epochs20",
+                 "input96": "supervised_input96", "supervised_epochs20": "supervised_epochs20",
+                 "supervised_input96": "supervised_input96"}
+"""The upper bound trained the same way (same epochs, same input) as a row; every other row: `supervised`."""
 ROUND0_SOURCES = {"self_training": "default", "self_training_2": "default", "self_training_epochs20": "epochs20"}
 """Self-training rows: the row whose model is their round 0 (the same recipe without self-training)."""
-GATE_ROWS = ("gate_fit",)
-ROWS = tuple(RECIPES) + GATE_ROWS
+GATE_ROWS = {"gate_fit": "default", "gate_fit_self_training": "self_training"}
+"""Rows that rescore another row's model with a gate weight fitted on validation mosaics: row -> that row."""
+ROWS = tuple(RECIPES) + tuple(GATE_ROWS)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -345,15 +353,16 @@ def run_row(row: str, args: argparse.Namespace, board: Scoreboard | None, cells:
 
 
 def run_gate_row(row: str, args: argparse.Namespace, board: Scoreboard | None, cells: Path, results: dict):
-    """The default model rescored with a gate weight fitted on validation mosaics (image labels only)."""
-    if board is None or "default" not in board.gated:
-        print(f"{row}: needs the default row scored in the same run (put it first in --rows); skipped")
+    """A row's model rescored with a gate weight fitted on validation mosaics (image labels only)."""
+    base = GATE_ROWS[row]
+    if board is None or base not in board.gated:
+        print(f"{row}: needs the {base} row scored in the same run (list it before {row} in --rows); skipped")
         return board
-    folder = model_folder("default", args)
+    folder = model_folder(base, args)
     fitted = fit_gate_weight(folder, cells, board.val_ids, args.gate_mosaics, args.seed)
     own, _ = validation_predictions(folder, cells, board.val_ids, args.device)
-    entry = {**results["rows"]["default"], **board.score_row(row, own, fitted["weight"]), "gate_fit": fitted,
-             "title": f"default model, gate weight fitted on validation mosaics (w = {fitted['weight']})"}
+    entry = {**results["rows"][base], **board.score_row(row, own, fitted["weight"]), "gate_fit": fitted,
+             "title": f"{base} model, gate weight fitted on validation mosaics (w = {fitted['weight']})"}
     results["rows"][row] = entry
     print(f"{row}: fitted weight {fitted['weight']}, cell mAP {entry['cell_map_gated']:.3f}")
     return board
@@ -363,13 +372,15 @@ def add_comparisons(board: Scoreboard, results: dict) -> None:
     for row, entry in results["rows"].items():
         if row not in board.gated:
             continue
-        for reference in ("default", "mean"):
+        for reference in REFERENCES:
             paired = board.paired(reference, row)
             if paired is not None:
                 entry[f"vs_{reference}"] = paired
-        supervised = results["rows"].get("supervised", {}).get("cell_map_gated")
+        upper = SUPERVISED_OF.get(row, "supervised")
+        supervised = results["rows"].get(upper, {}).get("cell_map_gated")
         if supervised:
             entry["ratio_to_supervised"] = entry["cell_map_gated"] / supervised
+            entry["supervised_row"] = upper
 
 
 def _interval(entry: dict, key: str) -> str:
@@ -382,14 +393,14 @@ def _interval(entry: dict, key: str) -> str:
 
 def print_table(results: dict) -> None:
     print("\n| row | train s | epochs | cells/s | image macro F1 | cell mAP gated | own | vs default [95% CI] "
-          "| vs mean [95% CI] | / supervised |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| vs mean [95% CI] | vs self_training [95% CI] | / supervised |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row, r in results["rows"].items():
         ratio = r.get("ratio_to_supervised")
         print(f"| {row}: {r['title']} | {r.get('train_seconds') or '-'} | {r.get('epochs', '-')} "
               f"| {r.get('train_cells_per_second') or '-'} | {r['image_macro_f1']:.3f} | {r['cell_map_gated']:.3f} "
               f"| {r['cell_map_own_probability']:.3f} | {_interval(r, 'vs_default')} | {_interval(r, 'vs_mean')} "
-              f"| {'-' if ratio is None else f'{ratio:.2f}'} |")
+              f"| {_interval(r, 'vs_self_training')} | {'-' if ratio is None else f'{ratio:.2f}'} |")
 
 
 def main(argv: list[str] | None = None) -> int:
