@@ -165,8 +165,8 @@ def _add_weak_supervision_options(p: argparse.ArgumentParser) -> None:
                    help="crop family: after the MIL model, R rounds that each train a new model on the previous "
                         "one's confident cells as per-cell targets (mil/self_training.py; rounds in OUT/round*, the "
                         "last round's model in OUT). auto: the default recipe's rounds for a crop-family run from "
-                        "image labels (BENCHMARKS.md \"Weak supervision\"), 0 with --family dense, --cell-labels or "
-                        "--mosaic-bags; 0 trains the MIL model alone (default: %(default)s)")
+                        "image labels (BENCHMARKS.md \"Weak supervision\"), 0 with --family dense or --cell-labels; 0 "
+                        "trains the MIL model alone (default: %(default)s)")
     p.add_argument("--pseudo-positive-ratio", type=open_fraction, default=0.5, metavar="F",
                    help="self-training: a cell is a positive target for a class its image has when its probability "
                         "is at least F x the image's best cell's (default: %(default)s)")
@@ -245,8 +245,6 @@ def _check_options(args: argparse.Namespace, explicit: set[str], model_config) -
         return "--self-training-rounds applies to --family crop only"
     if rounds != "auto" and rounds and args.cell_labels is not None:
         return "--self-training-rounds cannot be combined with --cell-labels (the cells already have labels)"
-    if rounds != "auto" and rounds and args.mosaic_bags:
-        return "--self-training-rounds cannot be combined with --mosaic-bags (mosaic cells carry no pseudo-labels)"
     if self_training_rounds(args, model_config) and args.pseudo_negative_ratio >= args.pseudo_positive_ratio:
         return (f"--pseudo-negative-ratio {args.pseudo_negative_ratio} must be below --pseudo-positive-ratio "
                 f"{args.pseudo_positive_ratio}")
@@ -384,7 +382,7 @@ def self_training_rounds(args: argparse.Namespace, model_config) -> int:
 
     if args.self_training_rounds != "auto":
         return int(args.self_training_rounds)
-    plain = model_config.family == "crop" and args.cell_labels is None and not args.mosaic_bags
+    plain = model_config.family == "crop" and args.cell_labels is None
     return DEFAULT_ROUNDS if plain else 0
 
 

@@ -205,7 +205,8 @@ def pinned(value: Any) -> Any:
 
 
 def collate_bags(items: Sequence[BagItem]) -> CollatedBags:
-    """Pad bags to the longest in the batch; `valid` marks real cells."""
+    """Pad bags to the longest in the batch; `valid` marks real cells. Per-cell labels: zeros at padding, NaN
+    (unknown) for the cells of a bag that carries none beside bags that do."""
     if not items:
         raise ValueError("cannot collate an empty list of bags")
     n = max(item.crops.shape[0] for item in items)
@@ -221,8 +222,9 @@ def collate_bags(items: Sequence[BagItem]) -> CollatedBags:
     labels = torch.stack([item.labels for item in items])
     indices = torch.tensor([item.image_index for item in items], dtype=torch.long)
     cell_labels = None
-    if items[0].cell_labels is not None:
+    if any(item.cell_labels is not None for item in items):  # a bag without them (a mosaic): unknown (NaN)
         cell_labels = torch.zeros((b, n, labels.shape[1]), dtype=torch.float32)
         for i, item in enumerate(items):
-            cell_labels[i, : item.crops.shape[0]] = item.cell_labels
+            k = item.crops.shape[0]
+            cell_labels[i, :k] = item.cell_labels if item.cell_labels is not None else float("nan")
     return CollatedBags(BagBatch(crops, masks, valid, labels), indices, rows, cell_labels)

@@ -273,13 +273,15 @@ class MosaicDataset(Dataset):
 class BagsWithMosaics(BagDataset):
     """A training `BagDataset` over one cache's `image_indices` followed by `mosaic_bags` mosaic bags, drawn afresh
     by every `set_epoch` from the single-label images among those same images only (so validation images never
-    enter). `image_indices`, `labels` and the channel statistics stay those of the images; `len` counts both."""
+    enter). `image_indices`, `labels` and the channel statistics stay those of the images; `len` counts both.
+    `cell_labels` (self-training's pseudo-labels) reach the images' bags; mosaic bags carry none (the collate
+    marks their cells unknown)."""
 
     def __init__(self, cache_path: str | os.PathLike[str], image_indices: Sequence[int] | None, mosaic_bags: int,
                  max_cells: int | None = None, seed: int = 0, exclude_flags: Sequence[str] = DEFAULT_EXCLUDE_FLAGS,
-                 intensity_jitter: float = 0.2) -> None:
+                 intensity_jitter: float = 0.2, cell_labels: np.ndarray | None = None) -> None:
         super().__init__(cache_path, image_indices, max_cells, train=True, seed=seed, exclude_flags=exclude_flags,
-                         intensity_jitter=intensity_jitter)
+                         intensity_jitter=intensity_jitter, cell_labels=cell_labels)
         if mosaic_bags < 1:
             raise ValueError(f"mosaic_bags must be >= 1, got {mosaic_bags}")
         ids = self.cache.image_ids

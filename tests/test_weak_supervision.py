@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from mil_fixtures import green_marker_bags, write_bag_cache
+from mil_fixtures import green_marker_bags, write_bag_cache, write_cell_labels
 
 from hpa_cells.cache import CellCache
 from hpa_cells.classes import CLASS_NAMES, NUM_CLASSES
@@ -88,8 +88,9 @@ def test_batch_loss_adds_each_term_with_its_weight() -> None:
     ({"topk_cells": -1}, "topk_cells, topk_weight and pseudo_label_weight must be >= 0, got -1, 1.0, 1.0"),
     ({"pseudo_labels": "a.csv", "cell_labels": "b.csv"},
      re.escape("pseudo-labels (pseudo_labels) and per-cell labels (cell_labels) exclude each other")),
-    ({"pseudo_labels": "a.csv", "mosaic_bags": 4},
-     re.escape("mosaic bags (mosaic_bags) cannot be combined with self-training's pseudo-labels (pseudo_labels)")),
+    ({"mosaic_fraction": 0.25, "mosaic_bags": 4},
+     re.escape("mosaic_fraction must be in [0, 4] and exclude mosaic_bags, got 0.25 with mosaic_bags 4")),
+    ({"mosaic_fraction": -0.1}, re.escape("mosaic_fraction must be in [0, 4] and exclude mosaic_bags, got -0.1")),
 ])
 def test_config_refuses_contradictions(changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -252,8 +253,6 @@ def test_train_command_runs_self_training_with_the_cell_terms(tmp_path: Path,
 @pytest.mark.parametrize(("options", "message"), [
     (["--family", "dense", "--topk-cells", "1"], "--topk-cells applies to --family crop only"),
     (["--family", "dense", "--self-training-rounds", "1"], "--self-training-rounds applies to --family crop only"),
-    (["--self-training-rounds", "2", "--mosaic-bags", "4"],
-     "--self-training-rounds cannot be combined with --mosaic-bags (mosaic cells carry no pseudo-labels)"),
     (["--pseudo-negative-ratio", "0.6"], "--pseudo-negative-ratio 0.6 must be below --pseudo-positive-ratio 0.5"),
     (["--self-training-rounds", "1", "--pseudo-negative-ratio", "0.5"],
      "--pseudo-negative-ratio 0.5 must be below --pseudo-positive-ratio 0.5"),
@@ -289,6 +288,22 @@ def test_the_default_command_self_trains_a_crop_run_and_auto_stays_off_where_it_
     assert train_command.main(["--cache", str(cache), "--out", str(tmp_path / "plain"), *TINY_ARGS,
                                "--self-training-rounds", "0"]) == 0
     assert (tmp_path / "plain" / "weights.safetensors").is_file() and not (tmp_path / "plain" / "round0").exists()
-    assert train_command.main(["--cache", str(cache), "--out", str(tmp_path / "mosaic"), *TINY_ARGS,
-                               "--mosaic-bags", "2"]) == 0
-    assert not (tmp_path / "mosaic" / "round0").exists()
+    assert train_command.main(["--cache", str(cache), "--out", str(tmp_path / "cells"), *TINY_ARGS,
+                               "--head", "instance", "--cell-labels", str(write_cell_labels(
+                                   green_marker_bags(12, seed=2), tmp_path / "cells.csv"))]) == 0
+    assert not (tmp_path / "cells" / "round0").exists()  # per-cell labels: nothing to self-train
+
+
+def test_mosaic_bags_beside_pseudo_labelled_bags_carry_unknown_cell_targets(tmp_path: Path) -> None:
+    from mil.bags import collate_bags
+    from mil.mosaics import BagsWithMosaics
+
+    cache = write_bag_cache(tmp_path / "cells.h5", green_marker_bags(16, seed=0, positive_rate=0.3))
+    with CellCache(cache) as opened:
+        targets = np.arange(len(opened.cell_table()) * NUM_CLASSES, dtype=np.float32).reshape(-1, NUM_CLASSES) % 2
+    dataset = BagsWithMosaics(cache, list(range(16)), mosaic_bags=2, max_cells=4, cell_labels=targets)
+    items = [dataset[0], dataset[16]]  # an image's bag, then a mosaic bag
+    collated = collate_bags(items)
+    rows = items[0].cell_rows.numpy()
+    torch.testing.assert_close(collated.cell_labels[0, : len(rows)], torch.from_numpy(targets[rows]))
+    assert torch.isnan(collated.cell_labels[1, : items[1].crops.shape[0]]).all()

@@ -42,7 +42,7 @@ def warm_start_config(config: MILConfig, folder: str | os.PathLike[str]) -> MILC
 
 def training_data(model_config: MILConfig, config) -> TrainingData:
     """Bags over a cache for the training loop; `config` is a `mil.training.TrainConfig` (max_cells, seed,
-    exclude_flags, cell_labels for cell-supervised training, pseudo_labels for self-training, mosaic_bags for extra mosaic bags in training)."""
+    exclude_flags, cell_labels for cell-supervised training, pseudo_labels for self-training, mosaic_bags or mosaic_fraction for extra mosaic bags in training)."""
 
     def make_dataset(cache_path: Path, image_indices: Sequence[int], train: bool) -> Dataset:
         cell_labels = None
@@ -58,9 +58,15 @@ def training_data(model_config: MILConfig, config) -> TrainingData:
             logger.info("self-training on %d images: %d known (cell, class) targets, %d positive (%s)",
                         len(image_indices), int((~np.isnan(cell_labels)).sum()), int(np.nansum(cell_labels)),
                         config.pseudo_labels)
-        if train and config.mosaic_bags:
-            return BagsWithMosaics(cache_path, image_indices, config.mosaic_bags, config.max_cells, seed=config.seed,
-                                   exclude_flags=config.exclude_flags)
+        mosaic_bags = config.mosaic_bags or round(config.mosaic_fraction * len(image_indices))
+        if train and mosaic_bags:
+            try:
+                return BagsWithMosaics(cache_path, image_indices, mosaic_bags, config.max_cells, seed=config.seed,
+                                       exclude_flags=config.exclude_flags, cell_labels=cell_labels)
+            except ValueError as err:
+                if config.mosaic_bags:  # asked for by count: the user must hear why it cannot run
+                    raise
+                logger.warning("no mosaic bags (mosaic_fraction %s): %s", config.mosaic_fraction, err)
         return BagDataset(cache_path, image_indices, config.max_cells if train else None, train=train,
                           seed=config.seed, exclude_flags=config.exclude_flags, cell_labels=cell_labels)
 

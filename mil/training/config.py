@@ -15,7 +15,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SETTINGS_ADDED_LATER = {"dense_window": None, "mosaic_bags": 0, "init_from": None,
                         "init_standardisation": "keep", "freeze_encoder_epochs": 0, "labels": None,
                         "split_file": None, "precision": "auto", "topk_cells": 0, "topk_weight": 1.0,
-                        "pseudo_labels": None, "pseudo_label_weight": 1.0}
+                        "pseudo_labels": None, "pseudo_label_weight": 1.0,
+                        "mosaic_fraction": 0.0}
 """TrainConfig fields added after checkpoints were first written, with the value older runs had in effect."""
 
 
@@ -70,6 +71,9 @@ class TrainConfig:
     """Crop family: this many extra bags per epoch, each mixing the usable cells of 2-4 single-label training
     images with different labels (bag label: the union), drawn afresh every epoch from the training images only
     (`mil.mosaics.BagsWithMosaics`); 0 = none."""
+    mosaic_fraction: float = 0.0
+    """Crop family: mosaic bags per epoch as a fraction of the training images (0.25: one mosaic bag for every
+    four images), instead of the fixed count `mosaic_bags`; 0 = none."""
     init_from: str | None = None
     """Fine-tuning: a trained model folder of the same family and architecture to start from (all its weights,
     encoder and head); see `mil.training.finetune`."""
@@ -112,12 +116,12 @@ class TrainConfig:
             raise ValueError("pseudo-labels (pseudo_labels) and per-cell labels (cell_labels) exclude each other")
         if self.mosaic_bags < 0:
             raise ValueError(f"mosaic_bags must be >= 0, got {self.mosaic_bags}")
-        if self.mosaic_bags and self.cell_labels is not None:
+        if not 0.0 <= self.mosaic_fraction <= 4.0 or (self.mosaic_bags and self.mosaic_fraction):
+            raise ValueError(f"mosaic_fraction must be in [0, 4] and exclude mosaic_bags, got {self.mosaic_fraction} "
+                             f"with mosaic_bags {self.mosaic_bags}")
+        if (self.mosaic_bags or self.mosaic_fraction) and self.cell_labels is not None:
             raise ValueError("mosaic bags (mosaic_bags) cannot be combined with per-cell label training (cell_labels)")
-        if self.mosaic_bags and self.pseudo_labels is not None:
-            raise ValueError("mosaic bags (mosaic_bags) cannot be combined with self-training's pseudo-labels "
-                             "(pseudo_labels): mosaic cells carry no pseudo-labels")
-        if self.mosaic_bags and self.labels is not None:
+        if (self.mosaic_bags or self.mosaic_fraction) and self.labels is not None:
             raise ValueError("mosaic bags (mosaic_bags) cannot be combined with a label file (labels) yet: mosaics "
                              "take their labels from the cache")
         if self.dense_window is not None and (self.dense_window < 32 or self.dense_window % 32):
