@@ -123,3 +123,13 @@ def rounds_option(text: str) -> str | int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be auto or a whole number >= 0, got {text}")
     return value
+
+
+def fraction_option(text: str) -> str | float:
+    """argparse type: `auto` or a number in [0, 4] (mosaic bags per training image)."""
+    if text == "auto":
+        return "auto"
+    value = _number(text)
+    if not 0.0 <= value <= 4.0:
+        raise argparse.ArgumentTypeError(f"must be auto or a number in [0, 4], got {text}")
+    return value

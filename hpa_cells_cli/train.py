@@ -44,6 +44,7 @@ from pathlib import Path
 from hpa_cells.devices import DEVICE_CHOICES_TEXT
 from hpa_cells_cli.arguments import (
     fold_count,
+    fraction_option,
     non_negative_float,
     non_negative_int,
     open_fraction,
@@ -143,7 +144,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "made by --segmenter masks) instead of image labels: the fully supervised upper bound")
     p.add_argument("--mosaic-bags", type=non_negative_int, default=0, metavar="N",
                    help="crop family: add N bags per epoch that each mix the cells of 2-4 single-label training "
-                        "images with different labels (label: the union; see mil/mosaics.py) (default: %(default)s)")
+                        "images with different labels (label: the union; see mil/mosaics.py); replaces "
+                        "--mosaic-fraction (default: %(default)s)")
+    p.add_argument("--mosaic-fraction", type=fraction_option, default="auto", metavar="auto|F",
+                   help="crop family: add F x (training images) such mosaic bags per epoch. auto: the default "
+                        "recipe's fraction for a crop-family run from the cache's image labels (BENCHMARKS.md "
+                        "\"Weak supervision\"), 0 with --family dense, --cell-labels, --labels or --mosaic-bags; "
+                        "a training set without two single-label images of different labels trains without them "
+                        "(a warning says so) (default: %(default)s)")
     _add_weak_supervision_options(p)
     p.add_argument("--seed", type=non_negative_int, default=0, help="(default: %(default)s)")
     _add_device_options(p)
@@ -233,11 +241,17 @@ def _check_options(args: argparse.Namespace, explicit: set[str], model_config) -
         return "--init-standardisation applies to fine-tuning (--init) only"
     if args.dense_window is not None and model_config.family != "dense":
         return "--dense-window applies to --family dense only"
-    if args.mosaic_bags and model_config.family != "crop":
-        return "--mosaic-bags applies to --family crop only (mosaics mix cell crops of several fields)"
-    if args.mosaic_bags and args.labels is not None:
-        return ("--mosaic-bags cannot be combined with --labels yet (mosaic bags take their labels from the cache): "
-                "relabel the cache instead (hpa-cells relabel --cache CACHE --labels CSV), or drop --mosaic-bags")
+    fraction = args.mosaic_fraction not in ("auto", 0.0)
+    if (args.mosaic_bags or fraction) and model_config.family != "crop":
+        return "--mosaic-bags and --mosaic-fraction apply to --family crop only (mosaics mix cell crops of several fields)"
+    if (args.mosaic_bags or fraction) and args.labels is not None:
+        return ("--mosaic-bags and --mosaic-fraction cannot be combined with --labels yet (mosaic bags take their "
+                "labels from the cache): relabel the cache instead (hpa-cells relabel --cache CACHE --labels CSV), or "
+                "drop them")
+    if args.mosaic_bags and fraction:
+        return "--mosaic-bags and --mosaic-fraction exclude each other (a count or a fraction of the training images)"
+    if (args.mosaic_bags or fraction) and args.cell_labels is not None:
+        return "--mosaic-bags and --mosaic-fraction cannot be combined with --cell-labels"
     rounds = args.self_training_rounds
     if args.topk_cells and model_config.family != "crop":
         return "--topk-cells applies to --family crop only"
@@ -253,7 +267,19 @@ def _check_options(args: argparse.Namespace, explicit: set[str], model_config) -
     return None
 
 
-def _train_config(args: argparse.Namespace):
+def mosaic_fraction(args: argparse.Namespace, family: str) -> float:
+    """The mosaic bags per training image: --mosaic-fraction, where `auto` is the default recipe's
+    (`mil.mosaics.DEFAULT_MOSAIC_FRACTION`) for a crop-family run from the cache's image labels without a count of
+    mosaic bags, else 0."""
+    from mil.mosaics import DEFAULT_MOSAIC_FRACTION
+
+    if args.mosaic_fraction != "auto":
+        return float(args.mosaic_fraction)
+    plain = family == "crop" and args.cell_labels is None and args.labels is None and not args.mosaic_bags
+    return DEFAULT_MOSAIC_FRACTION if plain else 0.0
+
+
+def _train_config(args: argparse.Namespace, model_family: str):
     from mil.training import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_cells=args.max_cells,
@@ -265,6 +291,7 @@ def _train_config(args: argparse.Namespace):
                        dense_window=args.dense_window, init_from=str(args.init) if args.init else None,
                        init_standardisation=args.init_standardisation,
                        freeze_encoder_epochs=args.freeze_encoder_epochs, mosaic_bags=args.mosaic_bags,
+                       mosaic_fraction=mosaic_fraction(args, model_family),
                        labels=str(args.labels) if args.labels else None,
                        split_file=str(args.split_file) if args.split_file else None,
                        negative_cell_weight=args.negative_cell_weight, topk_cells=args.topk_cells,
@@ -328,12 +355,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from mil.config import ConfigError
     from mil.encoders import EncoderWeightsError
     from mil.model_files import ModelFolderError
+    from mil.mosaics import MosaicDrawError
+    from mil.pseudo_labels import PseudoLabelError
     from mil.training import InitFolderError
     from mil.training.config import TrainingError
     from mil.training.splits import SplitFileError
 
     return (CellCacheError, CheckpointError, LabelFileError, CellLabelError, ConfigError, EncoderWeightsError,
-            ModelFolderError, InitFolderError, TrainingError, SplitFileError, DeviceError)
+            ModelFolderError, InitFolderError, TrainingError, SplitFileError, DeviceError, MosaicDrawError,
+            PseudoLabelError)
 
 
 def _check_and_configure(args: argparse.Namespace, argv: list[str] | None, prog: str | None) -> tuple:
@@ -346,7 +376,8 @@ def _check_and_configure(args: argparse.Namespace, argv: list[str] | None, prog:
         _check_encoder_names(args)
         model_config = _fine_tune_config(args, explicit) if args.init else _requested_config(args)
         problem = _check_options(args, explicit, model_config)
-        return (model_config, _train_config(args), None) if problem is None else (None, None, problem)
+        return ((model_config, _train_config(args, model_config.family), None) if problem is None
+                else (None, None, problem))
     except (*_user_errors(), ValueError) as err:
         return None, None, str(err)
 

@@ -292,7 +292,7 @@ def test_mosaic_bags_are_refused_for_the_dense_family_and_with_cell_labels(squar
     code = main(["--cache", str(square_cache), "--out", str(tmp_path / "m"), "--family", "dense",
                  "--mosaic-bags", "2"])
     assert code == 2
-    assert "error: --mosaic-bags applies to --family crop only" in capsys.readouterr().err
+    assert "error: --mosaic-bags and --mosaic-fraction apply to --family crop only" in capsys.readouterr().err
 
 
 def test_mosaic_bags_need_two_single_label_classes_among_the_training_images(caches: list[Path]) -> None:

@@ -340,7 +340,11 @@ def test_labels_with_mosaic_bags_is_refused_saying_what_to_do(square_cache: Path
     out = tmp_path / "out"
     assert train_command.main(["--cache", str(square_cache), "--out", str(out), *TINY_ARGS, "--labels", str(labels),
                                "--mosaic-bags", "2"]) == 2
-    assert _error_line(capsys) == ("error: --mosaic-bags cannot be combined with --labels yet (mosaic bags take their "
-                                   "labels from the cache): relabel the cache instead (hpa-cells relabel --cache "
-                                   "CACHE --labels CSV), or drop --mosaic-bags")
+    message = ("error: --mosaic-bags and --mosaic-fraction cannot be combined with --labels yet (mosaic bags take "
+               "their labels from the cache): relabel the cache instead (hpa-cells relabel --cache CACHE --labels "
+               "CSV), or drop them")
+    assert _error_line(capsys) == message
+    assert train_command.main(["--cache", str(square_cache), "--out", str(out), *TINY_ARGS, "--labels", str(labels),
+                               "--mosaic-fraction", "0.5"]) == 2
+    assert _error_line(capsys) == message
     assert not out.exists()

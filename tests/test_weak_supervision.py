@@ -4,6 +4,7 @@ and their file, and self-training rounds end to end."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -307,3 +308,43 @@ def test_mosaic_bags_beside_pseudo_labelled_bags_carry_unknown_cell_targets(tmp_
     rows = items[0].cell_rows.numpy()
     torch.testing.assert_close(collated.cell_labels[0, : len(rows)], torch.from_numpy(targets[rows]))
     assert torch.isnan(collated.cell_labels[1, : items[1].crops.shape[0]]).all()
+
+
+def test_the_default_command_adds_mosaic_bags_by_fraction_where_they_apply(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    from hpa_cells_cli import train as train_command
+    from mil.mosaics import DEFAULT_MOSAIC_FRACTION
+
+    caplog.set_level(logging.INFO)
+    cache = write_bag_cache(tmp_path / "cells.h5", green_marker_bags(16, seed=0, positive_rate=0.3))
+    assert train_command.main(["--cache", str(cache), "--out", str(tmp_path / "m"), *TINY_ARGS,
+                               "--self-training-rounds", "0"]) == 0
+    training = json.loads((tmp_path / "m" / "config.json").read_text())["training"]
+    assert (training["mosaic_fraction"], training["mosaic_bags"]) == (DEFAULT_MOSAIC_FRACTION, 0)
+    assert "mosaic bags per epoch from" in caplog.text
+    assert train_command.main(["--cache", str(cache), "--out", str(tmp_path / "n"), *TINY_ARGS,
+                               "--self-training-rounds", "0", "--mosaic-bags", "3"]) == 0
+    training = json.loads((tmp_path / "n" / "config.json").read_text())["training"]
+    assert (training["mosaic_fraction"], training["mosaic_bags"]) == (0.0, 3)
+    labels = tmp_path / "labels.csv"  # --labels: the cache's labels are not the ones trained on, so no mosaics
+    labels.write_text("Id,Target\n" + "".join(f"sq{i:03d},{i % 2}\n" for i in range(16)))
+    assert train_command.main(["--cache", str(cache), "--out", str(tmp_path / "o"), *TINY_ARGS,
+                               "--self-training-rounds", "0", "--labels", str(labels)]) == 0
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["training"]["mosaic_fraction"] == 0.0
+
+
+def test_a_default_fraction_without_single_label_images_trains_without_mosaics(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    from hpa_cells_cli import train as train_command
+
+    bags = green_marker_bags(12, seed=0, positive_rate=1.0)  # every image has both classes: no single-label image
+    cache = write_bag_cache(tmp_path / "cells.h5", bags)
+    assert train_command.main(["--cache", str(cache), "--out", str(tmp_path / "m"), *TINY_ARGS,
+                               "--self-training-rounds", "0"]) == 0
+    assert "no mosaic bags (mosaic_fraction 0.25)" in caplog.text
+    capsys.readouterr()
+    assert train_command.main(["--cache", str(cache), "--out", str(tmp_path / "n"), *TINY_ARGS,
+                               "--self-training-rounds", "0", "--mosaic-bags", "2"]) == 2  # a count asked for: refused
+    assert capsys.readouterr().err == (f"error: {cache}: mosaic bags from the training images: mosaics of >= 2 sources "
+                                       "need single-label images of at least 2 different classes; the 0 single-label "
+                                       "images given have 0 (none)\n")

@@ -22,7 +22,7 @@ from mil.config import MILConfig
 from mil.encoders import EncoderWeightsError
 from mil.families._registry import ModelFamily, TrainingData, register_family
 from mil.model import BagBatch, MILModel
-from mil.mosaics import BagsWithMosaics
+from mil.mosaics import BagsWithMosaics, MosaicDrawError
 from mil.prediction_batches import BagInput, GroupOutput, padded_crops, to_device, usable_mask
 from mil.pseudo_labels import pseudo_label_matrix
 
@@ -63,7 +63,7 @@ def training_data(model_config: MILConfig, config) -> TrainingData:
             try:
                 return BagsWithMosaics(cache_path, image_indices, mosaic_bags, config.max_cells, seed=config.seed,
                                        exclude_flags=config.exclude_flags, cell_labels=cell_labels)
-            except ValueError as err:
+            except MosaicDrawError as err:
                 if config.mosaic_bags:  # asked for by count: the user must hear why it cannot run
                     raise
                 logger.warning("no mosaic bags (mosaic_fraction %s): %s", config.mosaic_fraction, err)
