@@ -81,6 +81,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     p.add_argument("--score-only", action="store_true", help="run nothing; score what the work folder holds")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=WORK",
+                   help="also score the attention_finetuned cell scores another work folder of this benchmark holds "
+                        "(the same mosaics; e.g. a bench_real.py --recipe), as row attention_finetuned@NAME with the "
+                        "paired differences against attention_finetuned and mean_finetuned; repeatable")
     return p.parse_args(argv)
 
 
@@ -247,11 +251,16 @@ def pooled_truth(folds: list[dict]):
 
 
 def pooled_scores(args: argparse.Namespace, row: str, folds: list[dict]) -> dict | None:
-    """score name -> pooled `N,K` cell scores of a row, or None unless every fold with mosaics has its scores."""
+    """score name -> pooled `N,K` cell scores of a row, or None unless every fold with mosaics has its scores. A
+    row `ROW@NAME` reads ROW's scores from the --variant work folder NAME."""
     import numpy as np
 
+    work = args.work
+    if "@" in row:
+        row, name = row.split("@")
+        work = dict(v.split("=", 1) for v in args.variant)[name]
     used = [f["fold"] for f in folds if not f["skipped"]]
-    paths = [args.work / "scores" / row / f"fold{k}.npz" for k in used]
+    paths = [Path(work) / "scores" / row / f"fold{k}.npz" for k in used]
     if not all(p.is_file() for p in paths):
         return None
     parts = [np.load(p, allow_pickle=False) for p in paths]
@@ -298,7 +307,8 @@ def score_rows(args: argparse.Namespace, folds: list[dict], status: dict) -> dic
     draws = {"mosaic_id": rng.integers(0, n_mosaics, size=(args.resamples, n_mosaics)),
              "source_image_id": rng.integers(0, n_fields, size=(args.resamples, n_fields))}
     rows, samples = {}, {}
-    for row in ROWS:
+    variants = [f"attention_finetuned@{v.split('=', 1)[0]}" for v in args.variant]
+    for row in (*ROWS, *variants):
         found = pooled_scores(args, row, folds)
         if found is None:
             rows[row] = {"status": status.get(row, "not run")}
@@ -314,7 +324,9 @@ def score_rows(args: argparse.Namespace, folds: list[dict], status: dict) -> dic
                 "per_class_ap": {CLASS_NAMES[c]: float(v) for c, v in enumerate(full.per_class_ap) if not np.isnan(v)}}
         print(f"scored {row}", flush=True)
     comparisons = {}
-    for a, b in COMPARISONS:
+    pairs = [*COMPARISONS, *((f"{base}:gated", f"{v}:gated") for v in variants
+                             for base in ("attention_finetuned", "mean_finetuned"))]
+    for a, b in pairs:
         if a in samples and b in samples:
             va = rows[a.split(":")[0]]["scores"][a.split(":")[1]]["value"]
             vb = rows[b.split(":")[0]]["scores"][b.split(":")[1]]["value"]
