@@ -84,7 +84,7 @@ SUPERVISED_OF = {"epochs20": "supervised_epochs20", "self_training_epochs20": "s
 ROUND0_SOURCES = {"mixing_bags_self_training": "mixing_bags", "mixing_fraction_self_training": "mixing_fraction",
                   "self_training": "default", "self_training_2": "default", "self_training_epochs20": "epochs20"}
 """Self-training rows: the row whose model is their round 0 (the same recipe without self-training)."""
-GATE_ROWS = {"gate_fit": "default", "gate_fit_self_training": "self_training"}
+GATE_ROWS = {"gate_fit": "default", "gate_fit_mixing_bags": "mixing_bags"}
 """Rows that rescore another row's model with a gate weight fitted on validation mosaics: row -> that row."""
 ROWS = tuple(RECIPES) + tuple(GATE_ROWS)
 
