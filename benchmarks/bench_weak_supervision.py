@@ -263,21 +263,22 @@ class Scoreboard:
         gated = weighted_gate(own, gate_weight)
         scores = {rule: score(row, p, self.val_ids, self.cells, self.truth) for rule, p in (("gated", gated),
                                                                                            ("own", own))}
-        self.gated[row] = cell_probabilities(gated, self.val_ids)
+        from hpa_cells.metrics import matched_per_image
+
+        self.gated[row] = matched_per_image(self.masks, self.cell_truth, self.masks,
+                                            cell_probabilities(gated, self.val_ids))
         return {"image_macro_f1": scores["gated"]["image_macro_f1"], "cell_map_gated": scores["gated"]["cell_map"],
                 "cell_map_own_probability": scores["own"]["cell_map"],
                 "per_class_cell_ap_gated": scores["gated"]["per_class_cell_ap"],
                 "val_images": len(self.val_ids), "val_true_cells": scores["gated"]["val_true_cells"]}
 
-    def paired(self, reference: str, row: str, probs: dict | None = None) -> dict | None:
+    def paired(self, reference: str, row: str) -> dict | None:
         """Paired bootstrap of the row's gated cell mAP minus the reference row's (None if either is missing)."""
-        from hpa_cells.metrics import paired_bootstrap_cell_map
+        from hpa_cells.metrics import paired_bootstrap_of_matched
 
-        probs = probs if probs is not None else self.gated.get(row)
-        if reference not in self.gated or probs is None or reference == row:
+        if reference not in self.gated or row not in self.gated or reference == row:
             return None
-        result = paired_bootstrap_cell_map(self.masks, self.cell_truth, self.masks, self.gated[reference], probs,
-                                           resamples=self.resamples, seed=self.seed)
+        result = paired_bootstrap_of_matched(self.gated[reference], self.gated[row], self.resamples, self.seed)
         return {"difference": result.difference, "interval": list(result.interval),
                 "share_better": result.share_b_better, "resamples": result.resamples, "images": result.n_images}
 

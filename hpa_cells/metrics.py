@@ -286,19 +286,43 @@ def paired_bootstrap_cell_map(
     image_ids = list(true_masks)
     if not image_ids:
         raise ValueError("a paired bootstrap needs at least one image")
-    parts = {}
-    for name, probs in (("a", probs_a), ("b", probs_b)):
-        parts[name] = [match_cells_to_truth({i: true_masks[i]}, true_cell_labels, {i: pred_masks[i]}, probs,
-                                            num_classes) for i in image_ids]
-    map_a, map_b = _map_of(parts["a"]), _map_of(parts["b"])
+    parts_a, parts_b = (matched_per_image(true_masks, true_cell_labels, pred_masks, probs, num_classes)
+                        for probs in (probs_a, probs_b))
+    return paired_bootstrap_of_matched(parts_a, parts_b, resamples, seed)
+
+
+def matched_per_image(
+    true_masks: Mapping[str, np.ndarray],
+    true_cell_labels: Mapping[str, Mapping[int, Sequence[int]]],
+    pred_masks: Mapping[str, np.ndarray],
+    probs: Mapping[str, Mapping[int, np.ndarray]],
+    num_classes: int = NUM_CLASSES,
+) -> list[MatchedCells]:
+    """Each image's cells matched to the truth (`match_cells_to_truth`), in the order of `true_masks`: what a
+    paired bootstrap resamples; made once per set of predictions when one set is compared with several."""
+    return [match_cells_to_truth({i: true_masks[i]}, true_cell_labels, {i: pred_masks[i]}, probs, num_classes)
+            for i in true_masks]
+
+
+def paired_bootstrap_of_matched(parts_a: Sequence[MatchedCells], parts_b: Sequence[MatchedCells],
+                                resamples: int = 1000, seed: int = 0) -> PairedBootstrap:
+    """`paired_bootstrap_cell_map` of per-image matched cells (`matched_per_image`, the same images in the same
+    order for A and B)."""
+    if resamples <= 0:
+        raise ValueError(f"resamples must be positive, got {resamples}")
+    if len(parts_a) != len(parts_b) or not parts_a:
+        raise ValueError(f"a paired bootstrap needs the same images for A and B, got {len(parts_a)} and "
+                         f"{len(parts_b)}")
+    map_a, map_b = _map_of(parts_a), _map_of(parts_b)
     rng = np.random.default_rng(seed)
     differences = np.empty(resamples)
+    n = len(parts_a)
     for r in range(resamples):
-        draw = rng.integers(0, len(image_ids), size=len(image_ids))
-        differences[r] = _map_of([parts["b"][i] for i in draw]) - _map_of([parts["a"][i] for i in draw])
+        draw = rng.integers(0, n, size=n)
+        differences[r] = _map_of([parts_b[i] for i in draw]) - _map_of([parts_a[i] for i in draw])
     low, high = np.nanpercentile(differences, [2.5, 97.5])
     return PairedBootstrap(map_a, map_b, map_b - map_a, (float(low), float(high)),
-                           float(np.mean(differences > 0)), resamples, len(image_ids))
+                           float(np.mean(differences > 0)), resamples, n)
 
 
 # ----- image level with scores, bootstrap intervals over fields ------------------------------------------

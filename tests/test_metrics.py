@@ -204,3 +204,15 @@ def test_paired_bootstrap_sees_a_worse_ranking_and_is_seeded() -> None:
     assert paired_bootstrap_cell_map(masks, truth, pred_masks, a, b, resamples=200, seed=1) == result
     with pytest.raises(ValueError, match="^resamples must be positive, got 0$"):
         paired_bootstrap_cell_map(masks, truth, pred_masks, a, b, resamples=0)
+
+
+def test_paired_bootstrap_of_matched_cells_made_once_equals_the_whole_computation() -> None:
+    from hpa_cells.metrics import matched_per_image, paired_bootstrap_of_matched
+
+    masks, truth, pred_masks, a, b = _bootstrap_fixture()
+    parts_a, parts_b = (matched_per_image(masks, truth, pred_masks, p) for p in (a, b))
+    assert len(parts_a) == 6
+    assert paired_bootstrap_of_matched(parts_a, parts_b, 200, seed=1) == paired_bootstrap_cell_map(
+        masks, truth, pred_masks, a, b, resamples=200, seed=1)
+    with pytest.raises(ValueError, match="^a paired bootstrap needs the same images for A and B, got 6 and 5$"):
+        paired_bootstrap_of_matched(parts_a, parts_b[:5])
