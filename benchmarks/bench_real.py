@@ -109,6 +109,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the attention rows' training recipe, a row of bench_weak_supervision.py (RECIPES: e.g. "
                         "topk1, dual_stream, self_training), in pretraining and fine-tuning alike; use its own --work "
                         "folder (default: %(default)s)")
+    p.add_argument("--fold-recipe", metavar="NAME",
+                   help="the attention rows' recipe on the real folds (fine-tuning or from scratch) when it differs "
+                        "from --recipe (the synthetic pretraining's), e.g. --recipe mixing_fraction --fold-recipe "
+                        "default")
     p.add_argument("--link-from", type=Path, metavar="WORK",
                    help="a work folder whose real and synthetic caches (and synthetic fields) this --work folder links "
                         "to instead of making its own: the same cells for another recipe or setting")
@@ -201,8 +205,16 @@ def synthetic_caches(args: argparse.Namespace, timings: dict) -> tuple[Path, Pat
     return cells, whole
 
 
-def model_settings(kind: str, args: argparse.Namespace):
-    """(model config, training config) of a kind of model, before the run-specific settings."""
+def stage_recipe(args: argparse.Namespace, stage: str) -> str:
+    """The attention rows' recipe of a stage: "pretrain" (synthetic) takes --recipe, "folds" (the real folds)
+    --fold-recipe when given, else --recipe."""
+    recipe = getattr(args, "recipe", "default")
+    return (getattr(args, "fold_recipe", None) or recipe) if stage == "folds" else recipe
+
+
+def model_settings(kind: str, args: argparse.Namespace, stage: str = "pretrain"):
+    """(model config, training config) of a kind of model, before the run-specific settings; an attention model
+    follows its stage's recipe (`stage_recipe`)."""
     from mil.config import MILConfig
     from mil.training import TrainConfig
 
@@ -210,7 +222,7 @@ def model_settings(kind: str, args: argparse.Namespace):
                        patience=args.patience, max_cells=args.max_cells)
     crop = MILConfig(encoder=args.encoder, input_size=args.input_size)
     if kind == "attention":
-        return recipe_settings(crop, base, args.recipe)[:2]
+        return recipe_settings(crop, base, stage_recipe(args, stage))[:2]
     if kind == "mean":
         return replace(crop, head="mean"), base
     return (replace(crop, head="mean", input_size=args.image_size, use_mask_channel=False),
@@ -231,12 +243,14 @@ def recipe_settings(model_config, train_config, recipe: str):
             int(RECIPES[recipe][2].get("self_training", 0)))
 
 
-def train_row_model(kind: str, args: argparse.Namespace, cache: Path, folder: Path, model_config, train_config):
-    """Train one model of a row: by the recipe's self-training rounds for an attention row, else plainly."""
+def train_row_model(kind: str, args: argparse.Namespace, cache: Path, folder: Path, model_config, train_config,
+                    stage: str = "pretrain"):
+    """Train one model of a row: by its stage's recipe's self-training rounds for an attention row, else plainly."""
     from mil.self_training import train_with_self_training
     from mil.training import train_model
 
-    rounds = recipe_settings(model_config, train_config, args.recipe)[2] if kind == "attention" else 0
+    recipe = stage_recipe(args, stage)
+    rounds = recipe_settings(model_config, train_config, recipe)[2] if kind == "attention" else 0
     if rounds:
         return train_with_self_training(cache, folder, model_config, train_config, rounds)
     return train_model(cache, folder, model_config, train_config)
@@ -326,7 +340,7 @@ def fold_row(row: str, args: argparse.Namespace, splits: list[dict], caches: dic
     kind, start = row.split("_")
     cells, whole = caches["real"]
     cache = whole if kind == "image" else cells
-    model_config, base = model_settings(kind, args)
+    model_config, base = model_settings(kind, args, "folds")
     if start == "finetuned":
         init_settings(base, args.work, args)  # fails early, before any pretraining, when --init is missing
     pretrained = pretrained_model(kind, args, caches, timings) if start != "real" else None
@@ -340,7 +354,7 @@ def fold_row(row: str, args: argparse.Namespace, splits: list[dict], caches: dic
                 train_config = init_settings(train_config, pretrained, args)
             if not trained(folder):
                 print(f"{row}: fold {split['fold']}: training -> {folder}")
-                train_row_model(kind, args, cache, folder, model_config, train_config)
+                train_row_model(kind, args, cache, folder, model_config, train_config, "folds")
         probs, thresholds, missing = predict_fields(folder, cache, split["held_out"])
         out["image_ids"] += split["held_out"]
         out["probs"] += probs.tolist()
