@@ -109,6 +109,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the attention rows' training recipe, a row of bench_weak_supervision.py (RECIPES: e.g. "
                         "topk1, dual_stream, self_training), in pretraining and fine-tuning alike; use its own --work "
                         "folder (default: %(default)s)")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="training seed of every model when it differs from --seed (the folds and the synthetic data "
+                        "keep --seed): the same recipe trained again, to see how much a rerun moves the scores")
     p.add_argument("--fold-recipe", metavar="NAME",
                    help="the attention rows' recipe on the real folds (fine-tuning or from scratch) when it differs "
                         "from --recipe (the synthetic pretraining's), e.g. --recipe mixing_fraction --fold-recipe "
@@ -218,7 +221,9 @@ def model_settings(kind: str, args: argparse.Namespace, stage: str = "pretrain")
     from mil.config import MILConfig
     from mil.training import TrainConfig
 
-    base = TrainConfig(epochs=args.epochs, learning_rate=args.lr, seed=args.seed, device="cpu",
+    train_seed = getattr(args, "train_seed", None)
+    base = TrainConfig(epochs=args.epochs, learning_rate=args.lr, seed=args.seed if train_seed is None else train_seed,
+                       device="cpu",
                        patience=args.patience, max_cells=args.max_cells)
     crop = MILConfig(encoder=args.encoder, input_size=args.input_size)
     if kind == "attention":
