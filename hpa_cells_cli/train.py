@@ -149,7 +149,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--mosaic-fraction", type=fraction_option, default="auto", metavar="auto|F",
                    help="crop family: add F x (training images) such mosaic bags per epoch. auto: the default "
                         "recipe's fraction for a crop-family run from the cache's image labels (BENCHMARKS.md "
-                        "\"Weak supervision\"), 0 with --family dense, --cell-labels, --labels or --mosaic-bags; "
+                        "\"Weak supervision\"), 0 with --family dense, --cell-labels, --labels, --mosaic-bags or "
+                        "--init (fine-tuning); "
                         "a training set without two single-label images of different labels trains without them "
                         "(a warning says so) (default: %(default)s)")
     _add_weak_supervision_options(p)
@@ -173,8 +174,8 @@ def _add_weak_supervision_options(p: argparse.ArgumentParser) -> None:
                    help="crop family: after the MIL model, R rounds that each train a new model on the previous "
                         "one's confident cells as per-cell targets (mil/self_training.py; rounds in OUT/round*, the "
                         "last round's model in OUT). auto: the default recipe's rounds for a crop-family run from "
-                        "image labels (BENCHMARKS.md \"Weak supervision\"), 0 with --family dense or --cell-labels; 0 "
-                        "trains the MIL model alone (default: %(default)s)")
+                        "image labels (BENCHMARKS.md \"Weak supervision\"), 0 with --family dense, --cell-labels or --init "
+                        "(fine-tuning); 0 trains the MIL model alone (default: %(default)s)")
     p.add_argument("--pseudo-positive-ratio", type=open_fraction, default=0.5, metavar="F",
                    help="self-training: a cell is a positive target for a class its image has when its probability "
                         "is at least F x the image's best cell's (default: %(default)s)")
@@ -270,12 +271,13 @@ def _check_options(args: argparse.Namespace, explicit: set[str], model_config) -
 def mosaic_fraction(args: argparse.Namespace, family: str) -> float:
     """The mosaic bags per training image: --mosaic-fraction, where `auto` is the default recipe's
     (`mil.mosaics.DEFAULT_MOSAIC_FRACTION`) for a crop-family run from the cache's image labels without a count of
-    mosaic bags, else 0."""
+    mosaic bags, else 0; fine-tuning (--init) keeps 0, the recipe that scored best on real fields."""
     from mil.mosaics import DEFAULT_MOSAIC_FRACTION
 
     if args.mosaic_fraction != "auto":
         return float(args.mosaic_fraction)
-    plain = family == "crop" and args.cell_labels is None and args.labels is None and not args.mosaic_bags
+    plain = (family == "crop" and args.cell_labels is None and args.labels is None and not args.mosaic_bags
+             and args.init is None)
     return DEFAULT_MOSAIC_FRACTION if plain else 0.0
 
 
@@ -408,12 +410,13 @@ def _train(args: argparse.Namespace, model_config, train_config) -> tuple[dict |
 
 def self_training_rounds(args: argparse.Namespace, model_config) -> int:
     """The self-training rounds this run trains: --self-training-rounds, where `auto` is the default recipe's
-    (`mil.self_training.DEFAULT_ROUNDS`) for a crop-family run from image labels without mosaic bags, else 0."""
+    (`mil.self_training.DEFAULT_ROUNDS`) for a crop-family run from image labels, else 0; fine-tuning (--init)
+    keeps 0, the recipe that scored best on real fields."""
     from mil.self_training import DEFAULT_ROUNDS
 
     if args.self_training_rounds != "auto":
         return int(args.self_training_rounds)
-    plain = model_config.family == "crop" and args.cell_labels is None
+    plain = model_config.family == "crop" and args.cell_labels is None and args.init is None
     return DEFAULT_ROUNDS if plain else 0
 
 

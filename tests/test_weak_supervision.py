@@ -348,3 +348,19 @@ def test_a_default_fraction_without_single_label_images_trains_without_mosaics(
     assert capsys.readouterr().err == (f"error: {cache}: mosaic bags from the training images: mosaics of >= 2 sources "
                                        "need single-label images of at least 2 different classes; the 0 single-label "
                                        "images given have 0 (none)\n")
+
+
+def test_fine_tuning_keeps_the_plain_recipe_by_default(tmp_path: Path) -> None:
+    from hpa_cells_cli import train as train_command
+
+    cache = write_bag_cache(tmp_path / "cells.h5", green_marker_bags(16, seed=0, positive_rate=0.3))
+    start = tmp_path / "start"
+    assert train_command.main(["--cache", str(cache), "--out", str(start), *TINY_ARGS, "--self-training-rounds", "0",
+                               "--mosaic-fraction", "0"]) == 0
+    assert json.loads((start / "config.json").read_text())["training"]["mosaic_fraction"] == 0.0
+    tuned = tmp_path / "tuned"
+    assert train_command.main(["--cache", str(cache), "--out", str(tuned), "--init", str(start), "--epochs", "1",
+                               "--device", "cpu", "--val-fraction", "0.25"]) == 0
+    training = json.loads((tuned / "config.json").read_text())["training"]
+    assert training["mosaic_fraction"] == 0.0 and training["init_from"] == str(start)
+    assert not (tuned / "round0").exists()
