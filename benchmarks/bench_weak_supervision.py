@@ -64,6 +64,7 @@ RECIPES: dict[str, tuple[str, dict, dict]] = {
                       {}, {"self_training": 1}),
     "self_training_2": ("self-training, 2 rounds", {}, {"self_training": 2}),
     "epochs20": ("default, 20 epochs", {}, {"epochs": 20}),
+    "mixing_bags_epochs20": ("mixing bags (160), 20 epochs", {}, {"mosaic_bags": 160, "epochs": 20}),
     "self_training_epochs20": ("self-training, 1 round, every round 20 epochs", {}, {"self_training": 1, "epochs": 20}),
     "input96": ("default, 96 px input", {"input_size": 96}, {}),
     "supervised_epochs20": ("supervised upper bound, 20 epochs", {"head": "instance"},
@@ -77,7 +78,7 @@ FOLDER_NAMES = {"default": "attention", "mean": "mean", "supervised": "supervise
 REFERENCES = ("default", "mean", "mixing_bags")
 """Rows every row is compared with (paired bootstrap), when they were scored in the same run: the former default,
 the simple baseline, and the best candidate (mixing bags)."""
-SUPERVISED_OF = {"epochs20": "supervised_epochs20", "self_training_epochs20": "supervised_epochs20",
+SUPERVISED_OF = {"epochs20": "supervised_epochs20", "mixing_bags_epochs20": "supervised_epochs20", "self_training_epochs20": "supervised_epochs20",
                  "input96": "supervised_input96", "supervised_epochs20": "supervised_epochs20",
                  "supervised_input96": "supervised_input96"}
 """The upper bound trained the same way (same epochs, same input) as a row; every other row: `supervised`."""
