@@ -142,6 +142,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--cell-labels", type=Path, metavar="CSV",
                    help="train on per-cell labels (image_id, cell_id, labels; e.g. a synthetic cells.csv with a cache "
                         "made by --segmenter masks) instead of image labels: the fully supervised upper bound")
+    _add_weak_supervision_options(p)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="(default: %(default)s)")
+    _add_device_options(p)
+    return p
+
+
+def _add_weak_supervision_options(p: argparse.ArgumentParser) -> None:
+    """The cell-level terms beside the image loss, and self-training (BENCHMARKS.md "Weak supervision": what
+    each measured on the MIL benchmark)."""
     p.add_argument("--mosaic-bags", type=non_negative_int, default=0, metavar="N",
                    help="crop family: add N bags per epoch that each mix the cells of 2-4 single-label training "
                         "images with different labels (label: the union; see mil/mosaics.py); replaces "
@@ -153,15 +162,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "--init (fine-tuning); "
                         "a training set without two single-label images of different labels trains without them "
                         "(a warning says so) (default: %(default)s)")
-    _add_weak_supervision_options(p)
-    p.add_argument("--seed", type=non_negative_int, default=0, help="(default: %(default)s)")
-    _add_device_options(p)
-    return p
-
-
-def _add_weak_supervision_options(p: argparse.ArgumentParser) -> None:
-    """The cell-level terms beside the image loss, and self-training (BENCHMARKS.md "Weak supervision": what
-    each measured on the MIL benchmark)."""
     p.add_argument("--negative-cell-weight", type=non_negative_float, default=0.5, metavar="W",
                    help="weight of the loss pushing down every cell's logits of classes its image lacks "
                         "(default: %(default)s)")

@@ -41,5 +41,7 @@ class DualStreamPooling(nn.Module):
         similarity = torch.einsum("bnq,bkq->bnk", queries, critical_queries) * self.scale
         attention = masked_softmax(similarity, mask)  # B,N,K
         bag = torch.einsum("bnk,bnd->bkd", attention, self.value(embeddings))  # B,K,D
-        bag_logits = (bag * self.bag_weight).sum(dim=-1) + self.classifier.bias
+        bag_logits = (bag * self.bag_weight).sum(dim=-1)
+        if isinstance(self.classifier, nn.Linear):  # not when it pools given cell logits (the dense family)
+            bag_logits = bag_logits + self.classifier.bias
         return PoolingOutput((max_logits + bag_logits) / 2, zero_padding(cell_logits, mask), attention)
