@@ -49,7 +49,7 @@ class MosaicDrawError(ValueError):
 DEFAULT_MOSAIC_FRACTION = 0.25
 """Mosaic bags per training image of the default recipe (`train.py --mosaic-fraction auto`). On the MIL benchmark
 one mosaic bag per four training images raised the gated cell mAP from 0.405 to 0.476, +0.071 with a 95% paired
-bootstrap interval of [+0.047, +0.110] over the 164 validation images, and the image macro F1 from 0.574 to 0.638,
+bootstrap interval of [+0.046, +0.109] over the 164 validation images, and the image macro F1 from 0.574 to 0.638,
 for 1.25x the cells per epoch (BENCHMARKS.md "Weak supervision"); fine-tuning (`--init`) keeps 0."""
 
 

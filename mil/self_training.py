@@ -25,9 +25,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ROUNDS = 1
 """Self-training rounds of the default recipe (`train.py --self-training-rounds auto` for a crop-family run from
-image labels). On the MIL benchmark (10 epochs) one round raised the gated cell mAP from 0.405 to 0.440, and from
-0.476 to 0.503 on top of mixing bags (the default recipe), each with a paired-bootstrap interval over the 164
-validation images that excludes zero, for twice the training time; a second round added 0.004 (BENCHMARKS.md "Weak supervision")."""
+image labels). On the MIL benchmark (10 epochs, paired bootstrap over the 164 validation images) one round raised the
+gated cell mAP from 0.405 to 0.440 (+0.035 [+0.022, +0.049]) and, on top of mixing bags (the default recipe), from
+0.476 to 0.503 (+0.028 [+0.008, +0.048]), for twice the training; a second round added +0.004 [-0.009, +0.019]
+(BENCHMARKS.md "Weak supervision")."""
 
 
 def label_cells(model_folder: Path, cache_path: Path, train_ids: list[str], rule: PseudoLabelRule,
