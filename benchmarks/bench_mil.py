@@ -290,13 +290,18 @@ def main(argv: list[str] | None = None) -> int:
         results["rows"][row] = {**results["rows"].get(row, {}), **entry}
         print(f"{row}: image macro F1 {entry['image_macro_f1']:.3f}, cell mAP gated {entry['cell_map_gated']:.3f}, "
               f"own {entry['cell_map_own_probability']:.3f}")
+    save_results(results, args)
+    print_table(results)
+    return 0
+
+
+def save_results(results: dict, args: argparse.Namespace) -> None:
+    """The results with the run's settings, machine and date, written to `args.results` (JSON)."""
     results["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     results["machine"] = f"{platform.node()} {platform.processor() or platform.machine()}, torch threads {args.threads}"
     results["date"] = time.strftime("%Y-%m-%d")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=1) + "\n")
-    print_table(results)
-    return 0
 
 
 def _format(row: dict, key: str, digits: int = 1) -> str:

@@ -262,7 +262,9 @@ def train_row_model(kind: str, args: argparse.Namespace, cache: Path, folder: Pa
 
 
 def trained(folder: Path) -> bool:
-    return (folder / "metrics.json").is_file() and (folder / "weights.safetensors").is_file()
+    from mil.model_files import is_trained_model_folder
+
+    return is_trained_model_folder(folder)
 
 
 def pretrained_model(kind: str, args: argparse.Namespace, caches: dict, timings: dict) -> Path:

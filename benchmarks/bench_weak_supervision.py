@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import time
@@ -39,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_mil import build_caches, score  # noqa: E402
+from bench_mil import build_caches, save_results, score  # noqa: E402
 
 RECIPES: dict[str, tuple[str, dict, dict]] = {
     # name: (title, MILConfig changes, TrainConfig changes); "self_training" in the train changes = rounds
@@ -134,11 +133,12 @@ def model_folder(row: str, args: argparse.Namespace) -> Path:
 def train(row: str, args: argparse.Namespace, cells: Path, truth: Path) -> dict | None:
     """The row's metrics.json content, training it unless its folder holds a finished model (None when it does
     not and --score-only was given)."""
+    from mil.model_files import is_trained_model_folder
     from mil.self_training import train_with_self_training
     from mil.training import train_model
 
     folder = model_folder(row, args)
-    if (folder / "metrics.json").is_file() and (folder / "weights.safetensors").is_file():
+    if is_trained_model_folder(folder):
         return json.loads((folder / "metrics.json").read_text())
     if args.score_only:
         return None
@@ -193,8 +193,7 @@ def validation_predictions(folder: Path, cells: Path, val_ids: list[str], device
         return Predictions(list(data["image_ids"].astype(str)), data["image_probs"], table,
                            np.zeros((len(table), 1), np.float32), data["thresholds"], "cell"), None
     loaded = load_model(folder)
-    wanted = set(val_ids)
-    bags = (bag for bag in bags_from_cache(cells, model_exclude_flags(loaded)) if bag.image_id in wanted)
+    bags = bags_from_cache(cells, model_exclude_flags(loaded), image_ids=val_ids)
     started = time.time()
     own = predict_bags(loaded, bags, device=device, total=len(val_ids), cell_score="cell")
     seconds = time.time() - started
@@ -445,11 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         board = run_row(row, args, board, cells, truth, results)
     if board is not None:
         add_comparisons(board, results)
-    results["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    results["machine"] = f"{platform.node()} {platform.processor() or platform.machine()}, torch threads {args.threads}"
-    results["date"] = time.strftime("%Y-%m-%d")
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=1) + "\n")
+    save_results(results, args)
     print_table(results)
     return 0
 

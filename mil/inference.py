@@ -30,7 +30,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -75,15 +75,19 @@ PixelMapSink = Callable[[str, np.ndarray, tuple[int, int]], None]
 
 
 def bags_from_cache(cache_path: str | os.PathLike[str], exclude_flags: Sequence[str],
-                    content: str = "crops") -> Iterator[BagInput]:
-    """Every image of a cell cache as a `BagInput`, in storage order; `content` "crops" reads the crops and masks,
-    "fields" the full images and cell label maps (a schema-2 cache)."""
+                    content: str = "crops", image_ids: Collection[str] | None = None) -> Iterator[BagInput]:
+    """Every image of a cell cache as a `BagInput`, in storage order, or only those of `image_ids` (the others are
+    never read); `content` "crops" reads the crops and masks, "fields" the full images and cell label maps (a
+    schema-2 cache)."""
+    wanted = None if image_ids is None else set(image_ids)
     with CellCache(cache_path) as cache:
         if content == "fields":
             cache.require_full_images("the dense model")
         table = cache.cell_table()
         bits = flag_bits(exclude_flags, cache.qc_flag_names, cache_path=cache.path)
         for index, image_id in enumerate(cache.image_ids):
+            if wanted is not None and image_id not in wanted:
+                continue
             rows = cache.cell_slice(index)
             cells = table.iloc[rows].reset_index(drop=True)
             usable = (cells["qc_flags"].to_numpy().astype(np.int64) & bits) == 0

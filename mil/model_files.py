@@ -25,6 +25,12 @@ FORMAT_VERSION = 1
 REQUIRED_FILES = ("config.json", "weights.safetensors", "thresholds.json", "metrics.json")
 
 
+def is_trained_model_folder(folder: Path) -> bool:
+    """Whether `folder` holds a finished training run (its metrics.json and weights.safetensors, which training
+    writes last); a folder with a checkpoint only is a run still going or interrupted."""
+    return (Path(folder) / "metrics.json").is_file() and (Path(folder) / "weights.safetensors").is_file()
+
+
 class ModelFolderError(ValueError):
     """A model folder that is incomplete or unreadable; the message names the folder and file."""
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from hpa_cells.atomic_files import write_json_atomic
 from hpa_cells.cache import CellCache
+from mil.model_files import is_trained_model_folder
 from mil.pseudo_labels import PseudoLabelRule, make_pseudo_labels, pseudo_label_summary, write_pseudo_labels
 
 logger = logging.getLogger(__name__)
@@ -40,18 +41,14 @@ def label_cells(model_folder: Path, cache_path: Path, train_ids: list[str], rule
     from mil.training.resume import label_override
 
     loaded = load_model(model_folder)
-    wanted = set(train_ids)
-    bags = (bag for bag in bags_from_cache(cache_path, model_exclude_flags(loaded)) if bag.image_id in wanted)
-    predictions = predict_bags(loaded, bags, device=device, show_progress=True, total=len(wanted), cell_score="cell")
+    bags = bags_from_cache(cache_path, model_exclude_flags(loaded), image_ids=train_ids)
+    predictions = predict_bags(loaded, bags, device=device, show_progress=True, total=len(set(train_ids)),
+                               cell_score="cell")
     with CellCache(cache_path) as cache:
         labels = label_override(cache, labels_path)[0] if labels_path is not None else cache.labels
         position = {image_id: i for i, image_id in enumerate(cache.image_ids)}
         image_labels = {image_id: labels[position[image_id]] for image_id in train_ids}
     return make_pseudo_labels(predictions.cells, image_labels, rule)
-
-
-def _finished(folder: Path) -> bool:
-    return (folder / "metrics.json").is_file() and (folder / "weights.safetensors").is_file()
 
 
 def _remove_rounds(out_dir: Path) -> None:
@@ -111,7 +108,7 @@ def train_with_self_training(cache_path: Path, out_dir: Path, model_config, conf
             entry["pseudo_labels"] = pseudo_label_summary(pd.read_csv(pseudo, dtype=str, keep_default_na=False))
             logger.info("self-training round %d: %s", r, entry["pseudo_labels"])
             round_config = replace(config, pseudo_labels=str(pseudo))
-        if not final and _finished(folder):
+        if not final and is_trained_model_folder(folder):
             metrics = json.loads((folder / "metrics.json").read_text())
         else:
             metrics = train_model(cache_path, folder, model_config, round_config, overwrite=overwrite and final)

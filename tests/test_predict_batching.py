@@ -162,3 +162,21 @@ def test_evaluate_records_its_device(trained: tuple[Path, Path], tmp_path: Path,
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("device: cpu (")
     record = json.loads((tmp_path / "scores.json").read_text())
     assert record["device"]["device"] == "cpu" and "image_macro_f1" in record
+
+
+def test_bags_from_cache_reads_only_the_images_asked_for(trained: tuple[Path, Path],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpa_cells.cache import CellCache
+
+    _, cache = trained
+    every = list(bags_from_cache(cache, ("border",)))
+    wanted = [every[-1].image_id, every[1].image_id]  # any order in: storage order out
+    read = []
+    original = CellCache.cells_of
+    monkeypatch.setattr(CellCache, "cells_of", lambda self, index: read.append(index) or original(self, index))
+    chosen = list(bags_from_cache(cache, ("border",), image_ids=wanted))
+    assert [b.image_id for b in chosen] == [every[1].image_id, every[-1].image_id]
+    assert read == [1, len(every) - 1]
+    for bag_in, full in zip(chosen, (every[1], every[-1]), strict=True):
+        np.testing.assert_array_equal(bag_in.crops, full.crops)
+        np.testing.assert_array_equal(bag_in.usable, full.usable)
